@@ -1,0 +1,161 @@
+"""The infermill error tree.
+
+Every error infermill raises on purpose derives from :class:`InfermillError`. Each class knows the
+process exit code the CLI uses for it and whether retrying the same work may succeed (``transient``).
+
+::
+
+    InfermillError                      exit 1  (root; a job that failed)
+    ├── SpecError                       exit 2  the job file or a Python spec is invalid
+    │   ├── InputError                  exit 2  the input is missing, empty or lacks a column
+    │   ├── ModelLoadError              exit 2  the model cannot be found, trusted or loaded
+    │   └── JobChangedError             exit 2  spec, model or input changed since the last run
+    ├── OutputError                     exit 1  the output cannot be written (fatal)
+    ├── LedgerError                     exit 1  the ledger is unreadable or belongs to another job
+    ├── JobLockedError                  exit 3  another run of the same job holds the lease
+    ├── LeaseLostError                  exit 3  this run's lease was taken over (fencing)
+    ├── JobFailedError                  exit 1  the run ended with failed shards
+    ├── InterruptedRunError             exit 75 stopped by a signal; rerun to resume
+    ├── ItemError                       per item: the model cannot score this item (never retried)
+    └── TransientError                  per call: may succeed when retried (``transient = True``)
+
+User model code may raise :class:`ItemError` or :class:`TransientError` (or subclass them) to tell the
+engine how to treat a failure. Errors carry context (job, shard, item) in attributes, and survive pickling
+across worker processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "EXIT_COMPLETE",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_LOCKED",
+    "EXIT_USAGE",
+    "InfermillError",
+    "InputError",
+    "InterruptedRunError",
+    "ItemError",
+    "JobChangedError",
+    "JobFailedError",
+    "JobLockedError",
+    "LeaseLostError",
+    "LedgerError",
+    "ModelLoadError",
+    "OutputError",
+    "SpecError",
+    "TransientError",
+]
+
+EXIT_COMPLETE = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_INTERRUPTED = 75
+
+
+class InfermillError(Exception):
+    """Root of every infermill error. ``hint`` says what the user can do next."""
+
+    exit_code: int = EXIT_FAILED
+    transient: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        job: str | None = None,
+        shard: str | None = None,
+        item: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.job = job
+        self.shard = shard
+        self.item = item
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep keyword context when an error crosses a process boundary.
+        return (
+            _rebuild,
+            (type(self), self.message, self.hint, self.job, self.shard, self.item),
+        )
+
+
+def _rebuild(
+    cls: type[InfermillError],
+    message: str,
+    hint: str | None,
+    job: str | None,
+    shard: str | None,
+    item: str | None,
+) -> InfermillError:
+    return cls(message, hint=hint, job=job, shard=shard, item=item)
+
+
+class SpecError(InfermillError):
+    """The job file or spec is invalid: a bad key, type or value."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(SpecError):
+    """The input cannot be found, matches nothing, or lacks a configured column."""
+
+
+class ModelLoadError(SpecError):
+    """The model cannot be located, is not trusted, or fails to load."""
+
+
+class JobChangedError(SpecError):
+    """The spec, the model or the input changed since the job's last run."""
+
+
+class OutputError(InfermillError):
+    """The output location cannot be written. Fatal: the run stops, committed work stays."""
+
+
+class LedgerError(InfermillError):
+    """The ledger cannot be opened or does not belong to this job."""
+
+
+class JobLockedError(InfermillError):
+    """Another live run of the same job holds the lease."""
+
+    exit_code = EXIT_LOCKED
+
+
+class LeaseLostError(InfermillError):
+    """This run's lease was taken over by another run; it must not commit anything more."""
+
+    exit_code = EXIT_LOCKED
+
+
+class JobFailedError(InfermillError):
+    """The run finished but some shards failed."""
+
+
+class InterruptedRunError(InfermillError):
+    """The run was stopped by a signal; committed work is kept and a rerun resumes."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class ItemError(InfermillError):
+    """The model cannot score an item (bad data). The item is not retried."""
+
+
+class TransientError(InfermillError):
+    """A failure that may succeed when retried (timeouts, throttling, flaky servers)."""
+
+    transient = True

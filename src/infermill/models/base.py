@@ -1,0 +1,91 @@
+"""The model adapter contract.
+
+An adapter wraps one kind of model (``[model] kind``). The engine calls, per worker process::
+
+    adapter = load_adapter(spec, threads=...)   # cheap: resolves paths, checks trust, no heavy imports
+    adapter.setup()                             # once per worker: load weights, start sessions
+    inputs = adapter.preprocess(features)       # reader side: pyarrow.RecordBatch of feature columns
+    result = adapter.predict(inputs)            # model side
+    columns = adapter.postprocess(result, n)    # -> dict of output name -> pyarrow.Array, n rows each
+
+``fingerprint()`` identifies the model's code and weights, so a changed model is never mixed with
+results from the old one. Adapters import their heavy libraries inside ``setup`` (or lazily), so a
+missing extra fails with the exact ``pip install`` to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from ..errors import ModelLoadError
+from ..spec import JobSpec
+from .outputs import to_columns
+
+__all__ = ["ModelAdapter", "file_digest"]
+
+
+class ModelAdapter(ABC):
+    """Base class of every ``[model] kind``."""
+
+    kind: ClassVar[str]
+    default_outputs: ClassVar[list[str]] = ["prediction"]
+
+    def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
+        self.spec = spec
+        self.model_spec = spec.model
+        self.threads = max(1, threads)
+
+    @property
+    def outputs(self) -> list[str]:
+        """Names of the prediction columns."""
+        return list(self.model_spec.outputs or self.default_outputs)
+
+    def setup(self) -> None:
+        """Load the model (once per worker). Raise ModelLoadError with a hint on failure."""
+
+    def preprocess(self, batch: pa.RecordBatch) -> Any:
+        """Turn a batch of feature columns into what ``predict`` takes. Runs ahead of the model."""
+        return batch
+
+    @abstractmethod
+    def predict(self, inputs: Any) -> Any:
+        """Score one batch; return one value per row for each output (see ``postprocess``)."""
+
+    def postprocess(self, result: Any, num_rows: int) -> dict[str, pa.Array]:
+        """Map ``predict``'s result to output columns of ``num_rows`` values each."""
+        return to_columns(result, self.outputs, num_rows)
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A digest of the model's code or weights."""
+
+    def close(self) -> None:
+        """Release resources at the end of a worker's life."""
+
+    def model_file(self) -> str:
+        """The resolved ``[model] path``; raises ModelLoadError when missing."""
+        if not self.model_spec.path:
+            raise ModelLoadError(
+                f"model kind '{self.kind}' needs 'model.path'", hint="set [model] path = \"path/to/model file\""
+            )
+        path = self.spec.resolve(self.model_spec.path)
+        if not os.path.exists(path):
+            raise ModelLoadError(
+                f"model file not found: {path} (from 'model.path')",
+                hint="check the path; relative paths are resolved against the job file's folder",
+            )
+        return path
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file's content (streamed)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]

@@ -1,0 +1,129 @@
+"""The source contract: plan deterministic shards, then stream one shard's rows as Arrow batches.
+
+A :class:`Source` turns an :class:`~infermill.spec.InputSpec` into an ordered list of :class:`Shard`
+objects *before* reading any rows (only file listings and metadata), and later streams a shard as
+``pyarrow.RecordBatch`` objects of at most ``batch_size`` rows. The same input always gives the same
+shards with the same ids; each shard records the fingerprint (size, mtime or etag) of the files it covers.
+
+Every batch a source yields carries the row id column: the configured ``id_column``, or the synthetic
+``_row_id`` string column (``SYNTHETIC_ID``) whose values are stable for the same input and settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from ..spec import JobSpec
+
+__all__ = ["SYNTHETIC_ID", "Fragment", "Shard", "Source", "rebatch"]
+
+SYNTHETIC_ID = "_row_id"
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """A contiguous piece of one input file.
+
+    For Parquet, ``start``/``stop`` are row-group indexes (stop exclusive) and ``row_offset`` is the index
+    of the piece's first row in the file. For CSV/JSONL they are byte offsets; a line belongs to the
+    fragment in which its first byte lies.
+    """
+
+    path: str
+    """Full path or URL of the file."""
+    relpath: str
+    """Path relative to the input root: used in synthetic ids and messages."""
+    start: int
+    stop: int
+    row_offset: int = 0
+    rows: int | None = None
+    """Rows in this piece when known from metadata (Parquet), else None."""
+    file_fingerprint: str = ""
+    """Size and mtime (or etag) of the file when planned."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A deterministic unit of work and of commit: one output file per shard."""
+
+    ordinal: int
+    fragments: tuple[Fragment, ...]
+
+    @property
+    def shard_id(self) -> str:
+        """Stable id derived from the shard's content description."""
+        blob = json.dumps([asdict(f) for f in self.fragments], sort_keys=True).encode()
+        return f"{self.ordinal:05d}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+    @property
+    def rows(self) -> int | None:
+        """Total rows when every fragment knows its count."""
+        counts = [f.rows for f in self.fragments]
+        if any(c is None for c in counts):
+            return None
+        return sum(c for c in counts if c is not None)
+
+    def to_json(self) -> str:
+        return json.dumps({"ordinal": self.ordinal, "fragments": [asdict(f) for f in self.fragments]})
+
+    @classmethod
+    def from_json(cls, text: str) -> Shard:
+        data = json.loads(text)
+        return cls(ordinal=data["ordinal"], fragments=tuple(Fragment(**f) for f in data["fragments"]))
+
+
+class Source(ABC):
+    """Plans shards and reads them. Subclasses implement one input format."""
+
+    format: str
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.id_column = spec.input.id_column or SYNTHETIC_ID
+
+    @abstractmethod
+    def plan(self) -> list[Shard]:
+        """List the shards, in a deterministic order, without reading rows."""
+
+    @abstractmethod
+    def schema(self) -> pa.Schema:
+        """The input's columns and types (from metadata or the first rows), before projection."""
+
+    @abstractmethod
+    def read(self, shard: Shard, batch_size: int, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream the shard's rows in order as batches of at most ``batch_size`` rows.
+
+        ``columns`` selects input columns (the id column is always included, synthetic or not).
+        """
+
+    def describe(self) -> dict[str, Any]:
+        return {"format": self.format, "path": self.spec.input.path}
+
+
+def rebatch(batches: Iterator[pa.RecordBatch], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Re-chunk a stream of record batches into batches of exactly ``batch_size`` rows (the last may be
+    shorter), without copying more than needed."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= batch_size:
+            table = pa.Table.from_batches(pending)
+            head = table.slice(0, batch_size).combine_chunks().to_batches()
+            yield head[0] if len(head) == 1 else pa.Table.from_batches(head).combine_chunks().to_batches()[0]
+            rest = table.slice(batch_size)
+            pending = rest.to_batches() if rest.num_rows else []
+            count = rest.num_rows
+    if count:
+        table = pa.Table.from_batches(pending).combine_chunks()
+        yield table.to_batches()[0]

@@ -1,0 +1,392 @@
+"""The job spec: the TOML job file and its Python twin, :class:`JobSpec`.
+
+A job file has the sections ``[input]``, ``[model]``, ``[batch]``, ``[output]`` and ``[runtime]``.
+:func:`load_spec` parses and validates one; ``JobSpec.from_dict`` does the same for a mapping, and
+``JobSpec(...)`` builds one directly in Python. Relative paths are resolved against ``base_dir`` (the
+job file's folder, or the current directory for a spec built in Python).
+
+Example::
+
+    spec = JobSpec(
+        input=InputSpec(path="data/*.parquet", id_column="customer_id"),
+        model=ModelSpec(kind="python", entrypoint="scorer.py:ChurnModel", outputs=["score"]),
+        output=OutputSpec(path="out/"),
+    )
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from .errors import SpecError
+
+__all__ = [
+    "BatchSpec",
+    "InputSpec",
+    "JobSpec",
+    "ModelSpec",
+    "OutputSpec",
+    "RuntimeSpec",
+    "is_url",
+    "load_spec",
+]
+
+InputFormat = Literal["parquet", "csv", "jsonl"]
+OutputFormat = Literal["parquet", "jsonl", "csv"]
+BatchFormat = Literal["numpy", "pandas", "arrow"]
+
+INPUT_EXTENSIONS: dict[str, str] = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+
+
+def is_url(path: str) -> bool:
+    """True for an fsspec URL such as ``s3://bucket/key`` (but not a Windows drive path)."""
+    head, sep, _ = path.partition("://")
+    return bool(sep) and len(head) > 1
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Where the rows come from."""
+
+    path: str
+    """A file, a directory, a glob, or an fsspec URL (``s3://...``, ``memory://...``)."""
+    format: InputFormat | None = None
+    """parquet, csv or jsonl; inferred from the file extension when omitted."""
+    id_column: str | None = None
+    """Column holding each row's unique id; without it each row gets a stable synthetic ``_row_id``."""
+    columns: list[str] | None = None
+    """Read only these columns (a projection)."""
+    shard_rows: int = 500_000
+    """Target rows per shard (Parquet: runs of row groups; small files are merged into one shard)."""
+    shard_bytes: int = 128 * 1024 * 1024
+    """Target bytes per shard for CSV and JSONL (byte ranges aligned on line ends)."""
+    split_files: bool = True
+    """Split large CSV/JSONL files into byte ranges. Set false when quoted CSV values contain newlines."""
+    csv_delimiter: str | None = None
+    """CSV field delimiter; default ``,`` (``\\t`` for .tsv files)."""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """Options passed to fsspec for URLs (e.g. ``endpoint_url``); never logged."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to run and how to call it."""
+
+    kind: str
+    """python, sklearn or onnx."""
+    entrypoint: str | None = None
+    """kind=python: ``pkg.module:Name`` or ``path/to/file.py:Name`` (relative to the job file)."""
+    path: str | None = None
+    """File-based kinds (sklearn, onnx): the model file, relative to the job file."""
+    features: list[str] | None = None
+    """Columns given to the model; default: every input column but the id."""
+    outputs: list[str] | None = None
+    """Names of the prediction columns (default depends on the kind, usually ``["prediction"]``)."""
+    batch_format: BatchFormat = "numpy"
+    """kind=python: numpy (dict of arrays), pandas (DataFrame) or arrow (RecordBatch)."""
+    trusted: bool = False
+    """Allow formats that run code on load (pickle, joblib). Only for files you trust."""
+    method: str | None = None
+    """kind=sklearn: predict_proba (positive column), predict, or decision_function. Default: predict_proba
+    when the model has it, else predict."""
+    positive_class: Any = None
+    """kind=sklearn/onnx with probabilities: the class whose probability is the score (default: the last)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments passed to a python model's constructor."""
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """How rows are grouped for the model."""
+
+    size: int = 8192
+    """Rows per batch."""
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where results go."""
+
+    path: str
+    """Output directory, local or an fsspec URL."""
+    format: OutputFormat = "parquet"
+    """parquet, jsonl or csv."""
+    keep: list[str] = field(default_factory=list)
+    """Input columns written next to the predictions (the id is always kept)."""
+    compression: str | None = None
+    """Parquet compression codec (default snappy)."""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """Options passed to fsspec for URLs; never logged."""
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """How the run is executed. These keys do not change the results, so editing them never forces a
+    restart."""
+
+    workers: int = 1
+    """Worker processes; each loads the model once."""
+    threads_per_worker: int | None = None
+    """Intra-op threads of the model in each worker; default: CPU cores / workers."""
+    ledger: str | None = None
+    """Ledger location: a SQLite file path; default ``.infermill/<name>.sqlite`` beside the job file."""
+    prefetch: int = 4
+    """Batches read ahead of the model per worker (bounds memory)."""
+    grace_seconds: float = 20.0
+    """After SIGTERM/SIGINT, how long in-flight work may take to finish before it is abandoned."""
+    lease_seconds: float = 30.0
+    """A run whose heartbeat is older than this is presumed dead and its lease can be taken over."""
+    progress_interval: float = 10.0
+    """Seconds between progress log lines when stderr is not a terminal."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A whole job. Build it in Python or load it with :func:`load_spec`."""
+
+    input: InputSpec
+    model: ModelSpec
+    output: OutputSpec
+    batch: BatchSpec = field(default_factory=BatchSpec)
+    runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
+    name: str = "job"
+    """The job's name; a job file's default is the file's stem."""
+    base_dir: str = field(default_factory=os.getcwd)
+    """Folder that relative paths are resolved against (the job file's folder)."""
+    source_file: str | None = None
+    """The job file this spec was loaded from, if any."""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], *, base_dir: str | os.PathLike[str] | None = None, name: str | None = None,
+        source_file: str | None = None,
+    ) -> JobSpec:
+        """Build a spec from a parsed job file mapping, checking keys and types."""
+        where = source_file or "job spec"
+        data = dict(data)
+        sections: dict[str, Any] = {}
+        for key, section_cls in _SECTIONS.items():
+            raw = data.pop(key, None)
+            if raw is None:
+                if key in ("input", "model", "output"):
+                    raise SpecError(
+                        f"{where}: missing section [{key}]",
+                        hint=f"add a [{key}] table; see `infermill run --help` for an example job file",
+                    )
+                continue
+            if not isinstance(raw, dict):
+                raise SpecError(f"{where}: '{key}' must be a table ([{key}]), not {type(raw).__name__}")
+            sections[key] = _build(section_cls, raw, key, where)
+        job_name = data.pop("name", None) or name or "job"
+        if not isinstance(job_name, str):
+            raise SpecError(f"{where}: 'name' must be a string")
+        if data:
+            _unknown(sorted(data)[0], [*_SECTIONS, "name"], "", where)
+        return cls(
+            name=job_name,
+            base_dir=str(Path(base_dir or os.getcwd()).resolve()),
+            source_file=source_file,
+            **sections,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data (what a job file holds)."""
+        out: dict[str, Any] = {"name": self.name}
+        for key in _SECTIONS:
+            out[key] = dataclasses.asdict(getattr(self, key))
+        return out
+
+    def resolve(self, path: str) -> str:
+        """Resolve a path from the spec against ``base_dir`` (URLs and absolute paths are kept)."""
+        if is_url(path):
+            return path
+        expanded = os.path.expanduser(path)
+        if os.path.isabs(expanded):
+            return os.path.normpath(expanded)
+        return os.path.normpath(os.path.join(self.base_dir, expanded))
+
+    def fingerprint(self) -> str:
+        """Hash of everything that affects results (runtime settings excluded)."""
+        data = self.to_dict()
+        data.pop("runtime")
+        data["input"].pop("storage_options", None)
+        data["output"].pop("storage_options", None)
+        # Paths are compared resolved, so moving the job file's cwd does not matter.
+        data["input"]["path"] = self.resolve(self.input.path)
+        data["output"]["path"] = self.resolve(self.output.path)
+        if self.model.path:
+            data["model"]["path"] = self.resolve(self.model.path)
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def ledger_path(self) -> str:
+        """Where this job's SQLite ledger lives."""
+        if self.runtime.ledger:
+            return self.resolve(self.runtime.ledger)
+        return os.path.join(self.base_dir, ".infermill", f"{self.name}.sqlite")
+
+    def input_format(self) -> str:
+        """The input format, given or inferred from the path's extension."""
+        if self.input.format:
+            return self.input.format
+        path = self.input.path.rstrip("/")
+        for ext, fmt in INPUT_EXTENSIONS.items():
+            if path.lower().endswith(ext) or path.lower().endswith(ext + "*"):
+                return fmt
+        raise SpecError(
+            f"cannot infer the input format from '{self.input.path}'",
+            hint='set [input] format = "parquet", "csv" or "jsonl"',
+        )
+
+
+_SECTIONS: dict[str, type] = {
+    "input": InputSpec,
+    "model": ModelSpec,
+    "batch": BatchSpec,
+    "output": OutputSpec,
+    "runtime": RuntimeSpec,
+}
+
+
+def load_spec(path: str | os.PathLike[str]) -> JobSpec:
+    """Read and validate a TOML job file."""
+    file = Path(path)
+    if not file.exists():
+        raise SpecError(f"job file not found: {file}", hint="check the path, or run `infermill demo`")
+    if file.is_dir():
+        raise SpecError(f"job file is a directory: {file}", hint="pass the .toml file itself")
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{file}: invalid TOML: {exc}", hint="fix the syntax at the line shown") from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{file}: not a UTF-8 text file") from exc
+    return JobSpec.from_dict(data, base_dir=file.resolve().parent, name=file.stem, source_file=str(file))
+
+
+def _unknown(key: str, allowed: list[str], section: str, where: str) -> None:
+    dotted = f"{section}.{key}" if section else key
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(allowed)}"
+    raise SpecError(f"{where}: unknown key '{dotted}'", hint=hint)
+
+
+def _build(cls: type, raw: dict[str, Any], section: str, where: str) -> Any:
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            _unknown(key, names, section, where)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        values[key] = _check_type(value, hints[key], f"{section}.{key}", where)
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    for key in required:
+        if key not in values:
+            raise SpecError(f"{where}: missing key '{section}.{key}'", hint=f"add `{key} = ...` under [{section}]")
+    return cls(**values)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (list,):
+        return "a list of " + _type_name(get_args(tp)[0]) + "s"
+    if origin is dict:
+        return "a table"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_type(value: Any, tp: Any, dotted: str, where: str) -> Any:
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if tp is Any:
+        return value
+    if origin is not None and type(None) in args:  # Optional[...]
+        inner = [a for a in args if a is not type(None)]
+        if value is None:
+            return None
+        tp = inner[0] if len(inner) == 1 else inner
+        if isinstance(tp, list):
+            for option in tp:
+                try:
+                    return _check_type(value, option, dotted, where)
+                except SpecError:
+                    continue
+            raise SpecError(f"{where}: '{dotted}' has the wrong type ({type(value).__name__})")
+        return _check_type(value, tp, dotted, where)
+    if origin is Literal:
+        if value not in args:
+            raise SpecError(f"{where}: '{dotted}' must be one of {_type_name(tp)}, not {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise SpecError(f"{where}: '{dotted}' must be {_type_name(tp)}, not {type(value).__name__}")
+        return [_check_type(v, args[0], f"{dotted}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SpecError(f"{where}: '{dotted}' must be a table, not {type(value).__name__}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool):
+        raise SpecError(f"{where}: '{dotted}' must be an integer, not a boolean")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise SpecError(f"{where}: '{dotted}' must be {_type_name(tp)}, not {type(value).__name__} ({value!r})")
+    return value
+
+
+def _validate(spec: JobSpec) -> None:
+    where = spec.source_file or "job spec"
+    if not spec.input.path:
+        raise SpecError(f"{where}: 'input.path' is empty")
+    if not spec.output.path:
+        raise SpecError(f"{where}: 'output.path' is empty")
+    if spec.batch.size < 1:
+        raise SpecError(f"{where}: 'batch.size' must be at least 1, not {spec.batch.size}")
+    if spec.input.shard_rows < 1 or spec.input.shard_bytes < 1:
+        raise SpecError(f"{where}: 'input.shard_rows' and 'input.shard_bytes' must be positive")
+    if spec.runtime.workers < 1:
+        raise SpecError(f"{where}: 'runtime.workers' must be at least 1, not {spec.runtime.workers}")
+    if spec.runtime.threads_per_worker is not None and spec.runtime.threads_per_worker < 1:
+        raise SpecError(f"{where}: 'runtime.threads_per_worker' must be at least 1")
+    if spec.runtime.prefetch < 1:
+        raise SpecError(f"{where}: 'runtime.prefetch' must be at least 1")
+    if not spec.name or any(c in spec.name for c in "/\\\0") or spec.name in (".", ".."):
+        raise SpecError(f"{where}: invalid job name {spec.name!r}", hint="use letters, digits, '-' and '_'")
+    if spec.model.outputs is not None:
+        if not spec.model.outputs:
+            raise SpecError(f"{where}: 'model.outputs' is empty", hint="name at least one prediction column")
+        if len(set(spec.model.outputs)) != len(spec.model.outputs):
+            raise SpecError(f"{where}: 'model.outputs' has duplicate names")
+    id_name = spec.input.id_column or "_row_id"
+    clash = set(spec.model.outputs or []) & ({id_name} | set(spec.output.keep))
+    if clash:
+        raise SpecError(
+            f"{where}: output column {sorted(clash)[0]!r} is both a prediction and an input column",
+            hint="rename it in 'model.outputs'",
+        )
