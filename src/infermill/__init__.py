@@ -26,6 +26,24 @@ from .spec import BatchSpec, InputSpec, JobSpec, ModelSpec, OutputSpec, RuntimeS
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "run": ("infermill.engine.runner", "run"),
+    "status": ("infermill.engine.runner", "status"),
+    "RunResult": ("infermill.engine.runner", "RunResult"),
+    "validate": ("infermill.engine.validate", "validate"),
+}
+
+
+def __getattr__(name: str) -> object:
+    # The engine imports pyarrow; loading it lazily keeps `import infermill` and `infermill --help` fast.
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'infermill' has no attribute {name!r}")
+
+
 __all__ = [
     "BatchSpec",
     "InfermillError",
@@ -41,9 +59,13 @@ __all__ = [
     "ModelSpec",
     "OutputError",
     "OutputSpec",
+    "RunResult",
     "RuntimeSpec",
     "SpecError",
     "TransientError",
     "__version__",
     "load_spec",
+    "run",
+    "status",
+    "validate",
 ]

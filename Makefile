@@ -1,0 +1,45 @@
+# One target per habit; .ci/run calls the same targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: demo test test-fast lint bench clean install-dev install-demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[sklearn]'
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[dev]'
+	touch $@ $(VENV)/.demo-installed
+
+install-demo: $(VENV)/.demo-installed
+install-dev: $(VENV)/.dev-installed
+
+## make demo: install, generate a 1M-row churn dataset and model, run the job
+demo: install-demo
+	$(BIN)/infermill demo
+
+## make test: install and run the whole test suite (what CI runs)
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+## make test-fast: the inner loop, without slow tests
+test-fast: install-dev
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install-dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+## make bench: speed and memory targets, measured against baselines in the same run
+bench: install-dev
+	$(BIN)/python bench/bench_tabular.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache infermill-demo

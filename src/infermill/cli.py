@@ -1,0 +1,237 @@
+"""The ``infermill`` command: a thin layer over the library, one command per library call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, InfermillError
+
+__all__ = ["main"]
+
+EXIT_CODES = """\
+exit codes:
+  0   the job is complete (or there was nothing left to do)
+  1   the job failed (some shards failed, a fatal error, an internal error)
+  2   invalid job file, input, model or usage
+  3   another run of this job is active (see --wait)
+  75  interrupted (SIGTERM/SIGINT); committed work is kept, rerun to resume
+"""
+
+EXAMPLE_JOB = """\
+example job file (job.toml):
+  name = "churn-scores"
+  [input]
+  path = "data/customers/*.parquet"     # file, directory, glob or fsspec URL
+  id_column = "customer_id"             # optional: else a stable synthetic _row_id
+  [model]
+  kind = "sklearn"                      # python | sklearn | onnx
+  path = "models/churn.joblib"
+  trusted = true                        # joblib/pickle can run code: only for files you trust
+  outputs = ["score"]
+  [batch]
+  size = 8192
+  [output]
+  path = "out/churn/"                   # parquet | jsonl | csv
+  [runtime]
+  workers = 1
+"""
+
+
+def _print_error(exc: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    text = str(exc) if isinstance(exc, InfermillError) else f"{type(exc).__name__}: {exc}"
+    print(f"error: {text}", file=sys.stderr)
+    if not isinstance(exc, InfermillError) and not debug:
+        print("  (an unexpected error; rerun with --debug for the traceback and report it)", file=sys.stderr)
+
+
+def _progress_mode(args: argparse.Namespace) -> Any:
+    if getattr(args, "quiet", False):
+        return "off"
+    return getattr(args, "progress", None)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .engine import run
+
+    result = run(args.job, restart=args.restart, wait=args.wait, progress=_progress_mode(args))
+    if result.message.startswith("nothing to do"):
+        print(f"{result.job}: {result.message} ({result.rows_succeeded:,} rows in {result.output_path})")
+        return 0
+    rate = result.rows_this_run / result.seconds if result.seconds > 0 else 0.0
+    print(
+        f"{result.job}: complete: {result.rows_succeeded:,} rows in {result.shards_committed} shards"
+        f" ({result.rows_this_run:,} this run, {result.seconds:.1f}s, {rate:,.0f} rows/s)"
+    )
+    print(f"  output:   {result.output_path}")
+    print(f"  manifest: {result.manifest_path}")
+    print(f"  ledger:   {result.ledger_path}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .engine import status
+
+    info = status(args.job)
+    if args.json:
+        print(json.dumps(info, default=str, sort_keys=True))
+        return 0
+    total = f"{info['rows_total']:,}" if info["rows_total"] is not None else "?"
+    print(f"job:     {info['job']}")
+    print(f"state:   {info['state']}")
+    print(f"rows:    {info['rows_succeeded']:,} of {total} succeeded, {info['rows_failed']:,} failed")
+    print(f"shards:  {info['shards_committed']} of {info['shards_total']} committed, {info['shards_failed']} failed")
+    print(f"runs:    {info['runs']}")
+    if info.get("holder"):
+        h = info["holder"]
+        print(f"holder:  host {h['host']}, pid {h['pid']}")
+    if info["last_run"] and info["last_run"].get("message"):
+        print(f"last:    {info['last_run']['message']}")
+    for row in info["failed_shards"][:10]:
+        print(f"failed:  {row['shard']}: {row['error']}")
+    print(f"output:  {info['output']}")
+    print(f"ledger:  {info['ledger']}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .engine.validate import validate
+
+    report = validate(args.job)
+    for line in report:
+        print(line)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    _result, text = run_demo(args.directory, rows=args.rows, progress=_progress_mode(args))
+    print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="infermill",
+        description="Run a model over a large dataset: sharded, streamed, exactly once, resumable.",
+        epilog=EXIT_CODES + "\nRun `infermill demo` for a complete example.",
+        formatter_class=formatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"infermill {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], summary: str, description: str) -> Any:
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=textwrap.dedent(description),
+            epilog=EXIT_CODES,
+            formatter_class=formatter,
+        )
+        p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+        p.set_defaults(func=func)
+        return p
+
+    p = add(
+        "run",
+        cmd_run,
+        "run a job (or resume it after a crash)",
+        """\
+        Run JOB: plan shards from the input, score them with the model, commit each shard's results
+        atomically and record it in the ledger. Rerunning after a crash, kill or preemption resumes
+        where it stopped; rerunning a complete job does nothing. If the spec, model or input changed
+        since the last run, infermill refuses to mix results: use --restart to start over.
+
+        """
+        + EXAMPLE_JOB,
+    )
+    p.add_argument("job", help="the job file (TOML)")
+    p.add_argument("--restart", action="store_true", help="discard earlier results of this job and start over")
+    p.add_argument("--wait", action="store_true", help="if another run of this job is active, wait for it")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.add_argument(
+        "--progress", choices=["bar", "log", "off"], default=None,
+        help="progress display (default: a bar on a terminal, log lines otherwise)",
+    )
+
+    p = add(
+        "status",
+        cmd_status,
+        "show a job's state from its ledger",
+        """\
+        Show JOB's state (pending, running, complete, failed, interrupted), row and shard counts, and
+        failed shards, read from the ledger without running anything.
+        """,
+    )
+    p.add_argument("job", help="the job file (TOML)")
+    p.add_argument(
+        "--json", action="store_true",
+        help="print one JSON object (keys: state, rows_total, rows_succeeded, rows_failed, shards_total, "
+        "shards_committed, ...)",
+    )
+
+    p = add(
+        "validate",
+        cmd_validate,
+        "check a job without running it",
+        """\
+        Check JOB without running it: the spec, the input (files, shards, schema against
+        id_column/features/keep), and the model (loads it and scores a few rows).
+        """,
+    )
+    p.add_argument("job", help="the job file (TOML)")
+
+    p = add(
+        "demo",
+        cmd_demo,
+        "generate a churn dataset and model, then run a job over it",
+        """\
+        Generate a realistic customer churn dataset (1,000,000 rows over several Parquet files),
+        train a small model, write a job file, and run it with a progress bar. Prints where the
+        results, the manifest and the ledger are. Takes about a minute on 2 cores.
+        """,
+    )
+    p.add_argument("--directory", default="infermill-demo", help="where to put the demo (default: ./infermill-demo)")
+    p.add_argument("--rows", type=int, default=1_000_000, help="customers to generate (default: 1,000,000)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.add_argument("--progress", choices=["bar", "log", "off"], default=None, help="progress display")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    debug = bool(getattr(args, "debug", False))
+    try:
+        code: int = args.func(args)
+        return code
+    except InfermillError as exc:
+        _print_error(exc, debug)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; rerun to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - last resort: a clear line instead of a bare traceback
+        _print_error(exc, debug)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Executors run workers and hand their events to the coordinator.
+
+``InlineExecutor`` runs one worker in a thread of this process (``runtime.workers = 1``: no process start
+cost, no pickling). ``ProcessExecutor`` starts ``workers`` processes (spawn), each loading the model once.
+Both expose the same small surface: ``start``, ``get`` (next event), ``stop`` (take no new shards),
+``abort`` (abandon in-flight work) and ``join``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+from abc import ABC, abstractmethod
+from typing import Any
+
+from ..sources.base import Shard
+from ..spec import JobSpec
+from .columns import Columns
+from .worker import StopFlags, WorkerConfig, run_worker
+
+__all__ = ["Executor", "InlineExecutor", "ProcessExecutor", "make_executor", "threads_per_worker"]
+
+
+def threads_per_worker(spec: JobSpec) -> int:
+    """``runtime.threads_per_worker``, or the CPU cores shared out between the workers."""
+    if spec.runtime.threads_per_worker:
+        return spec.runtime.threads_per_worker
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // spec.runtime.workers)
+
+
+class Executor(ABC):
+    def __init__(self, spec: JobSpec, columns: Columns, shards: list[Shard]) -> None:
+        self.spec = spec
+        self.columns = columns
+        self.shards = shards
+        self.workers = min(spec.runtime.workers, max(1, len(shards)))
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def get(self, timeout: float) -> Any:
+        """The next event, or None after ``timeout`` seconds."""
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def abort(self) -> None: ...
+
+    @abstractmethod
+    def join(self, timeout: float) -> None: ...
+
+
+class InlineExecutor(Executor):
+    """One worker on a thread of the coordinator's process."""
+
+    def __init__(self, spec: JobSpec, columns: Columns, shards: list[Shard]) -> None:
+        super().__init__(spec, columns, shards)
+        self.workers = 1
+        self._tasks: queue.SimpleQueue[Shard] = queue.SimpleQueue()
+        for shard in shards:
+            self._tasks.put(shard)
+        self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._flags = StopFlags(stop=threading.Event(), abort=threading.Event())
+        self._thread: threading.Thread | None = None
+
+    def _next(self) -> Shard | None:
+        try:
+            return self._tasks.get_nowait()
+        except queue.Empty:
+            return None
+
+    def start(self) -> None:
+        config = WorkerConfig(self.spec, self.columns, worker_id=0, threads=threads_per_worker(self.spec))
+        self._thread = threading.Thread(
+            target=run_worker, args=(config, self._next, self._events, self._flags), name="infermill-worker",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def get(self, timeout: float) -> Any:
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def stop(self) -> None:
+        self._flags.stop.set()  # type: ignore[attr-defined]
+
+    def abort(self) -> None:
+        self._flags.stop.set()  # type: ignore[attr-defined]
+        self._flags.abort.set()  # type: ignore[attr-defined]
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def _process_main(
+    config: WorkerConfig, tasks: Any, events: Any, stop: Any, abort: Any
+) -> None:
+    # The coordinator owns signals: Ctrl-C reaches the whole process group, but only the coordinator
+    # decides what to finish and what to abandon.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def next_shard() -> Shard | None:
+        item = tasks.get()
+        return None if item is None else Shard.from_json(item)
+
+    run_worker(config, next_shard, events, StopFlags(stop=stop, abort=abort))
+    events.close()
+    events.join_thread()
+
+
+class ProcessExecutor(Executor):
+    """``runtime.workers`` processes, each with its own model."""
+
+    def __init__(self, spec: JobSpec, columns: Columns, shards: list[Shard]) -> None:
+        super().__init__(spec, columns, shards)
+        self._ctx = mp.get_context("spawn")
+        self._tasks: Any = self._ctx.Queue()
+        self._events: Any = self._ctx.Queue()
+        self._stop = self._ctx.Event()
+        self._abort = self._ctx.Event()
+        self._procs: list[Any] = []
+
+    def start(self) -> None:
+        for shard in self.shards:
+            self._tasks.put(shard.to_json())
+        for _ in range(self.workers):
+            self._tasks.put(None)
+        threads = threads_per_worker(self.spec)
+        for wid in range(self.workers):
+            config = WorkerConfig(self.spec, self.columns, worker_id=wid, threads=threads, watch_parent=True)
+            proc = self._ctx.Process(
+                target=_process_main,
+                args=(config, self._tasks, self._events, self._stop, self._abort),
+                name=f"infermill-worker-{wid}",
+                daemon=True,
+            )
+            proc.start()
+            self._procs.append(proc)
+
+    def get(self, timeout: float) -> Any:
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            if self._procs and not any(p.is_alive() for p in self._procs):
+                # Every worker is gone; report the ones that died without saying goodbye.
+                return ("all_exited", -1)
+            return None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def abort(self) -> None:
+        self._stop.set()
+        self._abort.set()
+
+    def join(self, timeout: float) -> None:
+        for proc in self._procs:
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+        self._tasks.cancel_join_thread()
+        self._tasks.close()
+
+
+def make_executor(spec: JobSpec, columns: Columns, shards: list[Shard]) -> Executor:
+    if spec.runtime.workers <= 1 or len(shards) <= 1:
+        return InlineExecutor(spec, columns, shards)
+    return ProcessExecutor(spec, columns, shards)

@@ -1,0 +1,495 @@
+"""The coordinator: plans, leases, dispatches shards to workers, commits their files, finishes the job.
+
+Commit protocol for one shard (the only place results become visible)::
+
+    worker: write staged file, fsync  ─>  coordinator: check lease token
+        ─> atomic rename to part-NNNNN  ─>  ledger: shard committed (same transaction re-checks the token)
+
+A crash before the ledger update leaves at most a file under the shard's own deterministic name, which
+the redo replaces; a crash after it loses nothing. The manifest is written once every shard is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import (
+    EXIT_COMPLETE,
+    EXIT_INTERRUPTED,
+    InfermillError,
+    InterruptedRunError,
+    JobChangedError,
+    JobFailedError,
+    JobLockedError,
+    LeaseLostError,
+    OutputError,
+)
+from ..ledger import Lease, Ledger
+from ..models import load_adapter
+from ..observe.progress import Mode, ProgressReporter
+from ..sinks import Sink, StagedFile, open_sink
+from ..sources import open_source
+from ..sources.base import Shard
+from ..spec import JobSpec, load_spec
+from .columns import resolve_columns
+from .executor import make_executor
+from .faults import fault_point
+
+__all__ = ["RunResult", "run", "status"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run did and where its results are."""
+
+    job: str
+    state: str
+    """complete, failed or interrupted."""
+    exit_code: int
+    message: str
+    rows_total: int | None
+    rows_succeeded: int
+    rows_failed: int
+    shards_total: int
+    shards_committed: int
+    rows_this_run: int
+    seconds: float
+    output_path: str
+    manifest_path: str | None
+    ledger_path: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _as_spec(job: JobSpec | str | os.PathLike[str]) -> JobSpec:
+    return job if isinstance(job, JobSpec) else load_spec(job)
+
+
+class _Heartbeat:
+    """Keeps the lease fresh from its own thread and connection; notices a takeover."""
+
+    def __init__(self, ledger_path: str, lease: Lease, interval: float) -> None:
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._ledger_path = ledger_path
+        self._lease = lease
+        self._interval = interval
+        self._thread = threading.Thread(target=self._run, name="infermill-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        ledger = Ledger(self._ledger_path)
+        try:
+            while not self._stop.wait(self._interval):
+                try:
+                    if not ledger.heartbeat(self._lease):
+                        self.lost.set()
+                        return
+                except InfermillError:
+                    continue
+        finally:
+            ledger.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@contextmanager
+def _signals(on_signal: Callable[[int], None]) -> Iterator[None]:
+    """Route SIGINT/SIGTERM to ``on_signal`` while a run is active (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, _frame: Any) -> None:
+        on_signal(signum)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _input_fingerprint(shards: list[Shard]) -> str:
+    return hashlib.sha256("\n".join(s.shard_id for s in shards).encode()).hexdigest()[:16]
+
+
+def _acquire(ledger: Ledger, spec: JobSpec, wait: bool) -> Lease:
+    while True:
+        try:
+            return ledger.acquire_lease(lease_seconds=spec.runtime.lease_seconds, job=spec.name)
+        except JobLockedError:
+            if not wait:
+                raise
+            time.sleep(min(1.0, spec.runtime.lease_seconds / 10))
+
+
+def run(
+    job: JobSpec | str | os.PathLike[str],
+    *,
+    restart: bool = False,
+    wait: bool = False,
+    progress: Mode | None = None,
+) -> RunResult:
+    """Run a job to completion (or resume it). Raises an :class:`InfermillError` subclass on failure.
+
+    >>> result = run("job.toml")                                # doctest: +SKIP
+    >>> result.state, result.rows_succeeded                     # doctest: +SKIP
+    ('complete', 1000000)
+    """
+    spec = _as_spec(job)
+    started = time.monotonic()
+    ledger = Ledger(spec.ledger_path())
+    try:
+        lease = _acquire(ledger, spec, wait)
+        heartbeat = _Heartbeat(spec.ledger_path(), lease, max(0.5, spec.runtime.lease_seconds / 3))
+        try:
+            return _Coordinator(spec, ledger, lease, heartbeat, progress).run(restart=restart, started=started)
+        finally:
+            heartbeat.stop()
+            ledger.release_lease(lease)
+    finally:
+        ledger.close()
+
+
+class _Coordinator:
+    def __init__(
+        self, spec: JobSpec, ledger: Ledger, lease: Lease, heartbeat: _Heartbeat, progress: Mode | None
+    ) -> None:
+        self.spec = spec
+        self.ledger = ledger
+        self.lease = lease
+        self.heartbeat = heartbeat
+        self.progress_mode = progress
+        self.sink: Sink = open_sink(spec)
+        self.signals = 0
+        self.stop_deadline: float | None = None
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _plan(self, restart: bool) -> tuple[list[Shard], Any]:
+        spec, ledger, sink = self.spec, self.ledger, self.sink
+        source = open_source(spec)
+        shards = source.plan()
+        columns = resolve_columns(spec, source.schema())
+        model_fp = load_adapter(spec).fingerprint()
+        input_fp = _input_fingerprint(shards)
+        if restart:
+            recorded = ledger.reset()
+            sink.remove(sorted(set(recorded) | set(sink.list_parts())))
+            sink.remove_manifest()
+            sink.clean_staging()
+        record = ledger.job()
+        if record is None:
+            sink.prepare()
+            leftovers = sink.list_parts()
+            if leftovers:
+                raise OutputError(
+                    f"the output directory {sink.display()} already holds result files ({leftovers[0]}, ...) "
+                    "that this job's ledger does not know",
+                    hint="choose another '[output] path', delete those files, or pass --restart to replace them",
+                )
+            ledger.create_job(
+                name=spec.name,
+                spec_fingerprint=spec.fingerprint(),
+                model_fingerprint=model_fp,
+                input_fingerprint=input_fp,
+                output_path=sink.display(),
+                spec_json=json.dumps(spec.to_dict(), default=str),
+                shards=[(s.shard_id, s.ordinal, s.to_json(), s.rows) for s in shards],
+            )
+        else:
+            changed = [
+                what
+                for what, old, new in (
+                    ("the job spec", record["spec_fingerprint"], spec.fingerprint()),
+                    ("the model", record["model_fingerprint"], model_fp),
+                    ("the input files", record["input_fingerprint"], input_fp),
+                )
+                if old != new
+            ]
+            if changed:
+                raise JobChangedError(
+                    f"{' and '.join(changed)} changed since job '{spec.name}' last ran; infermill will not mix "
+                    "results from before and after the change",
+                    hint="rerun with --restart to discard the earlier results and start over "
+                    "(or undo the change to resume)",
+                    job=spec.name,
+                )
+        return shards, columns
+
+    # -- main loop ---------------------------------------------------------------------------------
+    def run(self, *, restart: bool, started: float) -> RunResult:
+        spec, ledger, sink = self.spec, self.ledger, self.sink
+        shards, columns = self._plan(restart)
+        summary = ledger.summary()
+        if summary["shards_committed"] == summary["shards_total"]:
+            if sink.read_manifest() is None:
+                self._finish()
+            return self._result("complete", EXIT_COMPLETE, "nothing to do: the job is already complete", started, 0)
+
+        run_id = ledger.start_run(self.lease)
+        sink.prepare()
+        sink.clean_staging()
+        sink.remove_manifest()
+        ledger.requeue_failed(self.lease)
+        by_id = {s.shard_id: s for s in shards}
+        pending = [by_id[row.shard_id] for row in ledger.shards("pending")]
+        summary = ledger.summary()
+        reporter = ProgressReporter(
+            job=spec.name,
+            rows_total=summary["rows_planned"] if summary["shards_with_rows_planned"] == len(shards) else None,
+            shards_total=len(shards),
+            rows_done=summary["rows_succeeded"],
+            shards_done=summary["shards_committed"],
+            mode=self.progress_mode,
+            interval=spec.runtime.progress_interval,
+        )
+        executor = make_executor(spec, columns, pending)
+        failures: list[str] = []
+        fatal: InfermillError | None = None
+        rows_this_run = 0
+        running: set[str] = set()
+        try:
+            with _signals(self._on_signal):
+                executor.start()
+                alive = executor.workers
+                aborted = False
+                while alive > 0:
+                    if self.heartbeat.lost.is_set() and fatal is None:
+                        fatal = LeaseLostError(
+                            "this run's lease was taken over by another run (no heartbeat in time?)",
+                            hint="only one run of a job may write at a time; check `infermill status`",
+                        )
+                    if (fatal is not None or self._past_grace()) and not aborted:
+                        executor.abort()
+                        aborted = True
+                    elif self.signals:
+                        executor.stop()
+                    event = executor.get(timeout=0.2)
+                    if event is None:
+                        continue
+                    kind = event[0]
+                    if kind == "started":
+                        ledger.mark_running(event[2], self.lease, run_id)
+                        running.add(event[2])
+                    elif kind == "progress":
+                        reporter.advance(event[2])
+                    elif kind == "staged":
+                        if fatal is not None or aborted:
+                            _discard(event[3])
+                            continue
+                        try:
+                            rows_this_run += self._commit(event[2], event[3], event[4])
+                        except InfermillError as exc:
+                            fatal = exc
+                            continue
+                        running.discard(event[2])
+                        reporter.shard_done()
+                    elif kind == "shard_failed":
+                        ledger.fail_shard(event[2], self.lease, event[3])
+                        running.discard(event[2])
+                        failures.append(f"shard {event[2]}: {event[3]}")
+                    elif kind == "fatal":
+                        if fatal is None:
+                            fatal = event[2]
+                    elif kind == "exit":
+                        alive -= 1
+                    elif kind == "all_exited":
+                        alive = 0
+        finally:
+            reporter.close()
+            executor.abort() if (fatal is not None or self.signals) else executor.stop()
+            executor.join(timeout=10)
+            for sid in running:
+                # In flight when the run stopped: not committed, so it is simply done again next time.
+                ledger.requeue_shard(sid, self.lease)
+
+        summary = ledger.summary()
+        if fatal is not None:
+            ledger.end_run(run_id, "failed", str(fatal))
+            raise fatal
+        if self.signals:
+            message = (
+                f"interrupted: {summary['shards_committed']} of {summary['shards_total']} shards committed; "
+                "rerun the same command to resume"
+            )
+            ledger.end_run(run_id, "interrupted", message)
+            raise InterruptedRunError(message, job=spec.name)
+        if failures or summary["shards_committed"] != summary["shards_total"]:
+            missing = summary["shards_total"] - summary["shards_committed"]
+            first = failures[0] if failures else "worker stopped before finishing"
+            message = f"{missing} of {summary['shards_total']} shards failed; first error: {first}"
+            ledger.end_run(run_id, "failed", message)
+            raise JobFailedError(
+                message,
+                hint="fix the cause and rerun: committed shards are kept and failed ones are retried "
+                "(`infermill status JOB` lists them)",
+                job=spec.name,
+            )
+        self._finish()
+        ledger.end_run(run_id, "complete")
+        return self._result("complete", EXIT_COMPLETE, "complete", started, rows_this_run)
+
+    def _on_signal(self, signum: int) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            self.stop_deadline = time.monotonic() + self.spec.runtime.grace_seconds
+        else:
+            # A second signal means now. Everything committed is durable; a rerun resumes.
+            os._exit(EXIT_INTERRUPTED)
+
+    def _past_grace(self) -> bool:
+        return self.stop_deadline is not None and time.monotonic() > self.stop_deadline
+
+    def _commit(self, shard_id: str, staged: StagedFile, stats: dict[str, Any]) -> int:
+        self.ledger.check_fence(self.lease)
+        fault_point("before_rename")
+        name = self.sink.commit(staged)
+        fault_point("after_rename")
+        self.ledger.commit_shard(shard_id, self.lease, output_file=name, rows_out=staged.rows, stats=stats)
+        fault_point("after_commit")
+        return staged.rows
+
+    def _finish(self) -> None:
+        files = self.ledger.committed_files()
+        manifest = {
+            "job": self.spec.name,
+            "complete": True,
+            "format": self.spec.output.format,
+            "files": [{"path": name, "rows": rows} for name, rows in files],
+            "rows_total": sum(rows for _, rows in files),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        fault_point("before_manifest")
+        self.sink.write_manifest(manifest)
+        fault_point("after_manifest")
+        self.ledger.mark_complete()
+        # Files under a part name that no committed shard owns can only be debris of a crashed attempt.
+        owned = {name for name, _ in files}
+        self.sink.remove([n for n in self.sink.list_parts() if n not in owned])
+        self.sink.clean_staging()
+
+    def _result(self, state: str, code: int, message: str, started: float, rows_this_run: int) -> RunResult:
+        summary = self.ledger.summary()
+        total = summary["rows_planned"] if summary["shards_with_rows_planned"] == summary["shards_total"] else None
+        if total is None and state == "complete":
+            total = summary["rows_succeeded"] + summary["rows_failed"]
+        return RunResult(
+            job=self.spec.name,
+            state=state,
+            exit_code=code,
+            message=message,
+            rows_total=total,
+            rows_succeeded=summary["rows_succeeded"],
+            rows_failed=summary["rows_failed"],
+            shards_total=summary["shards_total"],
+            shards_committed=summary["shards_committed"],
+            rows_this_run=rows_this_run,
+            seconds=time.monotonic() - started,
+            output_path=self.sink.display(),
+            manifest_path=self.sink.manifest_path() if state == "complete" else None,
+            ledger_path=self.spec.ledger_path(),
+        )
+
+
+def _discard(staged: StagedFile) -> None:
+    try:
+        os.remove(staged.path)
+    except FileNotFoundError:
+        pass
+
+
+def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
+    """The job's state from its ledger, without running anything.
+
+    Keys: ``state`` (pending, running, complete, failed, interrupted), ``rows_total``, ``rows_succeeded``,
+    ``rows_failed``, ``shards_total``, ``shards_committed``, ``shards_failed``, ``runs``, ``last_run``, ...
+    """
+    spec = _as_spec(job)
+    base: dict[str, Any] = {
+        "job": spec.name,
+        "ledger": spec.ledger_path(),
+        "output": spec.resolve(spec.output.path),
+    }
+    if not os.path.exists(spec.ledger_path()):
+        return {
+            **base,
+            "state": "pending",
+            "rows_total": None,
+            "rows_succeeded": 0,
+            "rows_failed": 0,
+            "shards_total": 0,
+            "shards_committed": 0,
+            "shards_failed": 0,
+            "runs": 0,
+            "last_run": None,
+            "failed_shards": [],
+        }
+    ledger = Ledger(spec.ledger_path())
+    try:
+        summary = ledger.summary()
+        record = ledger.job()
+        runs = ledger.runs()
+        holder = ledger.lease_holder()
+        last = runs[-1] if runs else None
+        live = (
+            holder is not None
+            and not holder["released"]
+            and time.time() - holder["heartbeat_at"] < spec.runtime.lease_seconds
+        )
+        if record is not None and record["completed_at"] is not None and summary["shards_committed"] == summary[
+            "shards_total"
+        ]:
+            state = "complete"
+        elif live and last is not None and last["state"] == "running":
+            state = "running"
+        elif last is None:
+            state = "pending"
+        elif last["state"] == "running":
+            state = "interrupted"  # its process died without recording an end
+        else:
+            state = last["state"]
+        total = summary["rows_planned"] if summary["shards_with_rows_planned"] == summary["shards_total"] else None
+        if total is None and state == "complete":
+            total = summary["rows_succeeded"] + summary["rows_failed"]
+        failed = [
+            {"shard": row.shard_id, "error": row.error} for row in ledger.shards("failed")
+        ]
+        return {
+            **base,
+            "state": state,
+            "rows_total": total,
+            "rows_succeeded": summary["rows_succeeded"],
+            "rows_failed": summary["rows_failed"],
+            "shards_total": summary["shards_total"],
+            "shards_committed": summary["shards_committed"],
+            "shards_failed": summary["shards_failed"],
+            "runs": len(runs),
+            "last_run": (
+                {k: last[k] for k in ("run_id", "state", "host", "pid", "started_at", "ended_at", "message")}
+                if last
+                else None
+            ),
+            "holder": (
+                {k: holder[k] for k in ("host", "pid", "acquired_at", "heartbeat_at")} if live and holder else None
+            ),
+            "failed_shards": failed,
+        }
+    finally:
+        ledger.close()
+

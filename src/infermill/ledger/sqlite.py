@@ -1,0 +1,383 @@
+"""The SQLite ledger: durable job, run, shard and lease state.
+
+One ledger file per job (WAL mode, so ``infermill status`` can read while a run writes). A shard is
+recorded ``committed`` in the same transaction that checks the run's lease token (fencing): a run whose
+lease was taken over can never commit again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import JobLockedError, LeaseLostError, LedgerError
+from .states import check_shard_transition
+
+__all__ = ["Ledger", "Lease", "ShardRow"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS job (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    name TEXT NOT NULL,
+    spec_fingerprint TEXT NOT NULL,
+    model_fingerprint TEXT NOT NULL,
+    input_fingerprint TEXT NOT NULL,
+    output_path TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    completed_at REAL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    token INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    state TEXT NOT NULL,
+    rows_done INTEGER NOT NULL DEFAULT 0,
+    message TEXT
+);
+CREATE TABLE IF NOT EXISTS shards (
+    shard_id TEXT PRIMARY KEY,
+    ordinal INTEGER NOT NULL UNIQUE,
+    descriptor TEXT NOT NULL,
+    rows_planned INTEGER,
+    state TEXT NOT NULL DEFAULT 'pending',
+    rows_out INTEGER,
+    rows_failed INTEGER NOT NULL DEFAULT 0,
+    output_file TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run_id INTEGER,
+    started_at REAL,
+    committed_at REAL,
+    seconds REAL,
+    stats TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    token INTEGER NOT NULL,
+    run_id INTEGER,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    acquired_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    released INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """This run's hold on the job; ``token`` fences its writes."""
+
+    token: int
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class ShardRow:
+    shard_id: str
+    ordinal: int
+    descriptor: str
+    state: str
+    rows_planned: int | None
+    rows_out: int | None
+    output_file: str | None
+    error: str | None
+
+
+class Ledger:
+    """Job state in one SQLite file. Safe to share between threads of one process."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self._conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(
+                f"cannot open the ledger {path}: {exc}",
+                hint="check '[runtime] ledger'; a corrupt ledger can be moved away and the job rerun with --restart",
+            ) from exc
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: one writer at a time across processes."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._conn.execute(sql, params).fetchall())
+
+    # -- job ---------------------------------------------------------------------------------------
+    def job(self) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM job WHERE id = 1")
+        return dict(rows[0]) if rows else None
+
+    def create_job(
+        self,
+        *,
+        name: str,
+        spec_fingerprint: str,
+        model_fingerprint: str,
+        input_fingerprint: str,
+        output_path: str,
+        spec_json: str,
+        shards: Sequence[tuple[str, int, str, int | None]],
+    ) -> None:
+        """Record the job and its planned shards (all pending)."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO job (id, name, spec_fingerprint, model_fingerprint, input_fingerprint, output_path,"
+                " spec_json, created_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+                (name, spec_fingerprint, model_fingerprint, input_fingerprint, output_path, spec_json, time.time()),
+            )
+            conn.executemany(
+                "INSERT INTO shards (shard_id, ordinal, descriptor, rows_planned) VALUES (?, ?, ?, ?)", shards
+            )
+
+    def reset(self) -> list[str]:
+        """Forget the job's results (for --restart). Returns the output files it had recorded."""
+        with self._tx() as conn:
+            files = [r[0] for r in conn.execute("SELECT output_file FROM shards WHERE output_file IS NOT NULL")]
+            conn.execute("DELETE FROM shards")
+            conn.execute("DELETE FROM job")
+            return files
+
+    def mark_complete(self) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE job SET completed_at = ? WHERE id = 1", (time.time(),))
+
+    # -- lease -------------------------------------------------------------------------------------
+    def lease_holder(self) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM lease WHERE id = 1")
+        return dict(rows[0]) if rows else None
+
+    def acquire_lease(self, *, lease_seconds: float, job: str) -> Lease:
+        """Take the job's lease, or raise JobLockedError naming the live holder.
+
+        A lease whose heartbeat is older than ``lease_seconds`` belonged to a run that died: it is taken
+        over, and its run is recorded as interrupted.
+        """
+        host, pid, now = socket.gethostname(), os.getpid(), time.time()
+        with self._tx() as conn:
+            row = conn.execute("SELECT * FROM lease WHERE id = 1").fetchone()
+            if (
+                row is not None
+                and not row["released"]
+                and now - row["heartbeat_at"] < lease_seconds
+                and not _holder_is_dead(row["host"], row["pid"])
+            ):
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["acquired_at"]))
+                raise JobLockedError(
+                    f"another run of job '{job}' is active: host {row['host']}, pid {row['pid']}, since {since}",
+                    hint="wait for it to finish (or use --wait); a run that died frees the job after "
+                    f"{lease_seconds:g}s without a heartbeat",
+                    job=job,
+                )
+            token = (row["token"] if row is not None else 0) + 1
+            if row is not None and row["run_id"] is not None:
+                conn.execute(
+                    "UPDATE runs SET state = 'interrupted', ended_at = COALESCE(ended_at, ?),"
+                    " message = COALESCE(message, 'the run stopped without finishing (crash or kill)')"
+                    " WHERE run_id = ? AND state = 'running'",
+                    (now, row["run_id"]),
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO lease (id, token, run_id, host, pid, acquired_at, heartbeat_at, released)"
+                " VALUES (1, ?, NULL, ?, ?, ?, ?, 0)",
+                (token, host, pid, now, now),
+            )
+        return Lease(token=token, host=host, pid=pid)
+
+    def heartbeat(self, lease: Lease) -> bool:
+        """Refresh the lease; False when it was taken over."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE lease SET heartbeat_at = ? WHERE id = 1 AND token = ? AND released = 0",
+                (time.time(), lease.token),
+            )
+            return cur.rowcount == 1
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE lease SET released = 1 WHERE id = 1 AND token = ?", (lease.token,))
+
+    def _fence(self, conn: sqlite3.Connection, lease: Lease) -> None:
+        row = conn.execute("SELECT token, released FROM lease WHERE id = 1").fetchone()
+        if row is None or row["token"] != lease.token or row["released"]:
+            raise LeaseLostError(
+                "this run's lease was taken over by another run; it stops without committing more",
+                hint="check `infermill status`; only one run of a job may write at a time",
+            )
+
+    def check_fence(self, lease: Lease) -> None:
+        with self._lock:
+            self._fence(self._conn, lease)
+
+    # -- runs --------------------------------------------------------------------------------------
+    def start_run(self, lease: Lease) -> int:
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            cur = conn.execute(
+                "INSERT INTO runs (token, host, pid, started_at, state) VALUES (?, ?, ?, ?, 'running')",
+                (lease.token, lease.host, lease.pid, time.time()),
+            )
+            run_id = int(cur.lastrowid or 0)
+            conn.execute("UPDATE lease SET run_id = ? WHERE id = 1", (run_id,))
+            # Shards left running by a crashed run were never committed: do them again.
+            conn.execute("UPDATE shards SET state = 'pending' WHERE state = 'running'")
+            return run_id
+
+    def end_run(self, run_id: int, state: str, message: str | None = None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE runs SET state = ?, ended_at = ?, message = ?,"
+                " rows_done = (SELECT COALESCE(SUM(rows_out), 0) FROM shards WHERE run_id = ? AND state = 'committed')"
+                " WHERE run_id = ?",
+                (state, time.time(), message, run_id, run_id),
+            )
+
+    def runs(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._query("SELECT * FROM runs ORDER BY run_id")]
+
+    # -- shards ------------------------------------------------------------------------------------
+    def shards(self, state: str | None = None) -> list[ShardRow]:
+        sql = "SELECT shard_id, ordinal, descriptor, state, rows_planned, rows_out, output_file, error FROM shards"
+        params: tuple[Any, ...] = ()
+        if state is not None:
+            sql += " WHERE state = ?"
+            params = (state,)
+        return [ShardRow(**dict(r)) for r in self._query(sql + " ORDER BY ordinal", params)]
+
+    def _transition(self, conn: sqlite3.Connection, shard_id: str, new: str) -> None:
+        row = conn.execute("SELECT state FROM shards WHERE shard_id = ?", (shard_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"unknown shard {shard_id}")
+        check_shard_transition(row["state"], new, shard_id)
+
+    def mark_running(self, shard_id: str, lease: Lease, run_id: int) -> None:
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            self._transition(conn, shard_id, "running")
+            conn.execute(
+                "UPDATE shards SET state = 'running', attempts = attempts + 1, run_id = ?, started_at = ?,"
+                " error = NULL WHERE shard_id = ?",
+                (run_id, time.time(), shard_id),
+            )
+
+    def commit_shard(
+        self,
+        shard_id: str,
+        lease: Lease,
+        *,
+        output_file: str | None,
+        rows_out: int,
+        rows_failed: int = 0,
+        stats: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a shard's file as committed, only if this run still holds the lease."""
+        now = time.time()
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            self._transition(conn, shard_id, "committed")
+            conn.execute(
+                "UPDATE shards SET state = 'committed', output_file = ?, rows_out = ?, rows_failed = ?,"
+                " committed_at = ?, seconds = ? - COALESCE(started_at, ?), stats = ? WHERE shard_id = ?",
+                (output_file, rows_out, rows_failed, now, now, now, json.dumps(stats or {}), shard_id),
+            )
+
+    def fail_shard(self, shard_id: str, lease: Lease, error: str) -> None:
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            self._transition(conn, shard_id, "failed")
+            conn.execute("UPDATE shards SET state = 'failed', error = ? WHERE shard_id = ?", (error, shard_id))
+
+    def requeue_shard(self, shard_id: str, lease: Lease) -> None:
+        """A running shard whose work was abandoned (interrupt) goes back to pending."""
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            conn.execute("UPDATE shards SET state = 'pending' WHERE shard_id = ? AND state = 'running'", (shard_id,))
+
+    def requeue_failed(self, lease: Lease) -> int:
+        """Failed shards get another chance in a new run."""
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            return conn.execute("UPDATE shards SET state = 'pending' WHERE state = 'failed'").rowcount
+
+    def summary(self) -> dict[str, Any]:
+        row = self._query(
+            "SELECT COUNT(*) AS shards_total,"
+            " COALESCE(SUM(state = 'committed'), 0) AS shards_committed,"
+            " COALESCE(SUM(state = 'failed'), 0) AS shards_failed,"
+            " COALESCE(SUM(state = 'pending'), 0) AS shards_pending,"
+            " COALESCE(SUM(state = 'running'), 0) AS shards_running,"
+            " COALESCE(SUM(CASE WHEN state = 'committed' THEN rows_out ELSE 0 END), 0) AS rows_succeeded,"
+            " COALESCE(SUM(CASE WHEN state = 'committed' THEN rows_failed ELSE 0 END), 0) AS rows_failed,"
+            " SUM(rows_planned) AS rows_planned,"
+            " COUNT(rows_planned) AS shards_with_rows_planned"
+            " FROM shards"
+        )[0]
+        return dict(row)
+
+    def committed_files(self) -> list[tuple[str, int]]:
+        rows = self._query(
+            "SELECT output_file, rows_out FROM shards WHERE state = 'committed' AND output_file IS NOT NULL"
+            " ORDER BY ordinal"
+        )
+        return [(r["output_file"], r["rows_out"]) for r in rows]
+
+
+def _holder_is_dead(host: str, pid: int) -> bool:
+    """True when the lease holder ran on this host and its process is gone (killed, crashed)."""
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False

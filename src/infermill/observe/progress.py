@@ -1,0 +1,125 @@
+"""Progress: a rich bar on a terminal, plain periodic log lines otherwise (CI logs, cron mail)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Literal, TextIO
+
+__all__ = ["ProgressReporter", "format_rate"]
+
+Mode = Literal["bar", "log", "off"]
+
+
+def format_rate(rows: float, seconds: float) -> str:
+    rate = rows / seconds if seconds > 0 else 0.0
+    if rate >= 1e6:
+        return f"{rate / 1e6:.2f}M rows/s"
+    if rate >= 1e3:
+        return f"{rate / 1e3:.1f}k rows/s"
+    return f"{rate:.0f} rows/s"
+
+
+def _eta(remaining: float, rate: float) -> str:
+    if rate <= 0 or remaining <= 0:
+        return "-"
+    seconds = int(remaining / rate)
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressReporter:
+    """Counts rows and shards of one run and shows them."""
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        rows_total: int | None,
+        shards_total: int,
+        rows_done: int = 0,
+        shards_done: int = 0,
+        mode: Mode | None = None,
+        interval: float = 10.0,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.stream = stream or sys.stderr
+        if mode is None:
+            mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "log"
+        self.mode: Mode = mode
+        self.job = job
+        self.rows_total = rows_total
+        self.shards_total = shards_total
+        self.rows_done = rows_done
+        self.shards_done = shards_done
+        self._run_rows = 0
+        self.interval = interval
+        self.started = time.monotonic()
+        self._last_log = self.started
+        self._bar: Any = None
+        self._task: Any = None
+        if self.mode == "bar":
+            self._start_bar()
+
+    def _start_bar(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rows]}"),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("shards {task.fields[shards]}"),
+            TextColumn("ETA {task.fields[eta]}"),
+            TimeElapsedColumn(),
+            console=Console(file=self.stream),
+            transient=False,
+        )
+        self._task = self._bar.add_task(
+            self.job, total=self.rows_total, completed=self.rows_done, **self._fields()
+        )
+        self._bar.start()
+
+    def _fields(self) -> dict[str, str]:
+        elapsed = time.monotonic() - self.started
+        rate = self._run_rows / elapsed if elapsed > 0 else 0.0
+        total = f"/{self.rows_total:,}" if self.rows_total is not None else ""
+        remaining = (self.rows_total - self.rows_done) if self.rows_total is not None else 0
+        return {
+            "rows": f"{self.rows_done:,}{total} rows",
+            "rate": format_rate(self._run_rows, elapsed),
+            "shards": f"{self.shards_done}/{self.shards_total}",
+            "eta": _eta(remaining, rate),
+        }
+
+    def advance(self, rows: int) -> None:
+        self.rows_done += rows
+        self._run_rows += rows
+        self._refresh()
+
+    def shard_done(self) -> None:
+        self.shards_done += 1
+        self._refresh(force=self.mode == "bar")
+
+    def _refresh(self, force: bool = False) -> None:
+        if self.mode == "bar":
+            self._bar.update(self._task, completed=self.rows_done, **self._fields())
+        elif self.mode == "log":
+            now = time.monotonic()
+            if force or now - self._last_log >= self.interval:
+                self._last_log = now
+                self.log_line()
+
+    def log_line(self) -> None:
+        f = self._fields()
+        print(f"[{self.job}] {f['rows']}, {f['rate']}, shards {f['shards']}, ETA {f['eta']}", file=self.stream)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.mode == "bar" and self._bar is not None:
+            self._bar.update(self._task, completed=self.rows_done, **self._fields())
+            self._bar.stop()
+            self._bar = None
+        elif self.mode == "log" and self._run_rows:
+            self.log_line()

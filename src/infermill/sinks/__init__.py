@@ -1,0 +1,7 @@
+"""Result sinks: one output file per shard, staged then moved into place atomically."""
+
+from __future__ import annotations
+
+from .base import MANIFEST_NAME, STAGING_DIR, ShardWriter, Sink, StagedFile, open_sink
+
+__all__ = ["MANIFEST_NAME", "STAGING_DIR", "ShardWriter", "Sink", "StagedFile", "open_sink"]

@@ -1,0 +1,108 @@
+"""The output file formats: Parquet, JSON Lines and CSV."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from .base import ShardWriter, Sink
+
+__all__ = ["SINK_FORMATS"]
+
+
+class ParquetWriter(ShardWriter):
+    def __init__(self, path: str, final_name: str, compression: str = "snappy") -> None:
+        super().__init__(path, final_name)
+        self._writer: pq.ParquetWriter | None = None
+        self._compression = compression
+
+    def _write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression=self._compression)
+        elif table.schema != self._writer.schema:
+            table = table.cast(self._writer.schema)
+        self._writer.write_table(table)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    return value
+
+
+class JsonlWriter(ShardWriter):
+    def __init__(self, path: str, final_name: str) -> None:
+        super().__init__(path, final_name)
+        self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in _close
+
+    def _write(self, table: pa.Table) -> None:
+        lines = [
+            json.dumps({k: _json_value(v) for k, v in row.items()}, default=str, ensure_ascii=False)
+            for row in table.to_pylist()
+        ]
+        self._fh.write("\n".join(lines) + "\n")
+
+    def _close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+class CsvWriter(ShardWriter):
+    def __init__(self, path: str, final_name: str) -> None:
+        super().__init__(path, final_name)
+        self._writer: pacsv.CSVWriter | None = None
+
+    def _write(self, table: pa.Table) -> None:
+        # CSV has no nested values: lists and structs are written as JSON text.
+        columns = []
+        for name, col in zip(table.column_names, table.columns, strict=True):
+            if pa.types.is_nested(col.type):
+                col = pa.array([None if v is None else json.dumps(v) for v in col.to_pylist()], pa.string())
+            columns.append(col)
+        table = pa.table(columns, names=table.column_names)
+        if self._writer is None:
+            self._writer = pacsv.CSVWriter(self.path, table.schema)
+        self._writer.write_table(table)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class ParquetSink(Sink):
+    extension = ".parquet"
+    writer_cls = ParquetWriter
+
+    def open_writer(self, ordinal: int) -> ShardWriter:
+        writer = super().open_writer(ordinal)
+        return ParquetWriter(writer.path, writer.final_name, self.spec.output.compression or "snappy")
+
+
+class JsonlSink(Sink):
+    extension = ".jsonl"
+    writer_cls = JsonlWriter
+
+
+class CsvSink(Sink):
+    extension = ".csv"
+    writer_cls = CsvWriter
+
+
+SINK_FORMATS: dict[str, type[Sink]] = {"parquet": ParquetSink, "jsonl": JsonlSink, "csv": CsvSink}
