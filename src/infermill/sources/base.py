@@ -97,7 +97,9 @@ class Source(ABC):
         """The input's columns and types (from metadata or the first rows), before projection."""
 
     @abstractmethod
-    def read(self, shard: Shard, batch_size: int, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    def read(
+        self, shard: Shard, batch_size: int, columns: Sequence[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
         """Stream the shard's rows in order as batches of at most ``batch_size`` rows.
 
         ``columns`` selects input columns (the id column is always included, synthetic or not).

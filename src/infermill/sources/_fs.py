@@ -1,0 +1,171 @@
+"""Find the input files: one file, a directory, a glob or an fsspec URL, listed in a stable order.
+
+Shards must be the same every time the same input is planned, and object stores list in no promised
+order, so the listing is sorted by path relative to the input root. Each file carries a fingerprint
+(size plus etag or mtime) so that a changed file can be told apart from the one that was planned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from fsspec.core import url_to_fs
+from fsspec.spec import AbstractFileSystem
+
+from ..errors import InputError
+from ..spec import INPUT_EXTENSIONS, JobSpec, is_url
+
+__all__ = ["InputFile", "InputListing", "display_path", "list_input", "open_filesystem"]
+
+_MAGIC = re.compile(r"[*?\[]")
+_ETAG_KEYS = ("ETag", "etag", "md5Hash", "md5", "crc32c", "checksum")
+_TIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "modified", "created")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file as planned."""
+
+    path: str
+    """What ``fs.open`` takes: a local path, or the URL for a remote file."""
+    relpath: str
+    """Path relative to the input root, with ``/`` separators (used in synthetic ids)."""
+    size: int
+    fingerprint: str
+    """Size and etag (or mtime) when listed."""
+
+
+@dataclass(frozen=True)
+class InputListing:
+    """The files of an input, sorted by ``relpath``, and the filesystem that opens them."""
+
+    fs: AbstractFileSystem
+    root: str
+    files: tuple[InputFile, ...]
+
+
+def display_path(path: str) -> str:
+    """A path or URL fit for a message: any ``user:password@`` part of a URL is removed."""
+    return re.sub(r"^([a-zA-Z][\w+.-]*://)[^/@]*@", r"\1", path)
+
+
+def open_filesystem(spec: JobSpec) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem of the input and the input path as that filesystem spells it."""
+    target = spec.resolve(spec.input.path)
+    try:
+        fs, fspath = url_to_fs(target, **spec.input.storage_options)
+    except (ImportError, ValueError) as exc:
+        # An unknown protocol or a missing extra (s3fs, gcsfs); the text names the package to install.
+        raise InputError(
+            f"cannot open the input {display_path(target)}: {exc}",
+            hint="install the fsspec backend for this URL, e.g. pip install 'infermill[s3]'",
+        ) from None
+    return fs, str(fspath)
+
+
+def list_input(spec: JobSpec, fmt: str) -> InputListing:
+    """List the files of ``spec.input.path`` for format ``fmt``, sorted, with fingerprints.
+
+    A directory yields every file below it with an extension of ``fmt`` (e.g. ``.csv``/``.tsv``),
+    skipping names that start with ``.`` or ``_`` (hidden files, ``_SUCCESS``, staging folders).
+    A glob yields the files it matches, skipping the same hidden names below its fixed prefix.
+    """
+    fs, fspath = open_filesystem(spec)
+    shown = display_path(spec.resolve(spec.input.path))
+    url = is_url(spec.resolve(spec.input.path))
+    if _MAGIC.search(fspath):
+        root = _glob_root(fspath)
+        infos = _glob(fs, fspath)
+        found = [(p, i) for p, i in infos.items() if i.get("type") != "directory" and not _hidden(p, root)]
+        if not found:
+            raise InputError(
+                f"the input glob {shown} matches no files",
+                hint="check [input] path; '**' matches nested folders, and names starting with '.' or '_' "
+                "are skipped",
+            )
+    else:
+        try:
+            info = fs.info(fspath)
+        except FileNotFoundError:
+            raise InputError(
+                f"input not found: {shown}",
+                hint="check [input] path; a relative path is resolved against the job file's folder "
+                f"({spec.base_dir})",
+            ) from None
+        if info.get("type") == "directory":
+            root = fspath.rstrip("/") or "/"
+            exts = tuple(ext for ext, f in INPUT_EXTENSIONS.items() if f == fmt)
+            infos = _find(fs, root)
+            found = [
+                (p, i)
+                for p, i in infos.items()
+                if i.get("type") != "directory" and p.lower().endswith(exts) and not _hidden(p, root)
+            ]
+            if not found:
+                raise InputError(
+                    f"the input folder {shown} holds no {fmt} files ({', '.join(exts)})",
+                    hint="check [input] path and format; names starting with '.' or '_' are skipped",
+                )
+        else:
+            root = posixpath.dirname(fspath.rstrip("/"))
+            found = [(fspath, info)]
+    files = [
+        InputFile(
+            path=fs.unstrip_protocol(p) if url else p,
+            relpath=_relpath(p, root),
+            size=int(i.get("size") or 0),
+            fingerprint=_fingerprint(i),
+        )
+        for p, i in found
+    ]
+    files.sort(key=lambda f: (f.relpath, f.path))
+    return InputListing(fs=fs, root=root, files=tuple(files))
+
+
+def _find(fs: AbstractFileSystem, root: str) -> dict[str, dict[str, Any]]:
+    """Every file below ``root`` with its info (a seam: tests shuffle it to prove the order is ours)."""
+    return dict(fs.find(root, withdirs=False, detail=True))
+
+
+def _glob(fs: AbstractFileSystem, pattern: str) -> dict[str, dict[str, Any]]:
+    """Every path matching ``pattern`` with its info (a seam, like :func:`_find`)."""
+    return dict(fs.glob(pattern, detail=True))
+
+
+def _glob_root(pattern: str) -> str:
+    parts = pattern.split("/")
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if _MAGIC.search(part):
+            break
+        fixed.append(part)
+    return "/".join(fixed) or ("/" if pattern.startswith("/") else "")
+
+
+def _relpath(path: str, root: str) -> str:
+    prefix = root.rstrip("/") + "/"
+    if root and path.startswith(prefix):
+        return path[len(prefix) :]
+    return path.lstrip("/")
+
+
+def _hidden(path: str, root: str) -> bool:
+    return any(part.startswith((".", "_")) for part in _relpath(path, root).split("/"))
+
+
+def _fingerprint(info: dict[str, Any]) -> str:
+    size = info.get("size")
+    for key in _ETAG_KEYS:
+        if info.get(key):
+            return f"{size}:{str(info[key]).strip(chr(34))}"
+    for key in _TIME_KEYS:
+        value = info.get(key)
+        if isinstance(value, dt.datetime):
+            return f"{size}:{value.timestamp()!r}"
+        if value is not None:
+            return f"{size}:{value!r}" if isinstance(value, float) else f"{size}:{value}"
+    return str(size)

@@ -1,0 +1,114 @@
+"""Parquet input: shards are runs of row groups, planned from the file footers alone.
+
+Row groups are the unit Parquet can read independently, so a shard is a run of whole row groups of
+about ``shard_rows`` rows: small files merge into one shard, a shard may span files, and a row group
+larger than ``shard_rows`` is a shard of its own. Synthetic ids are ``"{relpath}#{row index in file}"``,
+which do not depend on the shard size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import InputError
+from ._files import FileSource
+from ._fs import InputFile, display_path
+from .base import Fragment, Shard, rebatch
+
+__all__ = ["ParquetSource"]
+
+
+class ParquetSource(FileSource):
+    """Reads ``.parquet`` files (one, a folder, a glob or a URL) by row groups."""
+
+    format = "parquet"
+
+    def plan(self) -> list[Shard]:
+        self.check_columns()
+        limit = self.spec.input.shard_rows
+        shards: list[Shard] = []
+        pending: list[Fragment] = []
+        rows = 0
+
+        def flush() -> None:
+            nonlocal pending, rows
+            if pending:
+                shards.append(Shard(ordinal=len(shards), fragments=tuple(pending)))
+            pending, rows = [], 0
+
+        for file in self.listing().files:
+            metadata = self._metadata(file)
+            offset = 0
+            for index in range(metadata.num_row_groups):
+                count = metadata.row_group(index).num_rows
+                if rows and rows + count > limit:
+                    flush()
+                last = pending[-1] if pending else None
+                if last is not None and last.path == file.path and last.stop == index:
+                    # Consecutive row groups of one file stay one fragment.
+                    pending[-1] = Fragment(
+                        path=last.path, relpath=last.relpath, start=last.start, stop=index + 1,
+                        row_offset=last.row_offset, rows=(last.rows or 0) + count,
+                        file_fingerprint=last.file_fingerprint,
+                    )
+                else:
+                    pending.append(Fragment(
+                        path=file.path, relpath=file.relpath, start=index, stop=index + 1,
+                        row_offset=offset, rows=count, file_fingerprint=file.fingerprint,
+                    ))
+                rows += count
+                offset += count
+                if rows >= limit:
+                    flush()
+        flush()
+        return shards
+
+    def read(
+        self, shard: Shard, batch_size: int, columns: Sequence[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        names = self.projection(columns)
+        target = self.target_schema(names)
+        pieces = (self._read_fragment(f, names, target, batch_size) for f in shard.fragments)
+        yield from rebatch((b for piece in pieces for b in piece), batch_size)
+
+    def _read_fragment(
+        self, fragment: Fragment, names: list[str], target: pa.Schema, batch_size: int
+    ) -> Iterator[pa.RecordBatch]:
+        where = display_path(fragment.path)
+        with self.open_file(fragment.path) as handle:
+            reader = self._open(handle, where)
+            stored = reader.schema_arrow.names
+            for name in names:
+                if name not in stored:
+                    raise InputError(
+                        f"column {name!r} not found in {where}; available columns: {', '.join(stored)}",
+                        hint="every input file must have the columns of the first file",
+                    )
+            row = fragment.row_offset
+            batches = reader.iter_batches(
+                batch_size=batch_size, row_groups=range(fragment.start, fragment.stop), columns=names
+            )
+            for batch in batches:
+                yield self.finish(batch, target, where, f"{fragment.relpath}#", row)
+                row += batch.num_rows
+
+    def _infer_schema(self, files: Sequence[InputFile]) -> pa.Schema:
+        with self.open_file(files[0].path) as handle:
+            return self._open(handle, display_path(files[0].path)).schema_arrow
+
+    def _metadata(self, file: InputFile) -> pq.FileMetaData:
+        with self.open_file(file.path) as handle:
+            return self._open(handle, display_path(file.path)).metadata
+
+    @staticmethod
+    def _open(handle: object, where: str) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(handle)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(
+                f"{where} is not a readable Parquet file: {exc}",
+                hint="check [input] path and format; remove files that are not Parquet from the input",
+            ) from None
