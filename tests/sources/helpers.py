@@ -1,0 +1,39 @@
+"""Writers for the source tests: the same rows as Parquet, CSV, TSV or JSONL files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+
+def write_rows(
+    directory: Path, rows: list[dict[str, Any]], fmt: str, *, files: int = 3, row_group_size: int = 4,
+    ext: str | None = None,
+) -> Path:
+    """Write ``rows`` over ``files`` files ``part-000.<ext>`` ... in ``directory``, in order."""
+    directory.mkdir(parents=True, exist_ok=True)
+    per = -(-len(rows) // files)
+    for i in range(files):
+        chunk = rows[i * per : (i + 1) * per]
+        path = directory / f"part-{i:03d}.{ext or fmt}"
+        write_file(path, chunk, fmt, row_group_size=row_group_size)
+    return directory
+
+
+def write_file(path: Path, rows: list[dict[str, Any]], fmt: str, *, row_group_size: int = 4) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
+    elif fmt in ("csv", "tsv"):
+        options = pa_csv.WriteOptions(delimiter="\t" if fmt == "tsv" else ",")
+        pa_csv.write_csv(pa.Table.from_pylist(rows), path, write_options=options)
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    else:
+        raise ValueError(fmt)
+    return path
