@@ -12,7 +12,12 @@ import pyarrow.parquet as pq
 
 
 def write_rows(
-    directory: Path, rows: list[dict[str, Any]], fmt: str, *, files: int = 3, row_group_size: int = 4,
+    directory: Path,
+    rows: list[dict[str, Any]],
+    fmt: str,
+    *,
+    files: int = 3,
+    row_group_size: int = 4,
     ext: str | None = None,
 ) -> Path:
     """Write ``rows`` over ``files`` files ``part-000.<ext>`` ... in ``directory``, in order."""

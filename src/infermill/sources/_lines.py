@@ -37,7 +37,10 @@ def plan_byte_ranges(files: Sequence[InputFile], shard_bytes: int, split_files: 
                 shards.append(Shard(ordinal=len(shards), fragments=tuple(pending)))
                 pending, size = [], 0
             fragment = Fragment(
-                path=file.path, relpath=file.relpath, start=start, stop=stop,
+                path=file.path,
+                relpath=file.relpath,
+                start=start,
+                stop=stop,
                 file_fingerprint=file.fingerprint,
             )
             pending.append(fragment)

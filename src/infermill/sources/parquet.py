@@ -44,21 +44,34 @@ class ParquetSource(FileSource):
             offset = 0
             for index in range(metadata.num_row_groups):
                 count = metadata.row_group(index).num_rows
+                if count == 0:
+                    continue  # nothing to read; empty files write one such group
                 if rows and rows + count > limit:
                     flush()
                 last = pending[-1] if pending else None
                 if last is not None and last.path == file.path and last.stop == index:
                     # Consecutive row groups of one file stay one fragment.
                     pending[-1] = Fragment(
-                        path=last.path, relpath=last.relpath, start=last.start, stop=index + 1,
-                        row_offset=last.row_offset, rows=(last.rows or 0) + count,
+                        path=last.path,
+                        relpath=last.relpath,
+                        start=last.start,
+                        stop=index + 1,
+                        row_offset=last.row_offset,
+                        rows=(last.rows or 0) + count,
                         file_fingerprint=last.file_fingerprint,
                     )
                 else:
-                    pending.append(Fragment(
-                        path=file.path, relpath=file.relpath, start=index, stop=index + 1,
-                        row_offset=offset, rows=count, file_fingerprint=file.fingerprint,
-                    ))
+                    pending.append(
+                        Fragment(
+                            path=file.path,
+                            relpath=file.relpath,
+                            start=index,
+                            stop=index + 1,
+                            row_offset=offset,
+                            rows=count,
+                            file_fingerprint=file.fingerprint,
+                        )
+                    )
                 rows += count
                 offset += count
                 if rows >= limit:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -21,6 +21,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 
 from ..errors import InputError
+from ..spec import JobSpec
 from ._files import FileSource
 from ._fs import InputFile, display_path
 from ._lines import LineRange, next_line_start, plan_byte_ranges
@@ -35,6 +36,10 @@ _JSON_BLOCK = 8 << 20  # one JSON line must fit in a block
 
 class TextSource(FileSource):
     """Shared planning and reading of line-oriented formats."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        super().__init__(spec)
+        self._schema_file: str | None = None
 
     def plan(self) -> list[Shard]:
         files = self.listing().files
@@ -61,37 +66,55 @@ class TextSource(FileSource):
         yield from rebatch(batches(), batch_size)
 
     def _infer_schema(self, files: Sequence[InputFile]) -> pa.Schema:
-        first = next((f for f in files if f.size), None)
-        if first is None:
+        candidates = [f for f in files if f.size]
+        if not candidates:
             raise InputError(
-                f"every input file is empty: {display_path(files[0].path)}",
-                hint="check [input] path",
+                f"every input file is empty: {display_path(files[0].path)}", hint="check [input] path"
             )
-        with self.open_file(first.path) as handle:
-            sample = handle.read(SAMPLE_BYTES)
-            if len(sample) == SAMPLE_BYTES:
-                sample += handle.readline()  # finish the last line
-        try:
-            schema = self._sample_schema(sample, first)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise InputError(
-                f"cannot read the first rows of {display_path(first.path)} as {self.format}: {exc}",
-                hint="check [input] format (and csv_delimiter)",
-            ) from None
-        return schema
+        chosen: tuple[InputFile, pa.Table] | None = None
+        for file in candidates:
+            # Header-only or blank files say nothing of types: take the first file that has rows.
+            with self.open_file(file.path) as handle:
+                sample = handle.read(SAMPLE_BYTES)
+                if len(sample) == SAMPLE_BYTES:
+                    sample += handle.readline()  # finish the last line
+            try:
+                table = self._parse_sample(sample, file)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise self._sample_error(exc, file, sample) from None
+            if chosen is None or table.num_rows:
+                chosen = (file, table)
+            if table.num_rows:
+                break
+        assert chosen is not None
+        self._schema_file = display_path(chosen[0].path)
+        # A column that is empty in the sample says nothing of its type; string holds most values.
+        fields = [
+            pa.field(f.name, pa.string() if pa.types.is_null(f.type) else f.type) for f in chosen[1].schema
+        ]
+        return pa.schema(fields)
 
-    def _sample_schema(self, sample: bytes, file: InputFile) -> pa.Schema:
+    def schema_origin(self) -> str:
+        self.data_schema()
+        return self._schema_file or super().schema_origin()
+
+    def _parse_sample(self, sample: bytes, file: InputFile) -> pa.Table:
         raise NotImplementedError
+
+    def _sample_error(self, exc: Exception, file: InputFile, sample: bytes) -> InputError:
+        return InputError(
+            f"cannot read the first rows of {display_path(file.path)} as {self.format}: {exc}",
+            hint="check [input] format (and csv_delimiter)",
+        )
 
     def _read_fragment(self, fragment: Fragment, names: list[str], where: str) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError
 
     def _parse_error(self, exc: Exception, where: str) -> InputError:
-        first = next((f for f in self.listing().files if f.size), None)
-        origin = display_path(first.path) if first else "the first file"
+        size = f"{SAMPLE_BYTES // 1024} KiB" if SAMPLE_BYTES >= 1024 else f"{SAMPLE_BYTES} bytes"
         return InputError(
             f"cannot read {where}: {exc}",
-            hint=f"column types are inferred from the first {SAMPLE_BYTES // 1024} KiB of {origin}; "
+            hint=f"column types are inferred from the first {size} of {self.schema_origin()}; "
             "fix the value shown, or make it fit that type",
         )
 
@@ -112,15 +135,12 @@ class CsvSource(TextSource):
             delimiter=self._delimiter(relpath), newlines_in_values=not self.spec.input.split_files
         )
 
-    def _sample_schema(self, sample: bytes, file: InputFile) -> pa.Schema:
-        table = pa_csv.read_csv(
+    def _parse_sample(self, sample: bytes, file: InputFile) -> pa.Table:
+        return pa_csv.read_csv(
             io.BytesIO(sample),
             read_options=pa_csv.ReadOptions(use_threads=False, block_size=len(sample) + 1),
             parse_options=self._parse_options(file.relpath),
         )
-        # An all-empty column in the sample says nothing of its type; string can hold any value.
-        fields = [pa.field(f.name, pa.string() if pa.types.is_null(f.type) else f.type) for f in table.schema]
-        return pa.schema(fields)
 
     def _read_fragment(self, fragment: Fragment, names: list[str], where: str) -> Iterator[pa.RecordBatch]:
         schema = self.data_schema()
@@ -160,12 +180,17 @@ class JsonlSource(TextSource):
 
     format = "jsonl"
 
-    def _sample_schema(self, sample: bytes, file: InputFile) -> pa.Schema:
-        table = pa_json.read_json(
+    def _parse_sample(self, sample: bytes, file: InputFile) -> pa.Table:
+        if not sample.strip():
+            return pa.table({})
+        return pa_json.read_json(
             io.BytesIO(sample),
             read_options=pa_json.ReadOptions(use_threads=False, block_size=max(len(sample) + 1, _JSON_BLOCK)),
         )
-        return table.schema
+
+    def _sample_error(self, exc: Exception, file: InputFile, sample: bytes) -> InputError:
+        bad = _bad_json_line(io.BytesIO(sample).readlines(), 0, file.path)
+        return bad or super()._sample_error(exc, file, sample)
 
     def _read_fragment(self, fragment: Fragment, names: list[str], where: str) -> Iterator[pa.RecordBatch]:
         schema = self.target_schema(names)
@@ -188,25 +213,29 @@ class JsonlSource(TextSource):
                 raise self._json_error(exc, fragment, where) from None
 
     def _json_error(self, exc: Exception, fragment: Fragment, where: str) -> InputError:
-        """Point at the first line that is not valid JSON, if there is one (an error path, so a rescan
+        """Point at the first line that is not a JSON object, if there is one (an error path, so a rescan
         of the range is affordable); otherwise the value does not fit the inferred type."""
         with self.open_file(fragment.path) as handle:
             stream = LineRange(handle, fragment.start, fragment.stop)
-            offset = stream.begin
-            for line in io.BufferedReader(stream):
-                text = line.strip()
-                if text:
-                    try:
-                        value: Any = json.loads(text)
-                    except ValueError as bad:
-                        return InputError(
-                            f"{display_path(fragment.path)}: bad JSON on the line at byte {offset}: {bad}",
-                            hint="each line must hold one JSON object; fix or remove that line",
-                        )
-                    if not isinstance(value, dict):
-                        return InputError(
-                            f"{display_path(fragment.path)}: the line at byte {offset} is not a JSON object",
-                            hint="each line must hold one JSON object; fix or remove that line",
-                        )
-                offset += len(line)
-        return self._parse_error(exc, where)
+            bad = _bad_json_line(io.BufferedReader(stream), stream.begin, fragment.path)
+        return bad or self._parse_error(exc, where)
+
+
+def _bad_json_line(lines: Iterable[bytes], offset: int, path: str) -> InputError | None:
+    """An error for the first line in ``lines`` (starting at byte ``offset``) that is not a JSON object."""
+    hint = "each line must hold one JSON object; fix or remove that line"
+    for line in lines:
+        text = line.strip()
+        if text:
+            try:
+                value: Any = json.loads(text)
+            except ValueError as exc:
+                return InputError(
+                    f"{display_path(path)}: bad JSON on the line at byte {offset}: {exc}", hint=hint
+                )
+            if not isinstance(value, dict):
+                return InputError(
+                    f"{display_path(path)}: the line at byte {offset} is not a JSON object", hint=hint
+                )
+        offset += len(line)
+    return None

@@ -62,9 +62,13 @@ class InMemorySource(ColumnSource):
                 ordinal=i,
                 fragments=(
                     Fragment(
-                        path=f"memory-table:{self.name}", relpath=self.name, start=start,
-                        stop=min(start + step, self.table.num_rows), row_offset=start,
-                        rows=min(step, self.table.num_rows - start), file_fingerprint=fingerprint,
+                        path=f"memory-table:{self.name}",
+                        relpath=self.name,
+                        start=start,
+                        stop=min(start + step, self.table.num_rows),
+                        row_offset=start,
+                        rows=min(step, self.table.num_rows - start),
+                        file_fingerprint=fingerprint,
                     ),
                 ),
             )
@@ -119,8 +123,13 @@ class SourceConformance(ABC):
         return _open_source(spec)
 
     # -- helpers --------------------------------------------------------------------------------
-    def _read(self, source: Source, shards: Sequence[Shard], batch_size: int = 1000,
-              columns: Sequence[str] | None = None) -> list[list[pa.RecordBatch]]:
+    def _read(
+        self,
+        source: Source,
+        shards: Sequence[Shard],
+        batch_size: int = 1000,
+        columns: Sequence[str] | None = None,
+    ) -> list[list[pa.RecordBatch]]:
         return [list(source.read(shard, batch_size, columns)) for shard in shards]
 
     @staticmethod
@@ -152,6 +161,7 @@ class SourceConformance(ABC):
         spec, _ = self._dataset(tmp_path)
         expected = self.open_source(spec).plan()
         for seed in range(3):
+
             def shuffled(*args: Any, _real: Any, _seed: int = seed) -> dict[str, Any]:
                 items = list(_real(*args).items())
                 random.Random(_seed).shuffle(items)

@@ -1,0 +1,139 @@
+"""Finding the input files: file, folder, glob, fsspec URLs, order, fingerprints and errors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from infermill.errors import InputError
+from infermill.sources._fs import display_path, list_input
+from infermill.testing.sources import source_spec
+
+
+def touch(path: Path, text: str = "a\n1\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    for name in [
+        "b.csv",
+        "a.csv",
+        "c.tsv",
+        "sub/d.csv",
+        "sub/deeper/e.csv",
+        "README.md",
+        "x.parquet",
+        ".hidden.csv",
+        "_SUCCESS",
+        "_tmp/f.csv",
+        ".git/g.csv",
+        "sub/_staging/h.csv",
+    ]:
+        touch(tmp_path / "data" / name)
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def memory_root() -> Iterator[str]:
+    root = f"/infermill-test-{uuid.uuid4().hex}"
+    yield root
+    fs = fsspec.filesystem("memory")
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def relpaths(path: str, fmt: str = "csv", **options: object) -> list[str]:
+    return [f.relpath for f in list_input(source_spec(path, **options), fmt).files]
+
+
+def test_a_single_file(tree: Path) -> None:
+    listing = list_input(source_spec(str(tree / "sub" / "d.csv")), "csv")
+    (file,) = listing.files
+    assert file.relpath == "d.csv" and file.path == str(tree / "sub" / "d.csv")
+    assert file.size == 4 and file.fingerprint.startswith("4:")
+
+
+def test_a_folder_lists_known_extensions_recursively_and_skips_hidden_names(tree: Path) -> None:
+    assert relpaths(str(tree)) == ["a.csv", "b.csv", "c.tsv", "sub/d.csv", "sub/deeper/e.csv"]
+    assert relpaths(str(tree), "parquet") == ["x.parquet"]
+
+
+def test_globs(tree: Path) -> None:
+    assert relpaths(str(tree / "*.csv")) == ["a.csv", "b.csv"]
+    assert relpaths(str(tree / "**" / "*.csv")) == ["a.csv", "b.csv", "sub/d.csv", "sub/deeper/e.csv"]
+    assert relpaths(str(tree / "sub" / "*" / "*.csv")) == ["deeper/e.csv"]
+    # An explicit hidden folder in the fixed part of the glob is what the user asked for.
+    assert relpaths(str(tree / "_tmp" / "*.csv")) == ["f.csv"]
+
+
+def test_relative_paths_resolve_against_the_spec_folder(tree: Path) -> None:
+    spec = source_spec("data/*.csv")
+    spec = type(spec)(input=spec.input, model=spec.model, output=spec.output, base_dir=str(tree.parent))
+    assert [f.relpath for f in list_input(spec, "csv").files] == ["a.csv", "b.csv"]
+
+
+def test_file_url(tree: Path) -> None:
+    listing = list_input(source_spec(f"file://{tree}/*.csv"), "csv")
+    assert [f.relpath for f in listing.files] == ["a.csv", "b.csv"]
+    assert listing.files[0].path == f"file://{tree}/a.csv"
+
+
+def test_memory_url(memory_root: str) -> None:
+    fs = fsspec.filesystem("memory")
+    for name in ["z.jsonl", "a.jsonl", "sub/m.jsonl", "_x/skip.jsonl", "notes.txt"]:
+        fs.pipe(f"{memory_root}/{name}", b'{"a": 1}\n')
+    assert relpaths(f"memory://{memory_root}", "jsonl") == ["a.jsonl", "sub/m.jsonl", "z.jsonl"]
+    listing = list_input(source_spec(f"memory://{memory_root}/*.jsonl"), "jsonl")
+    assert [f.path for f in listing.files] == [
+        f"memory://{memory_root}/a.jsonl",
+        f"memory://{memory_root}/z.jsonl",
+    ]
+    assert all(f.fingerprint.startswith("9:") for f in listing.files)
+
+
+def test_fingerprint_follows_the_content(tree: Path) -> None:
+    before = list_input(source_spec(str(tree / "a.csv")), "csv").files[0].fingerprint
+    touch(tree / "a.csv", "a\n1\n2\n")
+    after = list_input(source_spec(str(tree / "a.csv")), "csv").files[0].fingerprint
+    assert before != after
+
+
+def test_missing_path_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="input not found: .*nowhere.csv") as info:
+        list_input(source_spec(str(tmp_path / "nowhere.csv")), "csv")
+    assert "check [input] path" in str(info.value)
+
+
+def test_glob_matching_nothing(tree: Path) -> None:
+    with pytest.raises(InputError, match=r"matches no files"):
+        list_input(source_spec(str(tree / "*.jsonl")), "jsonl")
+
+
+def test_folder_without_files_of_the_format(tree: Path) -> None:
+    with pytest.raises(InputError, match=r"holds no jsonl files \(\.jsonl, \.ndjson, \.json\)"):
+        list_input(source_spec(str(tree)), "jsonl")
+
+
+def test_storage_options_never_appear_in_messages(memory_root: str) -> None:
+    spec = source_spec(f"memory://{memory_root}/none.csv", storage_options={"secret": "hunter2"})
+    with pytest.raises(InputError) as info:
+        list_input(spec, "csv")
+    assert "hunter2" not in str(info.value) and memory_root in str(info.value)
+
+
+def test_display_path_drops_credentials_in_urls() -> None:
+    assert display_path("s3://key:secret@bucket/x.csv") == "s3://bucket/x.csv"
+    assert display_path("/data/a@b.csv") == "/data/a@b.csv"
+    assert display_path("s3://bucket/a@b.csv") == "s3://bucket/a@b.csv"
+
+
+def test_unknown_protocol_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="cannot open the input"):
+        list_input(source_spec("nosuchproto://bucket/x.csv"), "csv")
