@@ -183,6 +183,9 @@ class JobSpec:
         """Build a spec from a parsed job file mapping, checking keys and types."""
         where = source_file or "job spec"
         data = dict(data)
+        for key in sorted(data):
+            if key not in _SECTIONS and key != "name":
+                _unknown(key, [*_SECTIONS, "name"], "", where)
         sections: dict[str, Any] = {}
         for key, section_cls in _SECTIONS.items():
             raw = data.pop(key, None)
@@ -199,8 +202,6 @@ class JobSpec:
         job_name = data.pop("name", None) or name or "job"
         if not isinstance(job_name, str):
             raise SpecError(f"{where}: 'name' must be a string")
-        if data:
-            _unknown(sorted(data)[0], [*_SECTIONS, "name"], "", where)
         return cls(
             name=job_name,
             base_dir=str(Path(base_dir or os.getcwd()).resolve()),

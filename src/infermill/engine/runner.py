@@ -184,8 +184,8 @@ class _Coordinator:
     def _plan(self, restart: bool) -> tuple[list[Shard], Any]:
         spec, ledger, sink = self.spec, self.ledger, self.sink
         source = open_source(spec)
-        shards = source.plan()
         columns = resolve_columns(spec, source.schema())
+        shards = source.plan()
         model_fp = load_adapter(spec).fingerprint()
         input_fp = _input_fingerprint(shards)
         if restart:

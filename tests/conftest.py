@@ -1,0 +1,139 @@
+"""Shared fixtures: small real datasets, a real python model file, job files, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+SCORER = '''
+import numpy as np
+
+class Scorer:
+    """A deterministic model: score = 0.5 * f0 + f1 - 0.25 * f2."""
+
+    def setup(self):
+        self.weights = np.array([0.5, 1.0, -0.25])
+
+    def predict(self, batch):
+        return {"score": batch["f0"] * self.weights[0] + batch["f1"] * self.weights[1] + batch["f2"] * self.weights[2]}
+'''
+
+
+def make_table(rows: int, seed: int = 0, start_id: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    return pa.table(
+        {
+            "customer_id": np.arange(start_id, start_id + rows, dtype=np.int64),
+            "f0": rng.normal(size=rows),
+            "f1": rng.normal(size=rows),
+            "f2": rng.normal(size=rows),
+            "segment": rng.choice(["a", "b", "c"], size=rows),
+        }
+    )
+
+
+def expected_score(table: pa.Table) -> np.ndarray:
+    f0, f1, f2 = (table.column(c).to_numpy() for c in ("f0", "f1", "f2"))
+    return 0.5 * f0 + 1.0 * f1 - 0.25 * f2
+
+
+def write_parquet_files(directory: Path, rows: int, files: int, row_group_size: int = 1_000) -> pa.Table:
+    """Write ``rows`` rows over ``files`` Parquet files; return the whole table."""
+    directory.mkdir(parents=True, exist_ok=True)
+    table = make_table(rows)
+    per = -(-rows // files)
+    for i in range(files):
+        pq.write_table(table.slice(i * per, per), directory / f"part-{i:03d}.parquet", row_group_size=row_group_size)
+    return table
+
+
+def write_job(path: Path, body: str) -> Path:
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+@pytest.fixture
+def job_dir(tmp_path: Path) -> Path:
+    (tmp_path / "scorer.py").write_text(SCORER)
+    return tmp_path
+
+
+@pytest.fixture
+def parquet_job(job_dir: Path) -> Callable[..., tuple[Path, pa.Table]]:
+    """A parquet -> python model -> parquet job; keyword overrides go into the TOML text."""
+
+    def make(
+        rows: int = 20_000, files: int = 4, shard_rows: int = 4_000, batch: int = 1_000, extra: str = "",
+        output_format: str = "parquet", workers: int = 1,
+    ) -> tuple[Path, pa.Table]:
+        table = write_parquet_files(job_dir / "data", rows, files)
+        job = write_job(
+            job_dir / "job.toml",
+            f"""
+            name = "scores"
+            [input]
+            path = "data/*.parquet"
+            id_column = "customer_id"
+            shard_rows = {shard_rows}
+            [model]
+            kind = "python"
+            entrypoint = "scorer.py:Scorer"
+            features = ["f0", "f1", "f2"]
+            outputs = ["score"]
+            [batch]
+            size = {batch}
+            [output]
+            path = "out"
+            format = "{output_format}"
+            keep = ["segment"]
+            [runtime]
+            workers = {workers}
+            {extra}
+            """,
+        )
+        return job, table
+
+    return make
+
+
+def read_output(out_dir: Path, fmt: str = "parquet") -> pa.Table:
+    """Read every committed part file listed in the manifest (or on disk) into one table."""
+    import json
+
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+
+    manifest = out_dir / "_manifest.json"
+    if manifest.exists():
+        names = [f["path"] for f in json.loads(manifest.read_text())["files"]]
+    else:
+        names = sorted(p.name for p in out_dir.glob("part-*"))
+    tables = []
+    for name in names:
+        path = out_dir / name
+        if fmt == "parquet":
+            tables.append(pq.read_table(path))
+        elif fmt == "csv":
+            tables.append(pacsv.read_csv(path))
+        else:
+            tables.append(pajson.read_json(path))
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120) -> Any:
+    """Run the real ``infermill`` CLI in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "infermill", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
