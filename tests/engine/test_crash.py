@@ -91,7 +91,7 @@ def test_random_sigkills_then_resume_equals_clean_run(tmp_path: Path, reference:
         time.sleep(rng.uniform(0.3, 2.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            proc.communicate()
             kills += 1
             restart = False
             _assert_no_duplicates(tmp_path / "out")

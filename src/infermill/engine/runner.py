@@ -34,6 +34,7 @@ from ..errors import (
     OutputError,
 )
 from ..ledger import Lease, Ledger
+from ..ledger.sqlite import lease_is_live
 from ..models import load_adapter
 from ..observe.progress import Mode, ProgressReporter
 from ..sinks import Sink, StagedFile, open_sink
@@ -447,11 +448,7 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
         runs = ledger.runs()
         holder = ledger.lease_holder()
         last = runs[-1] if runs else None
-        live = (
-            holder is not None
-            and not holder["released"]
-            and time.time() - holder["heartbeat_at"] < spec.runtime.lease_seconds
-        )
+        live = lease_is_live(holder, spec.runtime.lease_seconds)
         if record is not None and record["completed_at"] is not None and summary["shards_committed"] == summary[
             "shards_total"
         ]:

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import JobLockedError, LeaseLostError, LedgerError
 from .states import check_shard_transition
 
-__all__ = ["Ledger", "Lease", "ShardRow"]
+__all__ = ["Ledger", "Lease", "ShardRow", "lease_is_live"]
 
 SCHEMA_VERSION = 1
 
@@ -196,12 +196,7 @@ class Ledger:
         host, pid, now = socket.gethostname(), os.getpid(), time.time()
         with self._tx() as conn:
             row = conn.execute("SELECT * FROM lease WHERE id = 1").fetchone()
-            if (
-                row is not None
-                and not row["released"]
-                and now - row["heartbeat_at"] < lease_seconds
-                and not _holder_is_dead(row["host"], row["pid"])
-            ):
+            if row is not None and lease_is_live(dict(row), lease_seconds):
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["acquired_at"]))
                 raise JobLockedError(
                     f"another run of job '{job}' is active: host {row['host']}, pid {row['pid']}, since {since}",
@@ -360,6 +355,16 @@ class Ledger:
             " ORDER BY ordinal"
         )
         return [(r["output_file"], r["rows_out"]) for r in rows]
+
+
+def lease_is_live(holder: dict[str, Any] | None, lease_seconds: float) -> bool:
+    """Whether a lease row belongs to a run that is still alive."""
+    return (
+        holder is not None
+        and not holder["released"]
+        and time.time() - holder["heartbeat_at"] < lease_seconds
+        and not _holder_is_dead(holder["host"], holder["pid"])
+    )
 
 
 def _holder_is_dead(host: str, pid: int) -> bool:
