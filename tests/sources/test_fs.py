@@ -9,7 +9,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from infermill.errors import InputError
+from infermill.errors import InputError, SpecError
+from infermill.sources import input_format, open_source
 from infermill.sources._fs import display_path, list_input
 from infermill.testing.sources import source_spec
 
@@ -137,3 +138,15 @@ def test_display_path_drops_credentials_in_urls() -> None:
 def test_unknown_protocol_is_an_input_error() -> None:
     with pytest.raises(InputError, match="cannot open the input"):
         list_input(source_spec("nosuchproto://bucket/x.csv"), "csv")
+
+
+def test_a_folder_input_takes_the_format_of_its_files(tree: Path, tmp_path: Path) -> None:
+    touch(tmp_path / "only" / "a.jsonl")
+    touch(tmp_path / "only" / "_skip.csv")
+    assert input_format(source_spec(str(tmp_path / "only") + "/")) == "jsonl"
+    assert type(open_source(source_spec(str(tmp_path / "only")))).__name__ == "JsonlSource"
+    with pytest.raises(SpecError, match="cannot infer the input format"):
+        input_format(source_spec(str(tree)))  # csv, tsv and parquet files
+    with pytest.raises(InputError, match="input not found"):
+        input_format(source_spec(str(tmp_path / "missing")))
+    assert input_format(source_spec(str(tmp_path / "only" / "*"))) == "jsonl"

@@ -25,6 +25,7 @@ __all__ = [
     "Fragment",
     "Shard",
     "Source",
+    "input_format",
     "open_source",
     "rebatch",
     "source_class",
@@ -53,6 +54,20 @@ def source_class(fmt: str) -> type[Source]:
     return cls
 
 
+def input_format(spec: JobSpec) -> str:
+    """``spec.input_format()``, or for a folder (or glob) the format of the files in it, when they all
+    have one."""
+    try:
+        return spec.input_format()
+    except SpecError:
+        from ._fs import infer_format
+
+        fmt = infer_format(spec)
+        if fmt is None:
+            raise
+        return fmt
+
+
 def open_source(spec: JobSpec) -> Source:
-    """The source that reads ``spec``'s input (chosen by ``spec.input_format()``); nothing is read yet."""
-    return source_class(spec.input_format())(spec)
+    """The source that reads ``spec``'s input (chosen by :func:`input_format`); nothing is read yet."""
+    return source_class(input_format(spec))(spec)

@@ -19,7 +19,7 @@ from fsspec.spec import AbstractFileSystem
 from ..errors import InputError
 from ..spec import INPUT_EXTENSIONS, JobSpec, is_url
 
-__all__ = ["InputFile", "InputListing", "display_path", "list_input", "open_filesystem"]
+__all__ = ["InputFile", "InputListing", "display_path", "infer_format", "list_input", "open_filesystem"]
 
 _MAGIC = re.compile(r"[*?\[]")
 _ETAG_KEYS = ("ETag", "etag", "md5Hash", "md5", "crc32c", "checksum")
@@ -91,11 +91,7 @@ def list_input(spec: JobSpec, fmt: str) -> InputListing:
         try:
             info = fs.info(fspath)
         except FileNotFoundError:
-            raise InputError(
-                f"input not found: {shown}",
-                hint="check [input] path; a relative path is resolved against the job file's folder "
-                f"({spec.base_dir})",
-            ) from None
+            raise _not_found(spec) from None
         if info.get("type") == "directory":
             root = fspath.rstrip("/") or "/"
             exts = tuple(ext for ext, f in INPUT_EXTENSIONS.items() if f == fmt)
@@ -124,6 +120,38 @@ def list_input(spec: JobSpec, fmt: str) -> InputListing:
     ]
     files.sort(key=lambda f: (f.relpath, f.path))
     return InputListing(fs=fs, root=root, files=tuple(files))
+
+
+def infer_format(spec: JobSpec) -> str | None:
+    """The one input format among the files of a folder or glob input, by extension; None when the
+    path is not a folder or glob, holds no known files, or mixes formats."""
+    fs, fspath = open_filesystem(spec)
+    if _MAGIC.search(fspath):
+        root, infos = _glob_root(fspath), _glob(fs, fspath)
+    else:
+        try:
+            if fs.info(fspath).get("type") != "directory":
+                return None
+        except FileNotFoundError:
+            raise _not_found(spec) from None
+        root = fspath.rstrip("/") or "/"
+        infos = _find(fs, root)
+    found = {
+        fmt
+        for path, info in infos.items()
+        if info.get("type") != "directory" and not _hidden(path, root)
+        for ext, fmt in INPUT_EXTENSIONS.items()
+        if path.lower().endswith(ext)
+    }
+    return found.pop() if len(found) == 1 else None
+
+
+def _not_found(spec: JobSpec) -> InputError:
+    return InputError(
+        f"input not found: {display_path(spec.resolve(spec.input.path))}",
+        hint="check [input] path; a relative path is resolved against the job file's folder "
+        f"({spec.base_dir})",
+    )
 
 
 def _find(fs: AbstractFileSystem, root: str) -> dict[str, dict[str, Any]]:
