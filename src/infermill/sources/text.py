@@ -125,6 +125,10 @@ class CsvSource(TextSource):
 
     format = "csv"
 
+    def __init__(self, spec: JobSpec) -> None:
+        super().__init__(spec)
+        self._headers: dict[str, bytes] = {}
+
     def _delimiter(self, relpath: str) -> str:
         if self.spec.input.csv_delimiter:
             return self.spec.input.csv_delimiter
@@ -134,6 +138,26 @@ class CsvSource(TextSource):
         return pa_csv.ParseOptions(
             delimiter=self._delimiter(relpath), newlines_in_values=not self.spec.input.split_files
         )
+
+    def _header(self, handle: Any, fragment: Fragment) -> bytes:
+        """The file's header line (empty when the file has no complete line), read once per file: a
+        remote read of the file's head per range would cost a request each."""
+        key = f"{fragment.path}|{fragment.file_fingerprint}"
+        header = self._headers.get(key)
+        if header is None:
+            end = next_line_start(handle, 0)
+            handle.seek(0)
+            header = handle.read(end) if end else b""
+            self._headers[key] = header
+        return header
+
+    def _sample_error(self, exc: Exception, file: InputFile, sample: bytes) -> InputError:
+        error = super()._sample_error(exc, file, sample)
+        if "Expected" in str(exc):
+            error.hint = (
+                "check [input] csv_delimiter; if quoted values contain line breaks, set split_files = false"
+            )
+        return error
 
     def _parse_sample(self, sample: bytes, file: InputFile) -> pa.Table:
         return pa_csv.read_csv(
@@ -145,12 +169,10 @@ class CsvSource(TextSource):
     def _read_fragment(self, fragment: Fragment, names: list[str], where: str) -> Iterator[pa.RecordBatch]:
         schema = self.data_schema()
         with self.open_file(fragment.path) as handle:
-            header_end = next_line_start(handle, 0)
-            start = max(fragment.start, header_end or fragment.stop)
+            header = self._header(handle, fragment)
+            start = max(fragment.start, len(header) or fragment.stop)
             if start >= fragment.stop:
                 return
-            handle.seek(0)
-            header = handle.read(header_end)
             stream = LineRange(handle, start, fragment.stop, prefix=header)
             if stream.empty:
                 return
