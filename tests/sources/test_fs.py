@@ -150,3 +150,15 @@ def test_a_folder_input_takes_the_format_of_its_files(tree: Path, tmp_path: Path
     with pytest.raises(InputError, match="input not found"):
         input_format(source_spec(str(tmp_path / "missing")))
     assert input_format(source_spec(str(tmp_path / "only" / "*"))) == "jsonl"
+
+
+def test_bad_storage_options_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import infermill.sources._fs as fs_module
+
+    def refuse(url: str, **options: object) -> None:
+        raise ValueError(f"bad key {options['key']!r}")
+
+    monkeypatch.setattr(fs_module, "url_to_fs", refuse)
+    with pytest.raises(InputError, match="storage_options") as info:
+        list_input(source_spec("s3://bucket/x.csv", storage_options={"key": "AKIASECRET"}), "csv")
+    assert "AKIASECRET" not in str(info.value) and "***" in str(info.value)

@@ -58,11 +58,17 @@ def open_filesystem(spec: JobSpec) -> tuple[AbstractFileSystem, str]:
     target = spec.resolve(spec.input.path)
     try:
         fs, fspath = url_to_fs(target, **spec.input.storage_options)
-    except (ImportError, ValueError) as exc:
-        # An unknown protocol or a missing extra (s3fs, gcsfs); the text names the package to install.
+    except (ImportError, ValueError, TypeError) as exc:
+        # An unknown protocol, a missing extra (s3fs, gcsfs) or a bad option. The text names the package
+        # to install, but may echo an option's value: credentials are masked.
+        text = str(exc)
+        for value in spec.input.storage_options.values():
+            if isinstance(value, str) and value:
+                text = text.replace(value, "***")
         raise InputError(
-            f"cannot open the input {display_path(target)}: {exc}",
-            hint="install the fsspec backend for this URL, e.g. pip install 'infermill[s3]'",
+            f"cannot open the input {display_path(target)}: {text}",
+            hint="check [input] storage_options, and install the fsspec backend for this URL "
+            "(e.g. pip install 'infermill[s3]')",
         ) from None
     return fs, str(fspath)
 
