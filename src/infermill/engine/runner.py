@@ -190,14 +190,17 @@ class _Coordinator:
         model_fp = load_adapter(spec).fingerprint()
         input_fp = _input_fingerprint(shards)
         if restart:
-            recorded = ledger.reset()
-            sink.remove(sorted(set(recorded) | set(sink.list_parts())))
-            sink.remove_manifest()
-            sink.clean_staging()
+            ledger.reset()
         record = ledger.job()
         if record is None:
             sink.prepare()
             leftovers = sink.list_parts()
+            if leftovers and ledger.owned_output() == sink.display():
+                # Results of this job that a restart forgot: ours to delete.
+                sink.remove(leftovers)
+                sink.remove_manifest()
+                sink.clean_staging()
+                leftovers = []
             if leftovers:
                 raise OutputError(
                     f"the output directory {sink.display()} already holds result files ({leftovers[0]}, ...) "

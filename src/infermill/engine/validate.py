@@ -26,7 +26,7 @@ def validate(job: JobSpec | str | os.PathLike[str]) -> list[str]:
     rows = sum(s.rows or 0 for s in shards) if all(s.rows is not None for s in shards) else None
     files = len({f.path for s in shards for f in s.fragments})
     lines.append(
-        f"input:    {spec.input_format()}, {files} file(s), {len(shards)} shard(s)"
+        f"input:    {source.format}, {files} file(s), {len(shards)} shard(s)"
         + (f", {rows:,} rows" if rows is not None else "")
     )
     columns = resolve_columns(spec, source.schema())

@@ -169,14 +169,25 @@ class Ledger:
             conn.executemany(
                 "INSERT INTO shards (shard_id, ordinal, descriptor, rows_planned) VALUES (?, ?, ?, ?)", shards
             )
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('owned_output', ?)", (output_path,))
 
-    def reset(self) -> list[str]:
-        """Forget the job's results (for --restart). Returns the output files it had recorded."""
+    def reset(self) -> None:
+        """Forget the job's results (for --restart).
+
+        The output folder is remembered as this ledger's own, so result files left there (the ones just
+        forgotten, if a crash stops the restart before they are deleted) are cleaned up, not refused.
+        """
         with self._tx() as conn:
-            files = [r[0] for r in conn.execute("SELECT output_file FROM shards WHERE output_file IS NOT NULL")]
+            row = conn.execute("SELECT output_path FROM job WHERE id = 1").fetchone()
+            if row is not None:
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('owned_output', ?)", (row[0],))
             conn.execute("DELETE FROM shards")
             conn.execute("DELETE FROM job")
-            return files
+
+    def owned_output(self) -> str | None:
+        """The output folder of a job this ledger forgot with reset(), if any."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'owned_output'")
+        return str(rows[0][0]) if rows else None
 
     def mark_complete(self) -> None:
         with self._tx() as conn:
