@@ -45,7 +45,7 @@ class ModelAdapter(ABC):
         """Names of the prediction columns."""
         return list(self.model_spec.outputs or self.default_outputs)
 
-    def setup(self) -> None:
+    def setup(self) -> None:  # noqa: B027 - an optional hook
         """Load the model (once per worker). Raise ModelLoadError with a hint on failure."""
 
     def preprocess(self, batch: pa.RecordBatch) -> Any:
@@ -64,14 +64,15 @@ class ModelAdapter(ABC):
     def fingerprint(self) -> str:
         """A digest of the model's code or weights."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook
         """Release resources at the end of a worker's life."""
 
     def model_file(self) -> str:
         """The resolved ``[model] path``; raises ModelLoadError when missing."""
         if not self.model_spec.path:
             raise ModelLoadError(
-                f"model kind '{self.kind}' needs 'model.path'", hint="set [model] path = \"path/to/model file\""
+                f"model kind '{self.kind}' needs 'model.path'",
+                hint="set [model] path = \"path/to/model file\"",
             )
         path = self.spec.resolve(self.model_spec.path)
         if not os.path.exists(path):
