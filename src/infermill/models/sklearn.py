@@ -1,0 +1,300 @@
+"""``kind = "sklearn"``: a scikit-learn estimator (or pipeline) saved with joblib or pickle.
+
+Unpickling runs code, so the file is loaded only when ``[model] trusted = true``.
+
+Method and outputs:
+
+* ``method`` defaults to ``predict_proba`` when the estimator has it, else ``predict``.
+* ``predict_proba`` and a multi-class ``decision_function``: with one output name (default ``score``) the
+  column is the probability (score) of ``positive_class``, default the last entry of ``classes_`` (``1``
+  or ``True`` for a binary model); with one output name per class, each class gets a column, in
+  ``classes_`` order. Any other number of names is an error.
+* A binary ``decision_function`` returns one score, for ``classes_[1]``; ``positive_class =
+  classes_[0]`` negates it.
+* ``predict`` gives one output (default ``prediction``); a multi-output model's 2-D result is split into
+  one column per output name when the counts match, else written as a list column.
+
+Input: the feature columns in order, as one C-ordered float64 array. A model fitted on a DataFrame
+(``feature_names_in_``) must be given the same feature names in the same order; once that is checked, the
+names are dropped from the loaded estimator so scikit-learn does not warn "X does not have valid feature
+names" on every batch, at no cost per batch. Estimators that select columns by name (a
+``ColumnTransformer``), or ``options = {input = "pandas"}``, get a DataFrame instead, which also allows
+string features.
+
+Threads: ``predict`` runs with BLAS and OpenMP limited to ``threads`` (threadpoolctl), and ``n_jobs`` of
+the loaded estimators is capped at ``threads``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ItemError, ModelLoadError
+from ..spec import JobSpec
+from . import missing_extra
+from ._columns import check_numeric, feature_matrix
+from ._labels import class_columns, class_index
+from .base import ModelAdapter, file_digest
+from .outputs import to_columns
+
+__all__ = ["SklearnModel"]
+
+METHODS = ("predict_proba", "predict", "decision_function")
+_FLOAT64 = np.dtype(np.float64)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a method's raw result becomes the output columns."""
+
+    column: int | None
+    """Take this column of a 2-D result (the positive class); None keeps the result as is."""
+    negate: bool
+    """Negate a binary decision_function (the positive class is classes_[0])."""
+    empty_type: pa.DataType
+    """Arrow type of each output for an empty batch, matching what a non-empty batch gives."""
+
+
+class SklearnModel(ModelAdapter):
+    """A pickled scikit-learn estimator; see the module docstring for the method and output rules."""
+
+    kind = "sklearn"
+
+    def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
+        super().__init__(spec, threads=threads)
+        ms = self.model_spec
+        if ms.method is not None and ms.method not in METHODS:
+            raise ModelLoadError(
+                f"unknown method '{ms.method}' for kind 'sklearn' (from 'model.method')",
+                hint=f"use one of: {', '.join(METHODS)}",
+            )
+        unknown = sorted(set(ms.options) - {"input"})
+        if unknown or ms.options.get("input", "numpy") not in ("numpy", "pandas"):
+            raise ModelLoadError(
+                f"invalid [model.options] for kind 'sklearn': {ms.options}",
+                hint='the only option is input = "numpy" (default) or "pandas" (a DataFrame)',
+            )
+        if not ms.trusted:
+            raise ModelLoadError(
+                f"refusing to load {ms.path or 'the model'}: pickle/joblib files can run arbitrary code when "
+                "loaded",
+                hint="set trusted = true in [model] only for files you trust (you made them, or their source "
+                "is one you trust)",
+            )
+        self.path = self.model_file()
+        self.estimator: Any = None
+        """The loaded estimator (after setup, or after ``outputs`` needed the default method)."""
+        self._method = ms.method
+        self._pandas = ms.options.get("input") == "pandas"
+        self.feature_names: list[str] | None = None
+        """The names the estimator was fitted with (None when fitted on an array)."""
+        self.n_features: int | None = None
+        self._call: Any = None
+        self._plan: _Plan | None = None
+        self._checked: list[str] | None = None
+        self._controller: Any = None
+
+    @property
+    def method(self) -> str:
+        """The estimator method called per batch. Without ``model.method`` this loads the model."""
+        if self._method is None:
+            self._load()
+        assert self._method is not None
+        return self._method
+
+    @property
+    def outputs(self) -> list[str]:
+        if self.model_spec.outputs:
+            return list(self.model_spec.outputs)
+        return ["score"] if self.method == "predict_proba" else ["prediction"]
+
+    def setup(self) -> None:
+        if self.estimator is None:
+            self._load()
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError as exc:
+            raise missing_extra("sklearn", "threadpoolctl") from exc
+        self._plan = self._make_plan()
+        if self.model_spec.features is not None:
+            self._check_features(list(self.model_spec.features), "'model.features'")
+        # Created after loading, so it sees the BLAS/OpenMP libraries the model pulled in.
+        self._controller = ThreadpoolController()
+
+    def _load(self) -> None:
+        try:
+            import joblib
+        except ImportError as exc:
+            raise missing_extra("sklearn", "joblib") from exc
+        try:
+            from sklearn.base import BaseEstimator
+            from sklearn.compose import ColumnTransformer
+        except ImportError as exc:
+            raise missing_extra("sklearn", "scikit-learn") from exc
+        try:
+            estimator = joblib.load(self.path)
+        except (ImportError, AttributeError) as exc:
+            raise ModelLoadError(
+                f"cannot unpickle {self.path}: {type(exc).__name__}: {exc}",
+                hint="the file refers to code that is not importable here; install the packages (and "
+                "versions) used to save it",
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - unpickling raises anything
+            raise ModelLoadError(
+                f"cannot load {self.path}: {type(exc).__name__}: {exc}",
+                hint="save the model with joblib.dump(model, path) or pickle.dump",
+            ) from exc
+        available = [m for m in METHODS if callable(getattr(estimator, m, None))]
+        if not available:
+            raise ModelLoadError(
+                f"{self.path} holds a {type(estimator).__name__}, not a fitted scikit-learn estimator",
+                hint="save the fitted estimator or pipeline itself",
+            )
+        method = self.model_spec.method or ("predict_proba" if "predict_proba" in available else "predict")
+        if method not in available:
+            raise ModelLoadError(
+                f"{type(estimator).__name__} has no method '{method}' (from 'model.method')",
+                hint=f"use one of: {', '.join(available)}",
+            )
+        names = getattr(estimator, "feature_names_in_", None)
+        self.feature_names = None if names is None else [str(n) for n in names]
+        self.n_features = getattr(estimator, "n_features_in_", None)
+        nested = list(_estimators(estimator, BaseEstimator))
+        if self.feature_names is not None and not self._pandas:
+            self._pandas = "input" not in self.model_spec.options and any(
+                isinstance(e, ColumnTransformer) for e in nested
+            )
+        for e in nested:
+            if not self._pandas and "feature_names_in_" in vars(e):
+                del e.feature_names_in_  # checked once by _check_features instead of on every batch
+            jobs = vars(e).get("n_jobs")
+            if isinstance(jobs, int) and (jobs < 0 or jobs > self.threads):
+                e.n_jobs = self.threads
+        self.estimator = estimator
+        self._method = method
+        self._call = getattr(estimator, method)
+
+    def _make_plan(self) -> _Plan:
+        ms, method, outputs = self.model_spec, self.method, self.outputs
+        found = getattr(self.estimator, "classes_", None)
+        # Multi-output classifiers have a list of arrays: no single class order to pick columns from.
+        classes = found if isinstance(found, np.ndarray) and found.ndim == 1 else None
+        if method == "predict":
+            if ms.positive_class is not None:
+                raise ModelLoadError(
+                    "'model.positive_class' applies to predict_proba and decision_function, not predict",
+                    hint='remove positive_class, or set method = "predict_proba"',
+                )
+            empty = pa.array(list(classes)).type if classes is not None else pa.float64()
+            return _Plan(None, False, empty)
+        if classes is None:
+            if method == "predict_proba":
+                raise ModelLoadError(
+                    f"{type(self.estimator).__name__}.predict_proba returns one array per target, which "
+                    "infermill cannot map to columns",
+                    hint='use method = "predict"',
+                )
+            if ms.positive_class is not None:
+                raise ModelLoadError("'model.positive_class' is set, but the model has no classes_")
+            return _Plan(None, False, pa.float64())
+        if method == "decision_function" and len(classes) == 2:
+            if len(outputs) != 1:
+                raise ModelLoadError(
+                    "a binary decision_function gives one score, but 'model.outputs' has "
+                    f"{len(outputs)} names",
+                    hint="give one output name",
+                )
+            return _Plan(None, class_index(classes, ms.positive_class) == 0, pa.float64())
+        if class_columns(len(outputs), len(classes), outputs):
+            return _Plan(None, False, pa.float64())
+        return _Plan(class_index(classes, ms.positive_class), False, pa.float64())
+
+    def _check_features(self, columns: list[str], source: str) -> None:
+        expected = self.feature_names
+        if expected is not None and columns != expected:
+            missing = [n for n in expected if n not in columns]
+            extra = [n for n in columns if n not in expected]
+            parts = [f"missing {missing}"] if missing else []
+            parts += [f"not in the model: {extra}"] if extra else []
+            detail = "; ".join(parts)
+            raise ModelLoadError(
+                f"{source} {columns} do not match the features the model was fitted on {expected}"
+                + (f" ({detail})" if detail else " (same names, different order)"),
+                hint=f"set [model] features = {expected!r} (order matters)",
+            )
+        if expected is None and self.n_features is not None and len(columns) != self.n_features:
+            raise ModelLoadError(
+                f"the model takes {self.n_features} features, but got {len(columns)} from {source}: "
+                f"{columns}",
+                hint="set [model] features to the columns the model was trained on, in training order",
+            )
+
+    def preprocess(self, batch: pa.RecordBatch) -> Any:
+        names = batch.schema.names
+        if names != self._checked:
+            if self.estimator is not None:
+                self._check_features(names, "the feature columns")
+            if not self._pandas:
+                check_numeric(
+                    batch.schema,
+                    self.kind,
+                    hint='encode it as numbers, or pass a DataFrame with [model.options] input = "pandas"',
+                )
+            self._checked = names
+        if self._pandas:
+            return batch.to_pandas()
+        return feature_matrix(batch, _FLOAT64, names)
+
+    def predict(self, inputs: Any) -> Any:
+        if self._controller is None:
+            raise ModelLoadError("SklearnModel.predict() called before setup()")
+        if len(inputs) == 0:
+            return None  # scikit-learn rejects empty input; postprocess returns typed empty columns
+        # The limit is set around each call, in the calling thread, because OpenMP limits are per thread.
+        with self._controller.limit(limits=self.threads):
+            try:
+                return self._call(inputs)
+            except ValueError as exc:
+                raise ItemError(
+                    f"the model rejected the batch: {exc}",
+                    hint="check the features for missing (NaN) or out-of-range values",
+                ) from exc
+
+    def postprocess(self, result: Any, num_rows: int) -> dict[str, pa.Array]:
+        plan = self._plan
+        assert plan is not None
+        if result is None:
+            return {name: pa.array([], type=plan.empty_type) for name in self.outputs}
+        if plan.column is not None:
+            result = result[:, plan.column]
+        elif plan.negate:
+            result = -result
+        return to_columns(result, self.outputs, num_rows)
+
+    def fingerprint(self) -> str:
+        return file_digest(self.path)
+
+
+def _estimators(root: Any, base: type, depth: int = 0, seen: set[int] | None = None) -> Iterator[Any]:
+    """The estimator and every fitted estimator inside it (pipeline steps, ensembles, meta-estimators)."""
+    seen = set() if seen is None else seen
+    if depth > 8 or id(root) in seen:
+        return
+    seen.add(id(root))
+    if isinstance(root, base):
+        yield root
+        children: Any = vars(root).values()
+    elif isinstance(root, dict):
+        children = root.values()
+    elif isinstance(root, (list, tuple)):
+        children = root
+    else:
+        return
+    for child in children:
+        if isinstance(child, (base, dict, list, tuple)):
+            yield from _estimators(child, base, depth + 1, seen)
