@@ -2,15 +2,30 @@
 
 ``infermill.testing.sources`` holds :class:`InMemorySource` and the :class:`SourceConformance` suite
 (which needs pytest only when its tests run).
+``infermill.testing.models`` holds :class:`EchoModel` and the :class:`ModelAdapterConformance` suite.
 """
 
 from __future__ import annotations
 
+from .models import (
+    EchoModel,
+    ModelAdapterConformance,
+    conformance_batch,
+    echo,
+    make_python_spec,
+    model_spec_for,
+)
 from .sources import InMemorySource, SourceConformance, conformance_rows, source_spec
 
 __all__ = [
+    "EchoModel",
     "InMemorySource",
+    "ModelAdapterConformance",
     "SourceConformance",
+    "conformance_batch",
     "conformance_rows",
+    "echo",
+    "make_python_spec",
+    "model_spec_for",
     "source_spec",
 ]
