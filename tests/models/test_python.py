@@ -157,6 +157,9 @@ def test_module_object_entrypoint(tmp_path: Path) -> None:
         tmp_path / "m.py",
         """
         class Model:
+            def setup(self):
+                self.ready = True
+
             def predict(self, batch):
                 return batch["f0"]
 
@@ -164,6 +167,7 @@ def test_module_object_entrypoint(tmp_path: Path) -> None:
     """,
     )
     adapter = ready(tmp_path, "m.py:model")
+    assert adapter.model.ready
     assert score(adapter, conformance_batch(rows=2))["prediction"].to_pylist()
 
 

@@ -64,6 +64,7 @@ class PythonModel(ModelAdapter):
                         f"'{entry.attr}' is an object, so 'model.options' cannot be passed to it",
                         hint="point the entrypoint at its class, or remove [model.options]",
                     )
+                _run_setup(target, type(target).__name__, entry.text)
                 self.model = target
                 self._predict = target.predict
             elif callable(target):
@@ -95,17 +96,7 @@ class PythonModel(ModelAdapter):
                 f"{cls.__name__}(**options) raised {type(exc).__name__}: {exc} (from '{text}')",
                 hint="fix the constructor or [model.options]; the traceback shows where it failed",
             ) from exc
-        hook = getattr(model, "setup", None)
-        if callable(hook):
-            try:
-                hook()
-            except InfermillError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - user code
-                raise ModelLoadError(
-                    f"{cls.__name__}.setup() raised {type(exc).__name__}: {exc} (from '{text}')",
-                    hint="fix the error in the model's setup(); the traceback shows where it failed",
-                ) from exc
+        _run_setup(model, cls.__name__, text)
         return model
 
     def preprocess(self, batch: pa.RecordBatch) -> Any:
@@ -131,6 +122,22 @@ class PythonModel(ModelAdapter):
             default=repr,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _run_setup(model: Any, name: str, text: str) -> None:
+    """Call the model's optional ``setup()``, turning its failure into a ModelLoadError."""
+    hook = getattr(model, "setup", None)
+    if not callable(hook):
+        return
+    try:
+        hook()
+    except InfermillError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise ModelLoadError(
+            f"{name}.setup() raised {type(exc).__name__}: {exc} (from '{text}')",
+            hint="fix the error in the model's setup(); the traceback shows where it failed",
+        ) from exc
 
 
 def _check_keywords(target: Callable[..., Any], options: dict[str, Any], text: str) -> None:
