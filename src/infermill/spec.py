@@ -30,10 +30,12 @@ from .errors import SpecError
 
 __all__ = [
     "BatchSpec",
+    "ErrorsSpec",
     "InputSpec",
     "JobSpec",
     "ModelSpec",
     "OutputSpec",
+    "RetrySpec",
     "RuntimeSpec",
     "is_url",
     "load_spec",
@@ -120,6 +122,30 @@ class BatchSpec:
 
 
 @dataclass(frozen=True)
+class RetrySpec:
+    """How transient failures (timeouts, throttling, errors marked transient) are retried."""
+
+    max_attempts: int = 3
+    """Calls per batch before its items are dead-lettered with the last error."""
+    backoff_seconds: float = 0.5
+    """First wait between attempts; doubled each time, with full jitter."""
+    max_backoff_seconds: float = 30.0
+    """Longest wait between attempts."""
+
+
+@dataclass(frozen=True)
+class ErrorsSpec:
+    """What happens to items the model cannot score, and how many failures a job tolerates."""
+
+    max_failed_rows: int | None = None
+    """Stop the job (exit 1, state failed) once more rows than this are dead-lettered."""
+    max_failed_fraction: float | None = None
+    """Stop the job once this fraction of the input rows is dead-lettered (0.0 to 1.0)."""
+    include_input: bool = True
+    """Write each dead-lettered item's input values next to its error."""
+
+
+@dataclass(frozen=True)
 class OutputSpec:
     """Where results go."""
 
@@ -165,6 +191,8 @@ class JobSpec:
     output: OutputSpec
     batch: BatchSpec = field(default_factory=BatchSpec)
     runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
+    retry: RetrySpec = field(default_factory=RetrySpec)
+    errors: ErrorsSpec = field(default_factory=ErrorsSpec)
     name: str = "job"
     """The job's name; a job file's default is the file's stem."""
     base_dir: str = field(default_factory=os.getcwd)
@@ -229,6 +257,9 @@ class JobSpec:
         """Hash of everything that affects results (runtime settings excluded)."""
         data = self.to_dict()
         data.pop("runtime")
+        data.pop("retry")
+        data["errors"].pop("max_failed_rows")
+        data["errors"].pop("max_failed_fraction")
         data["input"].pop("storage_options", None)
         data["output"].pop("storage_options", None)
         # Paths are compared resolved, so moving the job file's cwd does not matter.
@@ -265,6 +296,8 @@ _SECTIONS: dict[str, type] = {
     "batch": BatchSpec,
     "output": OutputSpec,
     "runtime": RuntimeSpec,
+    "retry": RetrySpec,
+    "errors": ErrorsSpec,
 }
 
 
@@ -375,6 +408,15 @@ def _validate(spec: JobSpec) -> None:
         raise SpecError(f"{where}: 'runtime.workers' must be at least 1, not {spec.runtime.workers}")
     if spec.runtime.threads_per_worker is not None and spec.runtime.threads_per_worker < 1:
         raise SpecError(f"{where}: 'runtime.threads_per_worker' must be at least 1")
+    if spec.retry.max_attempts < 1:
+        raise SpecError(f"{where}: 'retry.max_attempts' must be at least 1")
+    if spec.retry.backoff_seconds < 0 or spec.retry.max_backoff_seconds < 0:
+        raise SpecError(f"{where}: 'retry' backoff seconds must not be negative")
+    fraction = spec.errors.max_failed_fraction
+    if fraction is not None and not 0.0 <= fraction <= 1.0:
+        raise SpecError(f"{where}: 'errors.max_failed_fraction' must be between 0.0 and 1.0, not {fraction}")
+    if spec.errors.max_failed_rows is not None and spec.errors.max_failed_rows < 0:
+        raise SpecError(f"{where}: 'errors.max_failed_rows' must not be negative")
     if spec.runtime.prefetch < 1:
         raise SpecError(f"{where}: 'runtime.prefetch' must be at least 1")
     if not spec.name or any(c in spec.name for c in "/\\\0") or spec.name in (".", ".."):

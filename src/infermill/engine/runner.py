@@ -242,6 +242,9 @@ class _Coordinator:
         shards, columns = self._plan(restart)
         summary = ledger.summary()
         if summary["shards_committed"] == summary["shards_total"]:
+            budget = self._over_budget(final=True)
+            if budget is not None:
+                raise budget
             if sink.read_manifest() is None:
                 self._finish()
             return self._result("complete", EXIT_COMPLETE, "nothing to do: the job is already complete", started, 0)
@@ -294,16 +297,20 @@ class _Coordinator:
                     elif kind == "progress":
                         reporter.advance(event[2])
                     elif kind == "staged":
+                        _, _, sid, staged, staged_errors, dead, stats = event
                         if fatal is not None or aborted:
-                            _discard(event[3])
+                            _discard(staged, staged_errors)
                             continue
                         try:
-                            rows_this_run += self._commit(event[2], event[3], event[4])
+                            rows_this_run += self._commit(sid, staged, staged_errors, dead, stats, run_id)
                         except InfermillError as exc:
                             fatal = exc
                             continue
-                        running.discard(event[2])
+                        running.discard(sid)
                         reporter.shard_done()
+                        budget = self._over_budget(final=False)
+                        if budget and fatal is None:
+                            fatal = budget
                     elif kind == "shard_failed":
                         ledger.fail_shard(event[2], self.lease, event[3])
                         running.discard(event[2])
@@ -345,6 +352,10 @@ class _Coordinator:
                 "(`infermill status JOB` lists them)",
                 job=spec.name,
             )
+        budget = self._over_budget(final=True)
+        if budget is not None:
+            ledger.end_run(run_id, "failed", str(budget))
+            raise budget
         self._finish()
         ledger.end_run(run_id, "complete")
         return self._result("complete", EXIT_COMPLETE, "complete", started, rows_this_run)
@@ -360,23 +371,66 @@ class _Coordinator:
     def _past_grace(self) -> bool:
         return self.stop_deadline is not None and time.monotonic() > self.stop_deadline
 
-    def _commit(self, shard_id: str, staged: StagedFile, stats: dict[str, Any]) -> int:
+    def _commit(
+        self,
+        shard_id: str,
+        staged: StagedFile,
+        staged_errors: StagedFile | None,
+        dead: list[tuple[Any, ...]],
+        stats: dict[str, Any],
+        run_id: int,
+    ) -> int:
         self.ledger.check_fence(self.lease)
         fault_point("before_rename")
+        errors_name = self.sink.commit(staged_errors) if staged_errors is not None else None
         name = self.sink.commit(staged)
         fault_point("after_rename")
-        self.ledger.commit_shard(shard_id, self.lease, output_file=name, rows_out=staged.rows, stats=stats)
+        self.ledger.commit_shard(
+            shard_id, self.lease, output_file=name, rows_out=staged.rows, errors_file=errors_name,
+            dead_items=dead, run_id=run_id, stats=stats,
+        )
         fault_point("after_commit")
-        return staged.rows
+        return staged.rows + len(dead)
+
+    def _over_budget(self, *, final: bool) -> JobFailedError | None:
+        """The error to stop with when dead letters exceed ``[errors]``'s budget."""
+        errors = self.spec.errors
+        if errors.max_failed_rows is None and errors.max_failed_fraction is None:
+            return None
+        summary = self.ledger.summary()
+        failed = summary["rows_failed"]
+        reason = None
+        if errors.max_failed_rows is not None and failed > errors.max_failed_rows:
+            reason = f"{failed:,} rows failed, more than errors.max_failed_rows = {errors.max_failed_rows:,}"
+        elif errors.max_failed_fraction is not None:
+            known = summary["shards_with_rows_planned"] == summary["shards_total"]
+            total = summary["rows_planned"] if known else summary["rows_succeeded"] + failed
+            # With a known total the check is exact as soon as it trips; otherwise only at the end.
+            if (known or final) and total and failed > errors.max_failed_fraction * total:
+                reason = (
+                    f"{failed:,} of {total:,} rows failed ({failed / total:.2%}), more than "
+                    f"errors.max_failed_fraction = {errors.max_failed_fraction:g}"
+                )
+        if reason is None:
+            return None
+        return JobFailedError(
+            f"error budget exceeded: {reason}",
+            hint=f"see `infermill failures {self.spec.source_file or self.spec.name}`; fix the model or data and "
+            "run `infermill retry`, or raise the budget in [errors]",
+            job=self.spec.name,
+        )
 
     def _finish(self) -> None:
         files = self.ledger.committed_files()
+        error_files = self.ledger.committed_error_files()
         manifest = {
             "job": self.spec.name,
             "complete": True,
             "format": self.spec.output.format,
             "files": [{"path": name, "rows": rows} for name, rows in files],
             "rows_total": sum(rows for _, rows in files),
+            "error_files": [{"path": name, "rows": rows} for name, rows in error_files],
+            "rows_failed": sum(rows for _, rows in error_files),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         fault_point("before_manifest")
@@ -384,7 +438,7 @@ class _Coordinator:
         fault_point("after_manifest")
         self.ledger.mark_complete()
         # Files under a part name that no committed shard owns can only be debris of a crashed attempt.
-        owned = {name for name, _ in files}
+        owned = {name for name, _ in files} | {name for name, _ in error_files}
         self.sink.remove([n for n in self.sink.list_parts() if n not in owned])
         self.sink.clean_staging()
 
@@ -411,11 +465,14 @@ class _Coordinator:
         )
 
 
-def _discard(staged: StagedFile) -> None:
-    try:
-        os.remove(staged.path)
-    except FileNotFoundError:
-        pass
+def _discard(*staged: StagedFile | None) -> None:
+    for item in staged:
+        if item is None:
+            continue
+        try:
+            os.remove(item.path)
+        except FileNotFoundError:
+            pass
 
 
 def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from ..errors import InfermillError, ItemError, ModelLoadError, OutputError
+from ..errors import InfermillError, ModelLoadError, OutputError
 from ..models import load_adapter
 from ..models.base import ModelAdapter
 from ..sinks import ShardWriter, open_sink
@@ -34,6 +34,8 @@ from ..sources.base import Shard
 from ..spec import JobSpec
 from .columns import Columns
 from .faults import fault_point
+from .policy import classify
+from .scoring import BatchScorer, DeadItem, ScoreStats
 
 __all__ = ["EventQueue", "StopFlags", "WorkerConfig", "run_worker"]
 
@@ -78,8 +80,9 @@ class _ShardStats:
     model_wait_s: float = 0.0
     write_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    scoring: ScoreStats = field(default_factory=ScoreStats)
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "rows": self.rows,
             "batches": self.batches,
@@ -89,6 +92,7 @@ class _ShardStats:
             "model_wait_s": round(self.model_wait_s, 4),
             "write_s": round(self.write_s, 4),
             "wall_s": round(time.perf_counter() - self.started, 4),
+            **self.scoring.as_dict(),
         }
 
 
@@ -231,9 +235,10 @@ class _Pipeline:
                         break
                     try:
                         inputs = self.adapter.preprocess(batch.select(columns.features))
-                    except (ItemError, ValueError, TypeError, pa.ArrowException) as exc:
-                        _put(self.inbox, ("error", shard, exc), self.flags)
-                        break
+                    except Exception as exc:  # noqa: BLE001 - the scorer redoes it row by row
+                        if classify(exc, self.adapter) == "fatal":
+                            raise
+                        inputs = None
                     stats.preprocess_s += time.perf_counter() - t1
                     if not _put(self.inbox, ("batch", shard, batch, inputs), self.flags):
                         return
@@ -249,6 +254,11 @@ class _Pipeline:
         return self.config.watch_parent and os.getppid() != self._parent
 
     def _model_loop(self) -> None:
+        spec = self.spec
+        scorer = BatchScorer(
+            self.adapter, self.columns, spec.retry, spec.batch.size, wait=self._wait_abort
+        )
+        offsets: dict[str, int] = {}
         while True:
             t0 = time.perf_counter()
             try:
@@ -263,39 +273,71 @@ class _Pipeline:
             shard: Shard = item[1]
             sid = shard.shard_id
             stats = self.stats.get(sid)
+            if stats is not None:
+                stats.model_wait_s += time.perf_counter() - t0
             if kind == "start":
+                offsets[sid] = 0
                 self.events.put(("started", self.config.worker_id, sid))
-                if stats is not None:
-                    stats.model_wait_s += time.perf_counter() - t0
                 if not _put(self.outbox, item, self.flags):
                     break
             elif kind == "batch":
-                if stats is not None:
-                    stats.model_wait_s += time.perf_counter() - t0
                 if sid in self.failed:
                     continue
                 batch, inputs = item[2], item[3]
+                offset = offsets.get(sid, 0)
+                offsets[sid] = offset + batch.num_rows
                 t1 = time.perf_counter()
-                try:
-                    result = self.adapter.predict(inputs)
-                    columns = self.adapter.postprocess(result, batch.num_rows)
-                except (OutputError, ModelLoadError):
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a model failure fails this shard, not the run
-                    self._shard_failed(shard, exc)
-                    continue
+                tables, dead = scorer.score(batch, inputs, stats.scoring if stats else None)
                 if stats is not None:
                     stats.model_s += time.perf_counter() - t1
                     stats.batches += 1
                 fault_point("after_batch")
-                if not _put(self.outbox, ("batch", shard, self._table(batch, columns)), self.flags):
-                    break
+                for table in tables:
+                    if not _put(self.outbox, ("batch", shard, table), self.flags):
+                        return
+                if dead and not _put(self.outbox, ("errors", shard, *self._dead_letters(batch, dead, offset)), self.flags):
+                    return
             elif kind == "error":
                 self._shard_failed(shard, item[2])
             elif kind in ("end", "abandon"):
+                offsets.pop(sid, None)
                 if not _put(self.outbox, item, self.flags):
                     break
         _put(self.outbox, _EOF, self.flags)
+
+    def _wait_abort(self, seconds: float) -> bool:
+        """Sleep between retries; True when the run was aborted meanwhile."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._aborted():
+                return True
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return self._aborted()
+
+    def _dead_letters(
+        self, batch: pa.RecordBatch, dead: list[DeadItem], offset: int
+    ) -> tuple[pa.Table, list[tuple[Any, ...]]]:
+        """The dead-letter rows for the errors file, and the records for the ledger."""
+        rows = pa.array([d.row for d in dead], pa.int64())
+        ids = batch.column(self.columns.id).take(rows)
+        columns: dict[str, Any] = {
+            self.columns.id: ids,
+            "_error_kind": pa.array([d.kind for d in dead], pa.string()),
+            "_error_class": pa.array([d.error_class for d in dead], pa.string()),
+            "_error_message": pa.array([d.message for d in dead], pa.string()),
+            "_error_traceback": pa.array([d.traceback for d in dead], pa.string()),
+            "_attempts": pa.array([d.attempts for d in dead], pa.int32()),
+            "_row": pa.array([offset + d.row for d in dead], pa.int64()),
+        }
+        if self.spec.errors.include_input:
+            for name in [*self.columns.features, *self.columns.keep]:
+                if name not in columns:
+                    columns[name] = batch.column(name).take(rows)
+        records = [
+            (str(item_id), offset + d.row, d.attempts, d.error_class, d.kind, d.message, d.traceback)
+            for item_id, d in zip(ids.to_pylist(), dead, strict=True)
+        ]
+        return pa.table(columns), records
 
     def _shard_failed(self, shard: Shard, exc: BaseException) -> None:
         sid = shard.shard_id
@@ -306,16 +348,10 @@ class _Pipeline:
         self.events.put(("shard_failed", self.config.worker_id, sid, _describe(exc), detail))
         _put(self.outbox, ("abandon", shard), self.flags)
 
-    def _table(self, batch: pa.RecordBatch, outputs: dict[str, pa.Array]) -> pa.Table:
-        names = [self.columns.id, *self.columns.keep]
-        arrays = [batch.column(n) for n in names]
-        for name, array in outputs.items():
-            names.append(name)
-            arrays.append(array)
-        return pa.Table.from_arrays(arrays, names=names)
-
     def _write(self) -> None:
         writers: dict[str, ShardWriter] = {}
+        error_writers: dict[str, ShardWriter] = {}
+        records: dict[str, list[tuple[Any, ...]]] = {}
         try:
             while True:
                 try:
@@ -331,6 +367,7 @@ class _Pipeline:
                 sid = shard.shard_id
                 if kind == "start":
                     writers[sid] = self.sink.open_writer(shard.ordinal)
+                    records[sid] = []
                 elif kind == "batch":
                     if sid in self.failed or sid not in writers:
                         continue
@@ -342,27 +379,38 @@ class _Pipeline:
                         stats.write_s += time.perf_counter() - t0
                         stats.rows += table.num_rows
                     self.events.put(("progress", self.config.worker_id, table.num_rows))
-                elif kind == "abandon":
+                elif kind == "errors":
+                    if sid in self.failed or sid not in writers:
+                        continue
+                    if sid not in error_writers:
+                        error_writers[sid] = self.sink.open_writer(shard.ordinal, errors=True)
+                    error_writers[sid].write(item[2])
+                    records[sid].extend(item[3])
+                    self.events.put(("progress", self.config.worker_id, item[2].num_rows))
+                elif kind in ("abandon", "end"):
                     writer = writers.pop(sid, None)
-                    if writer is not None:
-                        writer.abort()
-                elif kind == "end":
-                    writer = writers.pop(sid, None)
-                    if writer is None or sid in self.failed:
-                        if writer is not None:
-                            writer.abort()
+                    errors = error_writers.pop(sid, None)
+                    dead = records.pop(sid, [])
+                    if kind == "abandon" or writer is None or sid in self.failed:
+                        for w in (writer, errors):
+                            if w is not None:
+                                w.abort()
                         continue
                     staged = writer.close()
+                    staged_errors = errors.close() if errors is not None else None
                     fault_point("after_stage")
                     stats = self.stats.pop(sid, None)
                     self.events.put(
-                        ("staged", self.config.worker_id, sid, staged, stats.as_dict() if stats else {})
+                        (
+                            "staged", self.config.worker_id, sid, staged, staged_errors, dead,
+                            stats.as_dict() if stats else {},
+                        )
                     )
         except BaseException as exc:  # noqa: BLE001 - handed to the model loop
             self._fail(exc)
             _abort_flag(self.flags)
         finally:
-            for writer in writers.values():
+            for writer in [*writers.values(), *error_writers.values()]:
                 writer.abort()
 
 

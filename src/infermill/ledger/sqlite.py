@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS shards (
     rows_out INTEGER,
     rows_failed INTEGER NOT NULL DEFAULT 0,
     output_file TEXT,
+    errors_file TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     run_id INTEGER,
     started_at REAL,
@@ -66,6 +67,21 @@ CREATE TABLE IF NOT EXISTS shards (
     stats TEXT,
     error TEXT
 );
+CREATE TABLE IF NOT EXISTS items (
+    shard_id TEXT NOT NULL,
+    row_index INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'dead',
+    attempts INTEGER NOT NULL,
+    error_class TEXT NOT NULL,
+    error_kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    traceback TEXT,
+    run_id INTEGER,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (shard_id, row_index)
+);
+CREATE INDEX IF NOT EXISTS items_state ON items (state, error_class);
 CREATE TABLE IF NOT EXISTS lease (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     token INTEGER NOT NULL,
@@ -182,6 +198,7 @@ class Ledger:
             if row is not None:
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('owned_output', ?)", (row[0],))
             conn.execute("DELETE FROM shards")
+            conn.execute("DELETE FROM items")
             conn.execute("DELETE FROM job")
 
     def owned_output(self) -> str | None:
@@ -313,19 +330,68 @@ class Ledger:
         *,
         output_file: str | None,
         rows_out: int,
-        rows_failed: int = 0,
+        errors_file: str | None = None,
+        dead_items: Sequence[tuple[Any, ...]] = (),
+        run_id: int | None = None,
         stats: dict[str, Any] | None = None,
+        retry: bool = False,
     ) -> None:
-        """Record a shard's file as committed, only if this run still holds the lease."""
+        """Record a shard's files as committed, only if this run still holds the lease.
+
+        ``dead_items`` are ``(item_id, row_index, attempts, error_class, error_kind, message, traceback)``
+        for the shard's dead-lettered rows; they replace the shard's earlier dead letters. With
+        ``retry`` the shard was already committed and its files were rewritten by ``infermill retry``.
+        """
         now = time.time()
         with self._tx() as conn:
             self._fence(conn, lease)
-            self._transition(conn, shard_id, "committed")
-            conn.execute(
-                "UPDATE shards SET state = 'committed', output_file = ?, rows_out = ?, rows_failed = ?,"
-                " committed_at = ?, seconds = ? - COALESCE(started_at, ?), stats = ? WHERE shard_id = ?",
-                (output_file, rows_out, rows_failed, now, now, now, json.dumps(stats or {}), shard_id),
+            if not retry:
+                self._transition(conn, shard_id, "committed")
+            conn.execute("DELETE FROM items WHERE shard_id = ? AND state = 'dead'", (shard_id,))
+            conn.executemany(
+                "INSERT OR REPLACE INTO items (shard_id, item_id, row_index, attempts, error_class, error_kind,"
+                " message, traceback, run_id, updated_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'dead')",
+                [(shard_id, *item, run_id, now) for item in dead_items],
             )
+            if retry:
+                conn.execute(
+                    "UPDATE shards SET output_file = ?, errors_file = ?, rows_out = ?, rows_failed = ?"
+                    " WHERE shard_id = ?",
+                    (output_file, errors_file, rows_out, len(dead_items), shard_id),
+                )
+                return
+            conn.execute(
+                "UPDATE shards SET state = 'committed', output_file = ?, errors_file = ?, rows_out = ?,"
+                " rows_failed = ?, committed_at = ?, seconds = ? - COALESCE(started_at, ?), stats = ?"
+                " WHERE shard_id = ?",
+                (output_file, errors_file, rows_out, len(dead_items), now, now, now, json.dumps(stats or {}),
+                 shard_id),
+            )
+
+    def mark_resolved(self, shard_id: str, lease: Lease, row_indexes: Sequence[int]) -> None:
+        """Dead-lettered items that a retry scored leave the dead-letter set (kept as history)."""
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            conn.executemany(
+                "UPDATE items SET state = 'resolved', updated_at = ? WHERE shard_id = ? AND row_index = ?",
+                [(time.time(), shard_id, i) for i in row_indexes],
+            )
+
+    def dead_items(self, shard_id: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM items WHERE state = 'dead'"
+        params: tuple[Any, ...] = ()
+        if shard_id is not None:
+            sql += " AND shard_id = ?"
+            params = (shard_id,)
+        return [dict(r) for r in self._query(sql + " ORDER BY shard_id, row_index", params)]
+
+    def failure_groups(self) -> list[dict[str, Any]]:
+        """Dead letters grouped by error class: count and one example message."""
+        rows = self._query(
+            "SELECT error_class, error_kind, COUNT(*) AS count, MIN(message) AS example, MIN(item_id) AS first_item"
+            " FROM items WHERE state = 'dead' GROUP BY error_class, error_kind ORDER BY count DESC, error_class"
+        )
+        return [dict(r) for r in rows]
 
     def fail_shard(self, shard_id: str, lease: Lease, error: str) -> None:
         with self._tx() as conn:
@@ -366,6 +432,13 @@ class Ledger:
             " ORDER BY ordinal"
         )
         return [(r["output_file"], r["rows_out"]) for r in rows]
+
+    def committed_error_files(self) -> list[tuple[str, int]]:
+        rows = self._query(
+            "SELECT errors_file, rows_failed FROM shards WHERE state = 'committed' AND errors_file IS NOT NULL"
+            " ORDER BY ordinal"
+        )
+        return [(r["errors_file"], r["rows_failed"]) for r in rows]
 
 
 def lease_is_live(holder: dict[str, Any] | None, lease_seconds: float) -> bool:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .base import MANIFEST_NAME, STAGING_DIR, ShardWriter, Sink, StagedFile, open_sink
+from .base import ERRORS_DIR, MANIFEST_NAME, STAGING_DIR, ShardWriter, Sink, StagedFile, open_sink
 
-__all__ = ["MANIFEST_NAME", "STAGING_DIR", "ShardWriter", "Sink", "StagedFile", "open_sink"]
+__all__ = ["ERRORS_DIR", "MANIFEST_NAME", "STAGING_DIR", "ShardWriter", "Sink", "StagedFile", "open_sink"]

@@ -24,10 +24,11 @@ import pyarrow as pa
 from ..errors import OutputError
 from ..spec import JobSpec, is_url
 
-__all__ = ["MANIFEST_NAME", "STAGING_DIR", "ShardWriter", "Sink", "StagedFile", "open_sink"]
+__all__ = ["ERRORS_DIR", "MANIFEST_NAME", "STAGING_DIR", "ShardWriter", "Sink", "StagedFile", "open_sink"]
 
 MANIFEST_NAME = "_manifest.json"
 STAGING_DIR = "_staging"
+ERRORS_DIR = "_errors"
 PART_RE = re.compile(r"^part-\d{5,}\.(parquet|jsonl|csv)$")
 
 
@@ -111,8 +112,10 @@ class Sink:
             self.staging = os.path.join(self.root, STAGING_DIR)
 
     # -- names -------------------------------------------------------------------------------------
-    def part_name(self, ordinal: int) -> str:
-        return f"part-{ordinal:05d}{self.extension}"
+    def part_name(self, ordinal: int, *, errors: bool = False) -> str:
+        """``part-00003.parquet``, or ``_errors/part-00003.parquet`` for the shard's dead letters."""
+        name = f"part-{ordinal:05d}{self.extension}"
+        return f"{ERRORS_DIR}/{name}" if errors else name
 
     def display(self, name: str = "") -> str:
         return f"{self.root}/{name}" if name else self.root
@@ -136,9 +139,9 @@ class Sink:
                 hint="check '[output] path' and its permissions",
             ) from exc
 
-    def open_writer(self, ordinal: int) -> ShardWriter:
-        final = self.part_name(ordinal)
-        staged = os.path.join(self.staging, f"{final}.{uuid.uuid4().hex[:8]}.tmp")
+    def open_writer(self, ordinal: int, *, errors: bool = False) -> ShardWriter:
+        final = self.part_name(ordinal, errors=errors)
+        staged = os.path.join(self.staging, f"{final.replace('/', '-')}.{uuid.uuid4().hex[:8]}.tmp")
         return self.writer_cls(staged, final)
 
     def commit(self, staged: StagedFile) -> str | None:
@@ -151,8 +154,10 @@ class Sink:
                 self.fs.put_file(staged.path, f"{self.root}/{staged.final_name}")
                 _remove(staged.path)
             else:
-                os.replace(staged.path, os.path.join(self.root, staged.final_name))
-                _fsync_dir(self.root)
+                target = os.path.join(self.root, staged.final_name)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(staged.path, target)
+                _fsync_dir(os.path.dirname(target))
         except OSError as exc:
             raise OutputError(
                 f"cannot commit {staged.final_name} to {self.display()}: {exc}",
@@ -166,16 +171,19 @@ class Sink:
             shutil.rmtree(self.staging, ignore_errors=True)
         os.makedirs(self.staging, exist_ok=True)
 
-    def list_parts(self) -> list[str]:
-        """Result files present in the output directory (committed or left by a crash)."""
+    def _names(self, folder: str) -> list[str]:
         try:
             if self.remote:
-                names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
-            else:
-                names = os.listdir(self.root)
+                return [p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)]
+            return os.listdir(folder)
         except FileNotFoundError:
             return []
-        return sorted(n for n in names if PART_RE.match(n))
+
+    def list_parts(self) -> list[str]:
+        """Result and dead-letter files present in the output directory (committed or left by a crash)."""
+        parts = [n for n in self._names(self.root) if PART_RE.match(n)]
+        parts += [f"{ERRORS_DIR}/{n}" for n in self._names(f"{self.root}/{ERRORS_DIR}") if PART_RE.match(n)]
+        return sorted(parts)
 
     def remove(self, names: list[str]) -> None:
         for name in names:

@@ -90,8 +90,8 @@ class ParquetSink(Sink):
     extension = ".parquet"
     writer_cls = ParquetWriter
 
-    def open_writer(self, ordinal: int) -> ShardWriter:
-        writer = super().open_writer(ordinal)
+    def open_writer(self, ordinal: int, *, errors: bool = False) -> ShardWriter:
+        writer = super().open_writer(ordinal, errors=errors)
         return ParquetWriter(writer.path, writer.final_name, self.spec.output.compression or "snappy")
 
 

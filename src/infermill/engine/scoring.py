@@ -1,0 +1,163 @@
+"""Scoring one batch under the error policy: retry, bisect, split on OOM, dead-letter what is left.
+
+``BatchScorer.score`` never raises for a bad item: it returns the scored rows (in input order, as output
+tables) and the rows it gave up on, each with its error. It raises only for fatal errors.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from ..models.base import ModelAdapter
+from ..spec import RetrySpec
+from .columns import Columns
+from .policy import ErrorKind, classify
+
+__all__ = ["BatchScorer", "DeadItem", "ScoreStats"]
+
+TRACEBACK_CHARS = 2_000
+GROW_AFTER = 4
+"""Successful calls at a reduced batch size before the size doubles again."""
+
+
+@dataclass(frozen=True)
+class DeadItem:
+    """A row the model could not score, with why."""
+
+    row: int
+    """Index of the row in the batch given to ``score``."""
+    kind: ErrorKind
+    error_class: str
+    message: str
+    traceback: str
+    attempts: int
+
+
+@dataclass
+class ScoreStats:
+    calls: int = 0
+    retries: int = 0
+    bisections: int = 0
+    oom_splits: int = 0
+    min_batch: int | None = None
+    batch_sizes: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "retries": self.retries,
+            "bisections": self.bisections,
+            "oom_splits": self.oom_splits,
+            "min_batch": self.min_batch,
+        }
+
+
+def _short_traceback(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(exc, limit=5))
+    return text if len(text) <= TRACEBACK_CHARS else "..." + text[-TRACEBACK_CHARS:]
+
+
+class BatchScorer:
+    """Scores batches with one adapter, adapting the call size after out-of-memory errors."""
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        columns: Columns,
+        retry: RetrySpec,
+        batch_size: int,
+        *,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.columns = columns
+        self.retry = retry
+        self.batch_size = batch_size
+        self.limit = batch_size
+        self._good_calls = 0
+        self._wait = wait or (lambda seconds: time.sleep(seconds) or False)
+        self._rng = random.Random()
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(self.retry.max_backoff_seconds, self.retry.backoff_seconds * (2 ** (attempt - 1)))
+        return self._rng.uniform(0, cap)  # full jitter: spreads retries of many workers apart
+
+    def _call(self, batch: pa.RecordBatch, inputs: Any) -> pa.Table:
+        if inputs is None:
+            inputs = self.adapter.preprocess(batch.select(self.columns.features))
+        result = self.adapter.predict(inputs)
+        outputs = self.adapter.postprocess(result, batch.num_rows)
+        names = [self.columns.id, *self.columns.keep]
+        arrays = [batch.column(n) for n in names]
+        for name, array in outputs.items():
+            names.append(name)
+            arrays.append(array)
+        return pa.Table.from_arrays(arrays, names=names)
+
+    def _succeeded(self, rows: int, stats: ScoreStats) -> None:
+        stats.calls += 1
+        if rows >= self.limit and self.limit < self.batch_size:
+            self._good_calls += 1
+            if self._good_calls >= GROW_AFTER:
+                self.limit = min(self.batch_size, self.limit * 2)
+                self._good_calls = 0
+
+    def score(
+        self, batch: pa.RecordBatch, inputs: Any = None, stats: ScoreStats | None = None
+    ) -> tuple[list[pa.Table], list[DeadItem]]:
+        """Score ``batch`` (``inputs``: its preprocessed features, if already done)."""
+        stats = stats if stats is not None else ScoreStats()
+        n = batch.num_rows
+        tables: list[pa.Table] = []
+        dead: list[DeadItem] = []
+        if n == 0:
+            return tables, dead
+        if n > self.limit:
+            inputs = None
+            stack = [(lo, min(n, lo + self.limit), 1) for lo in range(0, n, self.limit)][::-1]
+        else:
+            stack = [(0, n, 1)]
+        while stack:
+            lo, hi, attempt = stack.pop()
+            sub = batch.slice(lo, hi - lo)
+            try:
+                table = self._call(sub, inputs if (lo, hi) == (0, n) else None)
+            except Exception as exc:  # noqa: BLE001 - every failure is classified below
+                kind = classify(exc, self.adapter)
+                if kind == "fatal":
+                    raise
+                size = hi - lo
+                if kind == "transient" and attempt < self.retry.max_attempts:
+                    stats.retries += 1
+                    if self._wait(self._backoff(attempt)):
+                        raise
+                    stack.append((lo, hi, attempt + 1))
+                    continue
+                if kind in ("item", "oom") and size > 1:
+                    mid = lo + size // 2
+                    if kind == "oom":
+                        stats.oom_splits += 1
+                        self.limit = max(1, min(self.limit, size // 2))
+                        self._good_calls = 0
+                        stats.min_batch = min(stats.min_batch or self.limit, self.limit)
+                    else:
+                        stats.bisections += 1
+                    stack.append((mid, hi, 1))
+                    stack.append((lo, mid, 1))
+                    continue
+                text = _short_traceback(exc)
+                message = str(exc) or type(exc).__name__
+                dead.extend(
+                    DeadItem(row, kind, type(exc).__name__, message, text, attempt) for row in range(lo, hi)
+                )
+                continue
+            self._succeeded(hi - lo, stats)
+            tables.append(table)
+        return tables, dead
