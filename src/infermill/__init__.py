@@ -22,7 +22,17 @@ from .errors import (
     SpecError,
     TransientError,
 )
-from .spec import BatchSpec, InputSpec, JobSpec, ModelSpec, OutputSpec, RuntimeSpec, load_spec
+from .spec import (
+    BatchSpec,
+    ErrorsSpec,
+    InputSpec,
+    JobSpec,
+    ModelSpec,
+    OutputSpec,
+    RetrySpec,
+    RuntimeSpec,
+    load_spec,
+)
 
 __version__ = "0.1.0"
 
@@ -31,6 +41,8 @@ _LAZY = {
     "status": ("infermill.engine.runner", "status"),
     "RunResult": ("infermill.engine.runner", "RunResult"),
     "validate": ("infermill.engine.validate", "validate"),
+    "retry": ("infermill.engine.retry", "retry"),
+    "failures": ("infermill.engine.failures", "failures"),
 }
 
 
@@ -46,6 +58,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "BatchSpec",
+    "ErrorsSpec",
     "InfermillError",
     "InputError",
     "InputSpec",
@@ -59,12 +72,15 @@ __all__ = [
     "ModelSpec",
     "OutputError",
     "OutputSpec",
+    "RetrySpec",
     "RunResult",
     "RuntimeSpec",
     "SpecError",
     "TransientError",
     "__version__",
+    "failures",
     "load_spec",
+    "retry",
     "run",
     "status",
     "validate",

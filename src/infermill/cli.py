@@ -101,6 +101,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_failures(args: argparse.Namespace) -> int:
+    from .engine.failures import failures
+
+    info = failures(args.job, limit=args.limit)
+    if args.json:
+        print(json.dumps(info, default=str, sort_keys=True))
+        return 0
+    if not info["rows_failed"]:
+        print(f"{info['job']}: no dead-lettered items")
+        return 0
+    print(f"{info['job']}: {info['rows_failed']:,} dead-lettered items (files in {info['errors_dir']})")
+    width = max(len(g["error_class"]) for g in info["groups"])
+    for group in info["groups"]:
+        example = group["example"].splitlines()[0] if group["example"] else ""
+        if len(example) > 100:
+            example = example[:97] + "..."
+        print(f"  {group['count']:>8,}  {group['error_class']:<{width}}  {group['error_kind']:<9}  e.g. {example}")
+    print("fix the model or the data, then reprocess only these items: infermill retry JOB")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from .engine.retry import retry
+
+    result = retry(args.job, wait=args.wait)
+    print(f"{result.job}: {result.message}")
+    print(f"  rows: {result.rows_succeeded:,} succeeded, {result.rows_failed:,} failed")
+    if result.manifest_path:
+        print(f"  manifest: {result.manifest_path}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .engine.validate import validate
 
@@ -180,6 +212,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="print one JSON object (keys: state, rows_total, rows_succeeded, rows_failed, shards_total, "
         "shards_committed, ...)",
     )
+
+    p = add(
+        "failures",
+        cmd_failures,
+        "list dead-lettered items, grouped by error class",
+        """\
+        List the items of JOB that the model could not score (dead letters), grouped by error class
+        with counts and an example message. The items themselves, with their input values and
+        tracebacks, are in the output's _errors/ folder and in the ledger.
+        """,
+    )
+    p.add_argument("job", help="the job file (TOML)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (keys: rows_failed, groups, items)")
+    p.add_argument("--limit", type=int, default=20, help="items listed in --json output (default 20)")
+
+    p = add(
+        "retry",
+        cmd_retry,
+        "reprocess only the dead-lettered items",
+        """\
+        Score JOB's dead-lettered items again, typically after fixing the model, and merge the ones
+        that now succeed into the output (each id stays exactly once, in input order). Items that
+        fail again stay dead-lettered with their new error. The spec and input must be unchanged;
+        the model may have changed.
+        """,
+    )
+    p.add_argument("job", help="the job file (TOML)")
+    p.add_argument("--wait", action="store_true", help="if another run of this job is active, wait for it")
 
     p = add(
         "validate",

@@ -45,7 +45,7 @@ from .columns import resolve_columns
 from .executor import make_executor
 from .faults import fault_point
 
-__all__ = ["RunResult", "run", "status"]
+__all__ = ["RunResult", "finish_job", "job_result", "run", "status"]
 
 
 @dataclass(frozen=True)
@@ -421,48 +421,66 @@ class _Coordinator:
         )
 
     def _finish(self) -> None:
-        files = self.ledger.committed_files()
-        error_files = self.ledger.committed_error_files()
-        manifest = {
-            "job": self.spec.name,
-            "complete": True,
-            "format": self.spec.output.format,
-            "files": [{"path": name, "rows": rows} for name, rows in files],
-            "rows_total": sum(rows for _, rows in files),
-            "error_files": [{"path": name, "rows": rows} for name, rows in error_files],
-            "rows_failed": sum(rows for _, rows in error_files),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        fault_point("before_manifest")
-        self.sink.write_manifest(manifest)
-        fault_point("after_manifest")
-        self.ledger.mark_complete()
-        # Files under a part name that no committed shard owns can only be debris of a crashed attempt.
-        owned = {name for name, _ in files} | {name for name, _ in error_files}
-        self.sink.remove([n for n in self.sink.list_parts() if n not in owned])
-        self.sink.clean_staging()
+        finish_job(self.spec, self.ledger, self.sink)
 
     def _result(self, state: str, code: int, message: str, started: float, rows_this_run: int) -> RunResult:
-        summary = self.ledger.summary()
-        total = summary["rows_planned"] if summary["shards_with_rows_planned"] == summary["shards_total"] else None
-        if total is None and state == "complete":
-            total = summary["rows_succeeded"] + summary["rows_failed"]
-        return RunResult(
-            job=self.spec.name,
-            state=state,
-            exit_code=code,
-            message=message,
-            rows_total=total,
-            rows_succeeded=summary["rows_succeeded"],
-            rows_failed=summary["rows_failed"],
-            shards_total=summary["shards_total"],
-            shards_committed=summary["shards_committed"],
-            rows_this_run=rows_this_run,
-            seconds=time.monotonic() - started,
-            output_path=self.sink.display(),
-            manifest_path=self.sink.manifest_path() if state == "complete" else None,
-            ledger_path=self.spec.ledger_path(),
-        )
+        return job_result(self.spec, self.ledger, self.sink, state, message, started, rows_this_run, code)
+
+
+def finish_job(spec: JobSpec, ledger: Ledger, sink: Sink) -> None:
+    """Write the manifest of a job whose shards are all committed, and sweep debris."""
+    files = ledger.committed_files()
+    error_files = ledger.committed_error_files()
+    manifest = {
+        "job": spec.name,
+        "complete": True,
+        "format": spec.output.format,
+        "files": [{"path": name, "rows": rows} for name, rows in files],
+        "rows_total": sum(rows for _, rows in files),
+        "error_files": [{"path": name, "rows": rows} for name, rows in error_files],
+        "rows_failed": sum(rows for _, rows in error_files),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    fault_point("before_manifest")
+    sink.write_manifest(manifest)
+    fault_point("after_manifest")
+    ledger.mark_complete()
+    # Files under a part name that no committed shard owns can only be debris of a crashed attempt.
+    owned = {name for name, _ in files} | {name for name, _ in error_files}
+    sink.remove([n for n in sink.list_parts() if n not in owned])
+    sink.clean_staging()
+
+
+def _rows_total(summary: dict[str, Any], complete: bool) -> int | None:
+    if summary["shards_with_rows_planned"] == summary["shards_total"]:
+        return int(summary["rows_planned"] or 0)
+    if complete:
+        return int(summary["rows_succeeded"] + summary["rows_failed"])
+    return None
+
+
+def job_result(
+    spec: JobSpec, ledger: Ledger, sink: Sink, state: str, message: str, started: float, rows_this_run: int,
+    code: int = EXIT_COMPLETE,
+) -> RunResult:
+    """The RunResult for the ledger's current counts."""
+    summary = ledger.summary()
+    return RunResult(
+        job=spec.name,
+        state=state,
+        exit_code=code,
+        message=message,
+        rows_total=_rows_total(summary, state == "complete"),
+        rows_succeeded=summary["rows_succeeded"],
+        rows_failed=summary["rows_failed"],
+        shards_total=summary["shards_total"],
+        shards_committed=summary["shards_committed"],
+        rows_this_run=rows_this_run,
+        seconds=time.monotonic() - started,
+        output_path=sink.display(),
+        manifest_path=sink.manifest_path() if state == "complete" else None,
+        ledger_path=spec.ledger_path(),
+    )
 
 
 def _discard(*staged: StagedFile | None) -> None:
@@ -521,9 +539,7 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
             state = "interrupted"  # its process died without recording an end
         else:
             state = last["state"]
-        total = summary["rows_planned"] if summary["shards_with_rows_planned"] == summary["shards_total"] else None
-        if total is None and state == "complete":
-            total = summary["rows_succeeded"] + summary["rows_failed"]
+        total = _rows_total(summary, state == "complete")
         failed = [
             {"shard": row.shard_id, "error": row.error} for row in ledger.shards("failed")
         ]

@@ -117,18 +117,31 @@ class BatchScorer:
         n = batch.num_rows
         tables: list[pa.Table] = []
         dead: list[DeadItem] = []
-        if n == 0:
-            return tables, dead
-        if n > self.limit:
-            inputs = None
-            stack = [(lo, min(n, lo + self.limit), 1) for lo in range(0, n, self.limit)][::-1]
-        else:
-            stack = [(0, n, 1)]
+        cursor = 0
+        while cursor < n:
+            # The next chunk at the current limit, which OOM splits shrink and good calls grow back.
+            end = min(n, cursor + self.limit)
+            whole = (cursor, end) == (0, n)
+            self._score_range(batch, cursor, end, inputs if whole else None, stats, tables, dead)
+            cursor = end
+        return tables, dead
+
+    def _score_range(
+        self,
+        batch: pa.RecordBatch,
+        start: int,
+        end: int,
+        inputs: Any,
+        stats: ScoreStats,
+        tables: list[pa.Table],
+        dead: list[DeadItem],
+    ) -> None:
+        stack = [(start, end, 1)]
         while stack:
             lo, hi, attempt = stack.pop()
             sub = batch.slice(lo, hi - lo)
             try:
-                table = self._call(sub, inputs if (lo, hi) == (0, n) else None)
+                table = self._call(sub, inputs if (lo, hi) == (start, end) else None)
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
                 kind = classify(exc, self.adapter)
                 if kind == "fatal":
@@ -160,4 +173,3 @@ class BatchScorer:
                 continue
             self._succeeded(hi - lo, stats)
             tables.append(table)
-        return tables, dead

@@ -37,7 +37,7 @@ from .faults import fault_point
 from .policy import classify
 from .scoring import BatchScorer, DeadItem, ScoreStats
 
-__all__ = ["EventQueue", "StopFlags", "WorkerConfig", "run_worker"]
+__all__ = ["EventQueue", "StopFlags", "WorkerConfig", "dead_letter_table", "run_worker"]
 
 
 class EventQueue(Protocol):
@@ -295,8 +295,11 @@ class _Pipeline:
                 for table in tables:
                     if not _put(self.outbox, ("batch", shard, table), self.flags):
                         return
-                if dead and not _put(self.outbox, ("errors", shard, *self._dead_letters(batch, dead, offset)), self.flags):
-                    return
+                if dead:
+                    positions = [offset + d.row for d in dead]
+                    table, records = dead_letter_table(spec, self.columns, batch, dead, positions)
+                    if not _put(self.outbox, ("errors", shard, table, records), self.flags):
+                        return
             elif kind == "error":
                 self._shard_failed(shard, item[2])
             elif kind in ("end", "abandon"):
@@ -313,31 +316,6 @@ class _Pipeline:
                 return True
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         return self._aborted()
-
-    def _dead_letters(
-        self, batch: pa.RecordBatch, dead: list[DeadItem], offset: int
-    ) -> tuple[pa.Table, list[tuple[Any, ...]]]:
-        """The dead-letter rows for the errors file, and the records for the ledger."""
-        rows = pa.array([d.row for d in dead], pa.int64())
-        ids = batch.column(self.columns.id).take(rows)
-        columns: dict[str, Any] = {
-            self.columns.id: ids,
-            "_error_kind": pa.array([d.kind for d in dead], pa.string()),
-            "_error_class": pa.array([d.error_class for d in dead], pa.string()),
-            "_error_message": pa.array([d.message for d in dead], pa.string()),
-            "_error_traceback": pa.array([d.traceback for d in dead], pa.string()),
-            "_attempts": pa.array([d.attempts for d in dead], pa.int32()),
-            "_row": pa.array([offset + d.row for d in dead], pa.int64()),
-        }
-        if self.spec.errors.include_input:
-            for name in [*self.columns.features, *self.columns.keep]:
-                if name not in columns:
-                    columns[name] = batch.column(name).take(rows)
-        records = [
-            (str(item_id), offset + d.row, d.attempts, d.error_class, d.kind, d.message, d.traceback)
-            for item_id, d in zip(ids.to_pylist(), dead, strict=True)
-        ]
-        return pa.table(columns), records
 
     def _shard_failed(self, shard: Shard, exc: BaseException) -> None:
         sid = shard.shard_id
@@ -412,6 +390,35 @@ class _Pipeline:
         finally:
             for writer in [*writers.values(), *error_writers.values()]:
                 writer.abort()
+
+
+def dead_letter_table(
+    spec: JobSpec, columns: Columns, batch: pa.RecordBatch, dead: list[DeadItem], positions: list[int]
+) -> tuple[pa.Table, list[tuple[Any, ...]]]:
+    """Dead-letter rows for the errors file, and their records for the ledger.
+
+    ``positions`` are the items' row indexes within their shard (``_row``), one per dead item.
+    """
+    rows = pa.array([d.row for d in dead], pa.int64())
+    ids = batch.column(columns.id).take(rows)
+    table: dict[str, Any] = {
+        columns.id: ids,
+        "_error_kind": pa.array([d.kind for d in dead], pa.string()),
+        "_error_class": pa.array([d.error_class for d in dead], pa.string()),
+        "_error_message": pa.array([d.message for d in dead], pa.string()),
+        "_error_traceback": pa.array([d.traceback for d in dead], pa.string()),
+        "_attempts": pa.array([d.attempts for d in dead], pa.int32()),
+        "_row": pa.array(positions, pa.int64()),
+    }
+    if spec.errors.include_input:
+        for name in [*columns.features, *columns.keep]:
+            if name not in table:
+                table[name] = batch.column(name).take(rows)
+    records = [
+        (str(item_id), position, d.attempts, d.error_class, d.kind, d.message, d.traceback)
+        for item_id, position, d in zip(ids.to_pylist(), positions, dead, strict=True)
+    ]
+    return pa.table(table), records
 
 
 def _abort_flag(flags: StopFlags) -> None:

@@ -112,6 +112,7 @@ class ShardRow:
     state: str
     rows_planned: int | None
     rows_out: int | None
+    rows_failed: int
     output_file: str | None
     error: str | None
 
@@ -300,7 +301,10 @@ class Ledger:
 
     # -- shards ------------------------------------------------------------------------------------
     def shards(self, state: str | None = None) -> list[ShardRow]:
-        sql = "SELECT shard_id, ordinal, descriptor, state, rows_planned, rows_out, output_file, error FROM shards"
+        sql = (
+            "SELECT shard_id, ordinal, descriptor, state, rows_planned, rows_out, rows_failed, output_file, error"
+            " FROM shards"
+        )
         params: tuple[Any, ...] = ()
         if state is not None:
             sql += " WHERE state = ?"
@@ -335,6 +339,7 @@ class Ledger:
         run_id: int | None = None,
         stats: dict[str, Any] | None = None,
         retry: bool = False,
+        resolved_rows: Sequence[int] = (),
     ) -> None:
         """Record a shard's files as committed, only if this run still holds the lease.
 
@@ -347,6 +352,10 @@ class Ledger:
             self._fence(conn, lease)
             if not retry:
                 self._transition(conn, shard_id, "committed")
+            conn.executemany(
+                "UPDATE items SET state = 'resolved', updated_at = ?, run_id = ? WHERE shard_id = ? AND row_index = ?",
+                [(now, run_id, shard_id, i) for i in resolved_rows],
+            )
             conn.execute("DELETE FROM items WHERE shard_id = ? AND state = 'dead'", (shard_id,))
             conn.executemany(
                 "INSERT OR REPLACE INTO items (shard_id, item_id, row_index, attempts, error_class, error_kind,"
@@ -368,14 +377,10 @@ class Ledger:
                  shard_id),
             )
 
-    def mark_resolved(self, shard_id: str, lease: Lease, row_indexes: Sequence[int]) -> None:
-        """Dead-lettered items that a retry scored leave the dead-letter set (kept as history)."""
+    def set_model_fingerprint(self, fingerprint: str) -> None:
+        """A retry with a fixed model: later results come from this model."""
         with self._tx() as conn:
-            self._fence(conn, lease)
-            conn.executemany(
-                "UPDATE items SET state = 'resolved', updated_at = ? WHERE shard_id = ? AND row_index = ?",
-                [(time.time(), shard_id, i) for i in row_indexes],
-            )
+            conn.execute("UPDATE job SET model_fingerprint = ? WHERE id = 1", (fingerprint,))
 
     def dead_items(self, shard_id: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT * FROM items WHERE state = 'dead'"

@@ -195,6 +195,22 @@ class Sink:
             else:
                 _remove(os.path.join(self.root, name))
 
+    def read_part(self, name: str) -> pa.Table | None:
+        """Read back a committed file (for ``infermill retry``); None when it does not exist."""
+        path = self.display(name)
+        try:
+            if self.remote:
+                with self.fs.open(path, "rb") as fh:
+                    return self._read(pa.BufferReader(fh.read()))
+            if not os.path.exists(path):
+                return None
+            return self._read(path)
+        except FileNotFoundError:
+            return None
+
+    def _read(self, source: Any) -> pa.Table:
+        raise NotImplementedError
+
     def manifest_path(self) -> str:
         return self.display(MANIFEST_NAME)
 

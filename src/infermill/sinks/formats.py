@@ -90,6 +90,9 @@ class ParquetSink(Sink):
     extension = ".parquet"
     writer_cls = ParquetWriter
 
+    def _read(self, source: Any) -> pa.Table:
+        return pq.read_table(source)
+
     def open_writer(self, ordinal: int, *, errors: bool = False) -> ShardWriter:
         writer = super().open_writer(ordinal, errors=errors)
         return ParquetWriter(writer.path, writer.final_name, self.spec.output.compression or "snappy")
@@ -99,10 +102,18 @@ class JsonlSink(Sink):
     extension = ".jsonl"
     writer_cls = JsonlWriter
 
+    def _read(self, source: Any) -> pa.Table:
+        import pyarrow.json as pajson
+
+        return pajson.read_json(source)
+
 
 class CsvSink(Sink):
     extension = ".csv"
     writer_cls = CsvWriter
+
+    def _read(self, source: Any) -> pa.Table:
+        return pacsv.read_csv(source)
 
 
 SINK_FORMATS: dict[str, type[Sink]] = {"parquet": ParquetSink, "jsonl": JsonlSink, "csv": CsvSink}

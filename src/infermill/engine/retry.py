@@ -1,0 +1,209 @@
+"""``infermill retry``: score only the dead-lettered items again and merge them into the output.
+
+For each shard with dead letters: read the shard, pick the dead rows, score them (same error policy),
+then rewrite the shard's result file as old rows + newly scored rows in input order, and its errors file
+as the rows that still fail. Both files replace the old ones atomically, then one ledger transaction
+records the new counts, marks the scored items resolved and keeps the rest dead.
+
+A retry may use a changed model (that is usually the point: the model was fixed); the spec and the input
+must be unchanged. If a retry is killed after a file was replaced but before the ledger update, the next
+retry drops the retried ids from the file before merging, so no id is ever duplicated.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import InfermillError, JobChangedError, SpecError
+from ..ledger import Lease, Ledger
+from ..models import load_adapter
+from ..sinks import Sink, open_sink
+from ..sources import open_source
+from ..sources.base import Shard
+from ..spec import JobSpec
+from .columns import Columns, resolve_columns
+from .executor import threads_per_worker
+from .faults import fault_point
+from .runner import RunResult, _acquire, _as_spec, _Heartbeat, _input_fingerprint, finish_job, job_result
+from .scoring import BatchScorer, DeadItem, ScoreStats
+from .worker import dead_letter_table
+
+__all__ = ["retry"]
+
+
+def retry(job: JobSpec | str | os.PathLike[str], *, wait: bool = False) -> RunResult:
+    """Reprocess the job's dead-lettered items; returns the job's counts afterwards."""
+    spec = _as_spec(job)
+    started = time.monotonic()
+    if not os.path.exists(spec.ledger_path()):
+        raise SpecError(f"job '{spec.name}' has not run yet: nothing to retry", hint="run it first: infermill run JOB")
+    ledger = Ledger(spec.ledger_path())
+    try:
+        lease = _acquire(ledger, spec, wait)
+        heartbeat = _Heartbeat(spec.ledger_path(), lease, max(0.5, spec.runtime.lease_seconds / 3))
+        try:
+            return _retry(spec, ledger, lease, started)
+        finally:
+            heartbeat.stop()
+            ledger.release_lease(lease)
+    finally:
+        ledger.close()
+
+
+def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunResult:
+    record = ledger.job()
+    if record is None:
+        raise SpecError(f"job '{spec.name}' has not run yet: nothing to retry", hint="run it first: infermill run JOB")
+    source = open_source(spec)
+    columns = resolve_columns(spec, source.schema())
+    shards = {s.shard_id: s for s in source.plan()}
+    if record["spec_fingerprint"] != spec.fingerprint() or record["input_fingerprint"] != _input_fingerprint(
+        list(shards.values())
+    ):
+        raise JobChangedError(
+            f"the job spec or its input changed since job '{spec.name}' ran; retry only reprocesses failed items "
+            "of the same input",
+            hint="undo the change, or rerun everything with `infermill run JOB --restart`",
+            job=spec.name,
+        )
+    dead = ledger.dead_items()
+    sink = open_sink(spec)
+    if not dead:
+        return job_result(spec, ledger, sink, "complete", "nothing to retry: no dead-lettered items", started, 0)
+    adapter = load_adapter(spec, threads=threads_per_worker(spec))
+    model_fp = adapter.fingerprint()
+    adapter.setup()
+    run_id = ledger.start_run(lease)
+    if model_fp != record["model_fingerprint"]:
+        ledger.set_model_fingerprint(model_fp)
+    sink.prepare()
+    scorer = BatchScorer(adapter, columns, spec.retry, spec.batch.size)
+    by_shard: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in dead:
+        by_shard[item["shard_id"]].append(item)
+    rows_fixed = 0
+    try:
+        for shard_id, items in sorted(by_shard.items()):
+            rows_fixed += _retry_shard(
+                spec, ledger, lease, sink, source, scorer, columns, shards[shard_id], items, run_id
+            )
+    except InfermillError as exc:
+        ledger.end_run(run_id, "failed", str(exc))
+        raise
+    finally:
+        adapter.close()
+    summary = ledger.summary()
+    if summary["shards_committed"] == summary["shards_total"]:
+        finish_job(spec, ledger, sink)
+    message = f"retry: {rows_fixed:,} of {len(dead):,} dead-lettered items scored; {len(dead) - rows_fixed:,} still fail"
+    ledger.end_run(run_id, "complete", message)
+    return job_result(spec, ledger, sink, "complete", message, started, rows_fixed)
+
+
+def _retry_shard(
+    spec: JobSpec,
+    ledger: Ledger,
+    lease: Lease,
+    sink: Sink,
+    source: Any,
+    scorer: BatchScorer,
+    columns: Columns,
+    shard: Shard,
+    items: list[dict[str, Any]],
+    run_id: int,
+) -> int:
+    rows_by_index = {int(i["row_index"]): i for i in items}
+    wanted = np.array(sorted(rows_by_index), dtype=np.int64)
+    # Gather the dead rows from the shard's input, in order.
+    pieces: list[pa.RecordBatch] = []
+    offset = 0
+    for batch in source.read(shard, spec.batch.size, columns.read):
+        lo, hi = np.searchsorted(wanted, [offset, offset + batch.num_rows])
+        if hi > lo:
+            pieces.append(batch.take(pa.array(wanted[lo:hi] - offset)))
+        offset += batch.num_rows
+    retry_rows = pa.Table.from_batches(pieces).combine_chunks() if pieces else None
+    if retry_rows is None or retry_rows.num_rows != len(wanted):
+        raise InfermillError(
+            f"shard {shard.shard_id}: could not find all dead-lettered rows in the input",
+            hint="the input may have changed; rerun with --restart",
+        )
+    scored: list[pa.Table] = []
+    still_dead: list[DeadItem] = []
+    stats = ScoreStats()
+    for start in range(0, retry_rows.num_rows, spec.batch.size):
+        batch = retry_rows.slice(start, spec.batch.size).to_batches()[0]
+        tables, dead = scorer.score(batch, None, stats)
+        scored.extend(tables)
+        still_dead.extend(DeadItem(d.row + start, d.kind, d.error_class, d.message, d.traceback, d.attempts + 1)
+                          for d in dead)
+    dead_rows = {d.row for d in still_dead}
+    fixed_idx = np.array([i for n, i in enumerate(wanted) if n not in dead_rows], dtype=np.int64)
+
+    # Old results, minus any retried ids a killed earlier retry may already have merged.
+    rows_total = _shard_rows(ledger, shard.shard_id)
+    old_rows = sink.read_part(sink.part_name(shard.ordinal)) if rows_total > len(wanted) else None
+    retried_ids = pa.array([str(i["item_id"]) for i in items], pa.string())
+    if old_rows is not None:
+        keep = pc.invert(pc.is_in(pc.cast(old_rows.column(columns.id), pa.string()), value_set=retried_ids))
+        old_rows = old_rows.filter(keep)
+    old_idx = np.setdiff1d(np.arange(rows_total, dtype=np.int64), wanted, assume_unique=True)
+    if old_rows is not None and old_rows.num_rows != len(old_idx):
+        raise InfermillError(
+            f"shard {shard.shard_id}: its result file {sink.part_name(shard.ordinal)} has {old_rows.num_rows} rows, "
+            f"the ledger expects {len(old_idx)}",
+            hint="the output was modified outside infermill; rerun with --restart",
+        )
+    merged = _merge(old_rows, old_idx, scored, fixed_idx)
+
+    writer = sink.open_writer(shard.ordinal)
+    if merged is not None:
+        writer.write(merged)
+    staged = writer.close()
+    staged_errors = None
+    records: list[tuple[Any, ...]] = []
+    if still_dead:
+        positions = [int(wanted[d.row]) for d in still_dead]
+        table, records = dead_letter_table(spec, columns, retry_rows.to_batches()[0], still_dead, positions)
+        error_writer = sink.open_writer(shard.ordinal, errors=True)
+        error_writer.write(table)
+        staged_errors = error_writer.close()
+    ledger.check_fence(lease)
+    fault_point("before_rename")
+    errors_name = sink.commit(staged_errors) if staged_errors is not None else None
+    if staged_errors is None:
+        sink.remove([sink.part_name(shard.ordinal, errors=True)])
+    name = sink.commit(staged)
+    fault_point("after_rename")
+    ledger.commit_shard(
+        shard.shard_id, lease, output_file=name, rows_out=staged.rows, errors_file=errors_name,
+        dead_items=records, run_id=run_id, retry=True, resolved_rows=[int(i) for i in fixed_idx],
+    )
+    fault_point("after_commit")
+    return len(fixed_idx)
+
+
+def _shard_rows(ledger: Ledger, shard_id: str) -> int:
+    for row in ledger.shards("committed"):
+        if row.shard_id == shard_id:
+            return int(row.rows_out or 0) + int(row.rows_failed or 0)
+    raise InfermillError(f"shard {shard_id} is not committed; run the job to finish it before retrying")
+
+
+def _merge(old: pa.Table | None, old_idx: np.ndarray, scored: list[pa.Table], new_idx: np.ndarray) -> pa.Table | None:
+    """Old and new result rows interleaved back into input order."""
+    tables = ([old] if old is not None and old.num_rows else []) + [t for t in scored if t.num_rows]
+    if not tables:
+        return None
+    schema = tables[0].schema
+    tables = [t if t.schema == schema else t.cast(schema) for t in tables]
+    combined = pa.concat_tables(tables)
+    keys = np.concatenate([old_idx if old is not None and old.num_rows else old_idx[:0], new_idx])
+    return combined.take(pa.array(np.argsort(keys, kind="stable")))
