@@ -39,6 +39,7 @@ __all__ = [
     "RuntimeSpec",
     "is_url",
     "load_spec",
+    "parse_settings",
 ]
 
 InputFormat = Literal["parquet", "csv", "jsonl"]
@@ -111,6 +112,9 @@ class ModelSpec:
     """kind=sklearn/onnx with probabilities: the class whose probability is the score (default: the last)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments passed to a python model's constructor."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Keys specific to the kind (e.g. ``device`` for torch, ``task`` for hf). In a job file they are
+    written directly under [model]; each adapter declares and checks its own (``settings_cls``)."""
 
 
 @dataclass(frozen=True)
@@ -327,6 +331,12 @@ def _unknown(key: str, allowed: list[str], section: str, where: str) -> None:
 def _build(cls: type, raw: dict[str, Any], section: str, where: str) -> Any:
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    if cls is ModelSpec:
+        # Keys the base spec does not know belong to the kind's adapter; checked in _validate.
+        extra = {k: v for k, v in raw.items() if k not in names}
+        raw = {k: v for k, v in raw.items() if k in names}
+        if extra:
+            raw["settings"] = {**raw.get("settings", {}), **extra}
     for key in raw:
         if key not in names:
             _unknown(key, names, section, where)
@@ -394,8 +404,39 @@ def _check_type(value: Any, tp: Any, dotted: str, where: str) -> Any:
     return value
 
 
+def parse_settings(cls: type | None, settings: dict[str, Any], kind: str, where: str) -> Any:
+    """Check a model kind's own keys against its settings dataclass and build it."""
+    if cls is None:
+        if settings:
+            base = [f.name for f in dataclasses.fields(ModelSpec) if f.name != "settings"]
+            key = sorted(settings)[0]
+            close = difflib.get_close_matches(key, base, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"model kind '{kind}' takes no key '{key}'"
+            raise SpecError(f"{where}: unknown key 'model.{key}'", hint=hint)
+        return None
+    own = [f.name for f in dataclasses.fields(cls)]
+    for key in settings:
+        if key not in own:
+            base = [f.name for f in dataclasses.fields(ModelSpec) if f.name != "settings"]
+            _unknown(key, base + own, "model", where)
+    return _build(cls, settings, "model", where)
+
+
+def _validate_settings(spec: JobSpec, where: str) -> None:
+    from .models import MODEL_KINDS, adapter_class
+
+    if spec.model.kind not in MODEL_KINDS:
+        return  # reported with the list of kinds when the model is loaded
+    try:
+        cls = adapter_class(spec.model.kind)
+    except ImportError:
+        return  # reported with the install hint when the model is loaded
+    parse_settings(getattr(cls, "settings_cls", None), spec.model.settings, spec.model.kind, where)
+
+
 def _validate(spec: JobSpec) -> None:
     where = spec.source_file or "job spec"
+    _validate_settings(spec, where)
     if not spec.input.path:
         raise SpecError(f"{where}: 'input.path' is empty")
     if not spec.output.path:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from ..errors import ModelLoadError
-from ..spec import JobSpec
+from ..spec import JobSpec, parse_settings
 from .outputs import to_columns
 
 __all__ = ["ModelAdapter", "file_digest"]
@@ -34,11 +34,16 @@ class ModelAdapter(ABC):
 
     kind: ClassVar[str]
     default_outputs: ClassVar[list[str]] = ["prediction"]
+    settings_cls: ClassVar[type | None] = None
+    """A frozen dataclass of the kind's own [model] keys (one docstring each), or None for none."""
 
     def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
         self.spec = spec
         self.model_spec = spec.model
         self.threads = max(1, threads)
+        self.settings: Any = parse_settings(
+            self.settings_cls, spec.model.settings, self.kind, spec.source_file or "job spec"
+        )
 
     @property
     def outputs(self) -> list[str]:
