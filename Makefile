@@ -14,7 +14,9 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[sklearn]'
 	touch $@
 
+# torch is pinned to the CPU build first: a plain `torch` requirement would pull a multi-GB CUDA build.
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install 'torch==2.13.0'
 	$(PIP) install -e '.[dev]'
 	touch $@ $(VENV)/.demo-installed
 
