@@ -125,7 +125,9 @@ def test_kill_at_each_commit_step_then_resume(tmp_path: Path, reference: pa.Tabl
         else:
             assert proc.returncode == 0
         _assert_no_duplicates(tmp_path / "out")
-    assert kills >= 1
+    # The manifest is written once per job, so only the first kill there can happen; every other step
+    # is reached once per shard and is killed twice. With the random sweep's 10+, that is 22+ SIGKILLs.
+    assert kills == (1 if point.endswith("manifest") else 2)
     final = _start(job)
     _, err = final.communicate(timeout=300)
     assert final.returncode == 0, err.decode()
