@@ -45,6 +45,11 @@ class FileSource(ColumnSource):
     def open_file(self, path: str) -> Any:
         """Open an input file for reading; a file gone since planning is an :class:`InputError`."""
         try:
+            if _is_local(self.fs):
+                # Arrow's native file reads without the GIL; a Python file object costs ~2x the CPU.
+                import pyarrow as pa
+
+                return pa.OSFile(path, "rb")
             return self.fs.open(path, "rb")
         except FileNotFoundError:
             raise InputError(
@@ -68,3 +73,9 @@ class FileSource(ColumnSource):
     @abstractmethod
     def _infer_schema(self, files: Sequence[InputFile]) -> pa.Schema:
         """The dataset schema, from the first file's metadata or first rows."""
+
+
+def _is_local(fs: Any) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)

@@ -100,7 +100,8 @@ class Source(ABC):
     def read(
         self, shard: Shard, batch_size: int, columns: Sequence[str] | None = None
     ) -> Iterator[pa.RecordBatch]:
-        """Stream the shard's rows in order as batches of at most ``batch_size`` rows.
+        """Stream the shard's rows in order as batches of at most ``batch_size`` rows (full batches, except
+        that each fragment may end with a short one).
 
         ``columns`` selects input columns (the id column is always included, synthetic or not).
         """
@@ -117,6 +118,14 @@ def rebatch(batches: Iterator[pa.RecordBatch], batch_size: int) -> Iterator[pa.R
     for batch in batches:
         if batch.num_rows == 0:
             continue
+        if not pending:
+            # Fast path, the common case: whole batches pass through as zero-copy slices.
+            whole = batch.num_rows - batch.num_rows % batch_size
+            for start in range(0, whole, batch_size):
+                yield batch.slice(start, batch_size)
+            if whole == batch.num_rows:
+                continue
+            batch = batch.slice(whole)
         pending.append(batch)
         count += batch.num_rows
         while count >= batch_size:

@@ -84,8 +84,9 @@ class ParquetSource(FileSource):
     ) -> Iterator[pa.RecordBatch]:
         names = self.projection(columns)
         target = self.target_schema(names)
-        pieces = (self._read_fragment(f, names, target, batch_size) for f in shard.fragments)
-        yield from rebatch((b for piece in pieces for b in piece), batch_size)
+        # Batches do not straddle files: filling one across a file boundary would copy every batch after it.
+        for fragment in shard.fragments:
+            yield from rebatch(self._read_fragment(fragment, names, target, batch_size), batch_size)
 
     def _read_fragment(
         self, fragment: Fragment, names: list[str], target: pa.Schema, batch_size: int

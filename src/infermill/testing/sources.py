@@ -196,7 +196,10 @@ class SourceConformance(ABC):
             total = 0
             for shard, batches in zip(shards, self._read(source, shards, batch_size), strict=True):
                 sizes = [b.num_rows for b in batches]
-                assert all(s == batch_size for s in sizes[:-1]), (batch_size, sizes)
+                # Full batches, except that a source may end each fragment (a file's piece) short rather
+                # than copy rows across files to fill the batch.
+                short = sum(1 for s in sizes[:-1] if s != batch_size)
+                assert short <= len(shard.fragments) - 1, (batch_size, sizes)
                 assert all(0 < s <= batch_size for s in sizes), (batch_size, sizes)
                 if shard.rows is not None:
                     assert sum(sizes) == shard.rows
