@@ -92,7 +92,7 @@ class ParquetSource(FileSource):
         self, fragment: Fragment, names: list[str], target: pa.Schema, batch_size: int
     ) -> Iterator[pa.RecordBatch]:
         where = display_path(fragment.path)
-        with self.open_file(fragment.path) as handle:
+        with self.open_arrow_file(fragment.path) as handle:
             reader = self._open(handle, where)
             stored = reader.schema_arrow.names
             for name in names:
