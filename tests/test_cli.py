@@ -40,9 +40,8 @@ def test_run_then_status_json(parquet_job, capsys: pytest.CaptureFixture[str]) -
     assert main(["status", str(job), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["state"] == "complete"
-    assert {k: info[k] for k in ("rows_total", "rows_succeeded", "rows_failed", "shards_total", "shards_committed")} == {
-        "rows_total": 20_000, "rows_succeeded": 20_000, "rows_failed": 0, "shards_total": 5, "shards_committed": 5,
-    }
+    keys = ("rows_total", "rows_succeeded", "rows_failed", "shards_total", "shards_committed")
+    assert [info[k] for k in keys] == [20_000, 20_000, 0, 5, 5]
     assert main(["run", str(job), "--quiet"]) == 0
     assert "nothing to do: the job is already complete" in capsys.readouterr().out
 

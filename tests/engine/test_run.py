@@ -87,7 +87,8 @@ def test_changes_since_last_run_are_refused(parquet_job, job_dir: Path, change: 
         scorer = job_dir / "scorer.py"
         scorer.write_text(scorer.read_text().replace("0.5, 1.0", "0.6, 1.0"))
     else:
-        pq.write_table(pq.read_table(job_dir / "data" / "part-000.parquet").slice(0, 10), job_dir / "data" / "part-000.parquet")
+        first = job_dir / "data" / "part-000.parquet"
+        pq.write_table(pq.read_table(first).slice(0, 10), first)
     with pytest.raises(JobChangedError) as err:
         infermill.run(job, progress="off")
     assert what in str(err.value) and "--restart" in str(err.value)

@@ -102,7 +102,8 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
     summary = ledger.summary()
     if summary["shards_committed"] == summary["shards_total"]:
         finish_job(spec, ledger, sink)
-    message = f"retry: {rows_fixed:,} of {len(dead):,} dead-lettered items scored; {len(dead) - rows_fixed:,} still fail"
+    still = len(dead) - rows_fixed
+    message = f"retry: {rows_fixed:,} of {len(dead):,} dead-lettered items scored; {still:,} still fail"
     ledger.end_run(run_id, "complete", message)
     return job_result(spec, ledger, sink, "complete", message, started, rows_fixed)
 

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -487,10 +487,8 @@ def _discard(*staged: StagedFile | None) -> None:
     for item in staged:
         if item is None:
             continue
-        try:
+        with suppress(FileNotFoundError):
             os.remove(item.path)
-        except FileNotFoundError:
-            pass
 
 
 def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:

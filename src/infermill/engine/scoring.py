@@ -59,6 +59,11 @@ class ScoreStats:
         }
 
 
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
 def _short_traceback(exc: BaseException) -> str:
     text = "".join(traceback.format_exception(exc, limit=5))
     return text if len(text) <= TRACEBACK_CHARS else "..." + text[-TRACEBACK_CHARS:]
@@ -82,7 +87,7 @@ class BatchScorer:
         self.batch_size = batch_size
         self.limit = batch_size
         self._good_calls = 0
-        self._wait = wait or (lambda seconds: time.sleep(seconds) or False)
+        self._wait = wait or _sleep
         self._rng = random.Random()
 
     def _backoff(self, attempt: int) -> float:

@@ -9,6 +9,7 @@ earlier file and can never add a second copy of its rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -81,10 +82,8 @@ class ShardWriter(ABC):
 
     def abort(self) -> None:
         """Drop the staged file (work abandoned)."""
-        try:
+        with contextlib.suppress(Exception):  # closing a file being abandoned: nothing to report
             self._close()
-        except Exception:  # noqa: BLE001 - closing a file being abandoned; nothing to report
-            pass
         _remove(self.path)
 
 
@@ -188,10 +187,8 @@ class Sink:
     def remove(self, names: list[str]) -> None:
         for name in names:
             if self.remote:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     self.fs.rm_file(f"{self.root}/{name}")
-                except FileNotFoundError:
-                    pass
             else:
                 _remove(os.path.join(self.root, name))
 
@@ -243,19 +240,15 @@ class Sink:
 
     def remove_manifest(self) -> None:
         if self.remote:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.fs.rm_file(self.manifest_path())
-            except FileNotFoundError:
-                pass
         else:
             _remove(self.manifest_path())
 
 
 def _remove(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def _fsync_dir(path: str) -> None:

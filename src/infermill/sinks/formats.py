@@ -71,7 +71,7 @@ class CsvWriter(ShardWriter):
     def _write(self, table: pa.Table) -> None:
         # CSV has no nested values: lists and structs are written as JSON text.
         columns = []
-        for name, col in zip(table.column_names, table.columns, strict=True):
+        for _name, col in zip(table.column_names, table.columns, strict=True):
             if pa.types.is_nested(col.type):
                 col = pa.array([None if v is None else json.dumps(v) for v in col.to_pylist()], pa.string())
             columns.append(col)
