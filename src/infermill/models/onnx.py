@@ -198,6 +198,15 @@ class OnnxModel(ModelAdapter):
         result: list[Any] = self.session.run([v.name for v in self.plan.fetch], inputs)
         return result
 
+    def classify_error(self, exc: BaseException) -> str | None:
+        """ONNX Runtime raises one exception type for everything; an allocation failure is only told apart
+        by its text, so that match lives here, with the library that needs it."""
+        if type(exc).__name__ in ("RuntimeException", "Fail") and "Failed to allocate memory" in str(exc):
+            return "oom"
+        if type(exc).__name__ in ("InvalidArgument", "Fail"):
+            return "item"  # a value the graph refuses (shape, type)
+        return None
+
     def postprocess(self, result: list[Any], num_rows: int) -> dict[str, pa.Array]:
         plan, names = self.plan, self.outputs
         if plan.mode == "named":
