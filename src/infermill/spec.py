@@ -42,8 +42,8 @@ __all__ = [
     "parse_settings",
 ]
 
-InputFormat = Literal["parquet", "csv", "jsonl"]
-OutputFormat = Literal["parquet", "jsonl", "csv"]
+InputFormat = Literal["parquet", "csv", "jsonl", "openai-batch"]
+OutputFormat = Literal["parquet", "jsonl", "csv", "openai-batch"]
 BatchFormat = Literal["numpy", "pandas", "arrow"]
 
 INPUT_EXTENSIONS: dict[str, str] = {

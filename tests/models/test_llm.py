@@ -6,13 +6,9 @@ the same prompts in other batches; over-long prompts end to end through ``inferm
 
 from __future__ import annotations
 
-import atexit
 import json
-import shutil
 import sys
-import tempfile
 import textwrap
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +21,9 @@ from infermill.models import load_adapter
 from infermill.models._llm_engines import Generation, choose_engine
 from infermill.models.llm import LlmModel, PromptTooLongError
 from infermill.spec import JobSpec, ModelSpec
-from infermill.testing.llm import make_tiny_llm, tiny_vocab
+from infermill.testing.llm import tiny_vocab
 from infermill.testing.models import ModelAdapterConformance, conformance_batch, model_spec_for
+from tests.models.llm_helpers import tiny_lm
 
 pytest.importorskip("transformers")
 
@@ -41,22 +38,6 @@ PROMPTS = [
     "1 2 3",
     "tabs\tand\nnewlines",
 ]
-
-
-@cache
-def _built(seed: int = 0) -> Path:
-    folder = tempfile.mkdtemp(prefix="infermill-tiny-lm-")
-    atexit.register(shutil.rmtree, folder, True)
-    return make_tiny_llm(Path(folder) / "lm", seed=seed)
-
-
-def tiny_lm(folder: Path, seed: int = 0) -> Path:
-    """A copy of the tiny model (built once per process) in ``folder / "lm"``."""
-    target = folder / "lm"
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(_built(seed), target)
-    return target
 
 
 def llm_spec(tmp_path: Path, outputs: list[str] | None = None, **settings: Any) -> JobSpec:

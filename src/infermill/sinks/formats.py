@@ -11,6 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .base import ShardWriter, Sink
+from .openai_batch import OpenAIBatchSink
 
 __all__ = ["SINK_FORMATS"]
 
@@ -117,3 +118,4 @@ class CsvSink(Sink):
 
 
 SINK_FORMATS: dict[str, type[Sink]] = {"parquet": ParquetSink, "jsonl": JsonlSink, "csv": CsvSink}
+SINK_FORMATS["openai-batch"] = OpenAIBatchSink

@@ -35,6 +35,7 @@ SOURCE_FORMATS: dict[str, str] = {
     "parquet": "infermill.sources.parquet:ParquetSource",
     "csv": "infermill.sources.text:CsvSource",
     "jsonl": "infermill.sources.text:JsonlSource",
+    "openai-batch": "infermill.sources.openai_batch:OpenAIBatchSource",
 }
 """Input format name -> ``"module:Class"`` of its :class:`Source`."""
 
