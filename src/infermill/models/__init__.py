@@ -17,6 +17,7 @@ MODEL_KINDS: dict[str, tuple[str, str | None]] = {
     "python": ("infermill.models.python:PythonModel", None),
     "sklearn": ("infermill.models.sklearn:SklearnModel", "sklearn"),
     "onnx": ("infermill.models.onnx:OnnxModel", "onnx"),
+    "sentence-transformers": ("infermill.models.sentence_transformers_model:SentenceModel", "sentence-transformers"),
     "hf": ("infermill.models.hf:HFModel", "hf"),
     "torch": ("infermill.models.torch_model:TorchModel", "torch"),
     "llm": ("infermill.models.llm:LlmModel", "llm"),

@@ -1,0 +1,231 @@
+"""``kind = "sentence-transformers"``: text embeddings from a local sentence-transformers model folder.
+
+The output (default name ``embedding``) is a fixed-size float32 list per row, e.g. ``list<float32>[384]``
+for all-MiniLM-L6-v2, ready for a vector store. The vectors are the ones
+``SentenceTransformer.encode(texts, normalize_embeddings=normalize)`` gives (same tokenizer, modules,
+pooling, prompt and ``truncate_dim``), up to float rounding from different padding.
+
+Overlap: the texts are tokenized in ``preprocess`` (``SentenceTransformer.preprocess``, or ``tokenize``
+on older versions), on the engine's reader thread, while the model runs the previous batch; ``predict``
+only runs the modules. As in ``encode``, a batch is cut into ``micro_batch`` texts per forward pass,
+longest first, and the vectors are put back in input order.
+
+Text comes from ``text_column`` (or the only feature); a null, or bytes that are not UTF-8, make that
+row an item error. Texts longer than the model's ``max_seq_length`` are truncated, as ``encode`` does.
+``trust_remote_code`` needs ``trusted = true``. Nothing is downloaded (``local_files_only``); the
+fingerprint covers every file in the folder.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ModelLoadError
+from ..spec import JobSpec
+from . import missing_extra
+from ._text import chunks, folder_digest, pick_column, text_values
+from ._torch_runtime import (
+    DTypeName,
+    check_device,
+    classify_torch_error,
+    import_torch,
+    pin,
+    release_cached_memory,
+    select_device,
+    to_device,
+    to_numpy,
+    torch_dtype,
+)
+from .base import ModelAdapter
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["SentenceModel", "SentenceSettings"]
+
+
+@dataclass(frozen=True)
+class SentenceSettings:
+    """The ``[model]`` keys of ``kind = "sentence-transformers"``."""
+
+    device: str = "auto"
+    """cpu, cuda, cuda:N, or auto (a GPU when one is available, else the CPU)."""
+    dtype: DTypeName = "float32"
+    """Weights as float32, bfloat16 or float16 (embeddings are written as float32)."""
+    normalize: bool = False
+    """L2-normalise each embedding (unit length: cosine similarity becomes a dot product)."""
+    text_column: str | None = None
+    """The text feature (default: the only feature)."""
+    max_seq_length: int | None = None
+    """Tokens per text; longer texts are truncated (default: the model's own max_seq_length)."""
+    micro_batch: int = 32
+    """Texts per forward pass (encode's batch_size); a batch is split into these, longest first."""
+    prompt: str | None = None
+    """Text put before every input (e.g. "query: "), as encode(prompt=...)."""
+    prompt_name: str | None = None
+    """A prompt from the model's configured prompts, as encode(prompt_name=...)."""
+    truncate_dim: int | None = None
+    """Keep only the first N dimensions (Matryoshka models)."""
+    trust_remote_code: bool = False
+    """Run model code shipped in the folder; needs trusted = true."""
+
+
+@dataclass
+class _Prepared:
+    rows: int
+    order: np.ndarray
+    parts: list[dict[str, Any]]
+
+
+class SentenceModel(ModelAdapter):
+    """A sentence-transformers embedding model; see the module docstring."""
+
+    kind = "sentence-transformers"
+    default_outputs = ["embedding"]
+    settings_cls = SentenceSettings
+    settings: SentenceSettings
+
+    def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
+        super().__init__(spec, threads=threads)
+        s, ms = self.settings, self.model_spec
+        check_device(s.device, self.kind)
+        if s.trust_remote_code and not ms.trusted:
+            raise ModelLoadError(
+                "trust_remote_code = true runs Python code shipped in the model folder",
+                hint="set trusted = true in [model] as well, only for a model folder you trust",
+            )
+        if ms.options or ms.method is not None or ms.positive_class is not None:
+            raise ModelLoadError(
+                f"kind '{self.kind}' takes no [model.options], 'model.method' or 'model.positive_class'",
+                hint="its settings are [model] keys; see docs/models/sentence-transformers.md",
+            )
+        if s.micro_batch < 1:
+            raise ModelLoadError(f"'model.micro_batch' must be at least 1, not {s.micro_batch}")
+        if ms.outputs is not None and len(ms.outputs) != 1:
+            raise ModelLoadError(
+                f"kind '{self.kind}' gives one output (the embedding), but 'model.outputs' has {len(ms.outputs)} names",
+                hint='give one name, e.g. outputs = ["embedding"]',
+            )
+        self.path = self.model_file()
+        if not os.path.isdir(self.path):
+            raise ModelLoadError(
+                f"{self.path} is not a folder; kind '{self.kind}' loads a model folder",
+                hint="save the model with SentenceTransformer.save(folder), and point 'model.path' at the folder",
+            )
+        self.model: Any = None
+        """The SentenceTransformer, after setup()."""
+        self.device: torch.device | None = None
+        self.dimension: int | None = None
+        """Length of each embedding, after setup()."""
+        self._prompt: str | None = None
+        self._lock = threading.Lock()  # a fast tokenizer must not be used by two threads at once
+
+    def setup(self) -> None:
+        torch = import_torch(self.kind)
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise missing_extra(self.kind, "sentence-transformers") from exc
+        torch.set_num_threads(self.threads)
+        s = self.settings
+        device = select_device(s.device, torch)
+        try:
+            model = SentenceTransformer(
+                self.path,
+                device=str(device),
+                local_files_only=True,
+                trust_remote_code=s.trust_remote_code,
+                truncate_dim=s.truncate_dim,
+            )
+        except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+            hint = "check that the folder holds a sentence-transformers model (modules.json, weights, tokenizer)"
+            if "trust_remote_code" in str(exc):
+                hint = "the model needs its own code: set trust_remote_code = true and trusted = true, if you trust it"
+            raise ModelLoadError(f"cannot load {self.path}: {type(exc).__name__}: {exc}", hint=hint) from exc
+        model.eval()
+        if s.dtype != "float32":
+            model.to(dtype=torch_dtype(s.dtype, torch))
+        if s.max_seq_length is not None:
+            model.max_seq_length = s.max_seq_length
+        self._prompt = self._resolve_prompt(model)
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.model, self.device, self.dimension = model, device, dimension()
+        if self.model_spec.features is not None:
+            pick_column(self.model_spec.features, s.text_column, self.kind)
+
+    def _resolve_prompt(self, model: Any) -> str | None:
+        s = self.settings
+        if s.prompt is not None:
+            return s.prompt
+        prompts: dict[str, str] = getattr(model, "prompts", None) or {}
+        name = s.prompt_name or getattr(model, "default_prompt_name", None)
+        if s.prompt_name is not None and s.prompt_name not in prompts:
+            raise ModelLoadError(
+                f"prompt_name {s.prompt_name!r} is not one of the model's prompts {sorted(prompts)}",
+                hint="use one of them, give the text itself as 'model.prompt', or leave both out",
+            )
+        return prompts.get(name) if name else None
+
+    def preprocess(self, batch: pa.RecordBatch) -> _Prepared:
+        if self.model is None or self.device is None:
+            raise ModelLoadError("SentenceModel.preprocess() called before setup()")
+        name = pick_column(batch.schema.names, self.settings.text_column, self.kind)
+        texts = text_values(batch.column(name), name, self.kind)
+        order, groups = chunks([len(t) for t in texts], self.settings.micro_batch)
+        parts = []
+        with self._lock:
+            for group in groups:
+                parts.append(pin(self._tokenize([texts[i] for i in group]), self.device))
+        return _Prepared(len(texts), order, parts)
+
+    def _tokenize(self, texts: list[str]) -> dict[str, Any]:
+        model, prompt = self.model, self._prompt
+        if hasattr(model, "preprocess"):  # sentence-transformers 6+
+            features: dict[str, Any] = model.preprocess(texts, prompt=prompt)
+            return features
+        if prompt:
+            texts = [prompt + t for t in texts]
+        features = model.tokenize(texts)
+        return features
+
+    def predict(self, inputs: _Prepared) -> tuple[_Prepared, list[np.ndarray]]:
+        if self.model is None or self.device is None:
+            raise ModelLoadError("SentenceModel.predict() called before setup()")
+        torch = import_torch(self.kind)
+        normalize, truncate = self.settings.normalize, self.settings.truncate_dim
+        vectors = []
+        try:
+            with torch.inference_mode():
+                for part in inputs.parts:
+                    embedding = self.model(to_device(part, self.device))["sentence_embedding"]
+                    if truncate is not None:
+                        embedding = embedding[:, :truncate]
+                    if normalize:
+                        embedding = torch.nn.functional.normalize(embedding.float(), p=2, dim=1)
+                    vectors.append(to_numpy(embedding).astype(np.float32, copy=False))
+        except Exception as exc:
+            if classify_torch_error(exc) == "oom":
+                release_cached_memory(self.device)
+            raise
+        return inputs, vectors
+
+    def postprocess(self, result: tuple[_Prepared, list[np.ndarray]], num_rows: int) -> dict[str, pa.Array]:
+        prepared, vectors = result
+        width = int(vectors[0].shape[1]) if vectors else int(self.dimension or 0)
+        matrix = np.empty((num_rows, width), dtype=np.float32)
+        if vectors:
+            matrix[prepared.order] = np.concatenate(vectors)
+        flat = pa.array(matrix.reshape(-1), type=pa.float32())
+        return {self.outputs[0]: pa.FixedSizeListArray.from_arrays(flat, width)}
+
+    def classify_error(self, exc: BaseException) -> Literal["oom", "fatal"] | None:
+        return classify_torch_error(exc)
+
+    def fingerprint(self) -> str:
+        return folder_digest(self.path)
