@@ -21,6 +21,7 @@ MODEL_KINDS: dict[str, tuple[str, str | None]] = {
     "hf": ("infermill.models.hf:HFModel", "hf"),
     "torch": ("infermill.models.torch_model:TorchModel", "torch"),
     "llm": ("infermill.models.llm:LlmModel", "llm"),
+    "http": ("infermill.models.http:HttpModel", "http"),
 }
 
 

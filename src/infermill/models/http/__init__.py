@@ -1,0 +1,30 @@
+"""``kind = "http"``: score through a running model server, in bulk.
+
+Protocols (``protocol = ...``):
+
+* ``openai-chat``: ``POST /v1/chat/completions`` per row; outputs text, prompt_tokens,
+  completion_tokens, finish_reason (and response_body with keep_response).
+* ``openai-embeddings``: ``POST /v1/embeddings`` with ``batch_size`` texts; output embedding
+  (fixed-size float32 list).
+* ``kserve-v2``: ``POST /v2/models/{model}/infer`` with ``batch_size`` rows as a tensor; outputs by
+  tensor name.
+* ``json``: ``POST url`` with a templated body per row; outputs picked by ``response_path``.
+
+Requests of one batch are sent concurrently (``concurrency``), under client-side ``requests_per_minute``
+and ``tokens_per_minute`` limits. Each request is retried (``max_retries``, exponential backoff with
+jitter, honouring Retry-After) after 408/425/429, 5xx, timeouts and connection errors; still failing, the
+batch raises TransientError and the engine's [retry] takes over. Other 4xx answers are ItemErrors for the
+rows of that request; 401/403/404/405 stop the job (the key, URL or model is wrong). Answers are kept
+while the engine retries or bisects a batch, so answered rows are not sent twice.
+
+The API key is read from the environment variable named by ``api_key_env`` at setup and never appears in
+messages, dead letters or reports. The fingerprint covers the protocol, endpoint, model and
+``revision``: the server's weights are invisible, so change ``revision`` when the served model changes.
+"""
+
+from __future__ import annotations
+
+from .adapter import HttpModel
+from .settings import HttpSettings
+
+__all__ = ["HttpModel", "HttpSettings"]

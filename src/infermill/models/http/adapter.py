@@ -1,0 +1,341 @@
+"""The ``kind = "http"`` adapter: rows to requests, sent concurrently under the rate limits, answers to
+columns. See the package docstring for the protocols and docs/models/http.md for every key."""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+
+from ...errors import InfermillError, ItemError, ModelLoadError, TransientError
+from ...spec import JobSpec
+from ..base import ModelAdapter
+from .client import HttpClient, Redactor, expand_env
+from .jsonbody import JsonProtocol
+from .kserve import KServeProtocol
+from .openai import ChatProtocol, EmbeddingsProtocol
+from .protocol import Atom, HttpProtocol, digest, dumps
+from .ratelimit import RateLimiter
+from .settings import HttpSettings, misplaced_keys
+
+__all__ = ["HttpModel"]
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS: dict[str, type[HttpProtocol]] = {
+    p.name: p for p in (ChatProtocol, EmbeddingsProtocol, KServeProtocol, JsonProtocol)
+}
+_MISS = object()
+
+
+class _Answers:
+    """Answers (values, or a one-row ItemError) by request key, least recently used dropped first. The
+    engine retries and bisects failed batches; rows already answered are then not sent again."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, key: str) -> Any:
+        value = self._data.get(key, _MISS)
+        if value is not _MISS:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: Any) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.capacity:
+            self._data.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class HttpModel(ModelAdapter):
+    """Scores rows through a model server; see :mod:`infermill.models.http`."""
+
+    kind = "http"
+    settings_cls = HttpSettings
+
+    def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
+        super().__init__(spec, threads=threads)
+        s: HttpSettings = self.settings
+        ms = self.model_spec
+        _check(s)
+        for key in ("path", "entrypoint", "method", "positive_class"):
+            if getattr(ms, key) is not None:
+                raise ModelLoadError(
+                    f"model kind 'http' does not use 'model.{key}'", hint="the server is given by 'model.url'"
+                )
+        if ms.options:
+            raise ModelLoadError("model kind 'http' does not use [model.options]", hint="use extra_body or headers")
+        workers = max(1, spec.runtime.workers)
+        self.concurrency = max(1, s.concurrency // workers)
+        """Requests in flight in this worker (the job's concurrency, split between workers)."""
+        self._rpm = s.requests_per_minute / workers if s.requests_per_minute else None
+        self._tpm = s.tokens_per_minute / workers if s.tokens_per_minute else None
+        self.protocol = PROTOCOLS[s.protocol](s, ms.outputs)
+        if ms.features is not None:
+            self.protocol.check_columns(list(ms.features))
+        self._answers = _Answers(max(1024, 2 * spec.batch.size))
+        self._redact = Redactor()
+        self._client: HttpClient | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._checked: list[str] | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"HttpModel(protocol={s.protocol!r}, url={self._redact(s.url)!r}, model={s.model!r})"
+
+    @property
+    def outputs(self) -> list[str]:
+        return self.protocol.outputs
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _headers(self) -> tuple[dict[str, str], list[str]]:
+        s: HttpSettings = self.settings
+        headers: dict[str, str] = {}
+        secrets: list[str] = []
+        if s.api_key_env:
+            key = os.environ.get(s.api_key_env)
+            if not key:
+                raise ModelLoadError(
+                    f"the environment variable {s.api_key_env} (from 'model.api_key_env') is not set or empty",
+                    hint=f"export {s.api_key_env}=<the API key> before running the job",
+                )
+            headers["authorization"] = f"Bearer {key}"
+            secrets.append(key)
+        for name, value in s.headers.items():
+            if not isinstance(value, str):
+                raise ModelLoadError(f"header '{name}' must be a string (from 'model.headers')")
+            expanded, used = expand_env(value, dict(os.environ), f"model.headers.{name}")
+            headers[name] = expanded
+            secrets.extend(used)
+        return headers, secrets
+
+    def setup(self) -> None:
+        try:
+            import httpx  # noqa: F401 - only to fail early with the install hint
+        except ImportError as exc:
+            from .. import missing_extra
+
+            raise missing_extra("http", "httpx") from exc
+        s: HttpSettings = self.settings
+        headers, secrets = self._headers()
+        self._redact = Redactor(secrets)
+        self._client = HttpClient(
+            headers=headers,
+            redact=self._redact,
+            limiter=RateLimiter(self._rpm, self._tpm),
+            timeout=s.timeout_seconds,
+            max_retries=s.max_retries,
+            backoff=s.backoff_seconds,
+            max_backoff=s.max_backoff_seconds,
+            connections=self.concurrency,
+        )
+        try:
+            if s.health_path or not isinstance(self.protocol, KServeProtocol):
+                url = self.protocol.probe_url()
+                status, _ = self._client.get(url)
+                if s.health_path and not 200 <= status < 300:
+                    raise ModelLoadError(
+                        f"the health check {url} answered HTTP {status}",
+                        hint="wait for the server to be ready, or fix health_path",
+                    )
+            self.protocol.setup(self._client.get)
+        except InfermillError as exc:
+            self._client.close()
+            self._client = None
+            raise self._clean(exc) from None
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="infermill-http")
+        # An adapter dropped without close() still closes its connections (no leaked sockets).
+        self._finalizer = weakref.finalize(self, _shutdown, self._pool, self._client)
+
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+        self._pool = None
+        self._client = None
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def preprocess(self, batch: pa.RecordBatch) -> Any:
+        names = batch.schema.names
+        if names != self._checked:
+            self.protocol.check_columns(names)
+            self._checked = names
+        return self.protocol.atoms(batch)
+
+    def predict(self, inputs: Any) -> Any:
+        items: list[Atom | ItemError] = inputs
+        values: list[Any] = [None] * len(items)
+        errors: dict[int, InfermillError] = {}
+        pending: dict[str, list[int]] = {}
+        atoms: dict[str, Atom] = {}
+        for i, item in enumerate(items):
+            if isinstance(item, InfermillError):
+                errors[i] = item
+                continue
+            known = self._answers.get(item.key)
+            if known is _MISS:
+                pending.setdefault(item.key, []).append(i)
+                atoms[item.key] = item
+            elif isinstance(known, InfermillError):
+                errors[i] = known
+            else:
+                values[i] = known
+        if pending:
+            self._send_all(pending, atoms, values, errors)
+        if errors:
+            first = min(errors)
+            if len(items) == 1:
+                raise self._clean(errors[first])
+            raise ItemError(
+                f"{len(errors)} of {len(items)} rows failed; row {first}: {self._redact(errors[first].message)}"
+            )
+        for item in items:
+            if isinstance(item, Atom):
+                self._answers.drop(item.key)
+        return values
+
+    def _send_all(
+        self,
+        pending: dict[str, list[int]],
+        atoms: dict[str, Atom],
+        values: list[Any],
+        errors: dict[int, InfermillError],
+    ) -> None:
+        if self._pool is None:
+            raise ModelLoadError("HttpModel.predict() called before setup()")
+        keys = list(pending)
+        size = self.protocol.group_size
+        groups = [keys[j : j + size] for j in range(0, len(keys), size)]
+        futures = [(g, self._pool.submit(self._send, [atoms[k] for k in g])) for g in groups]
+        transient: list[tuple[list[str], InfermillError]] = []
+        fatal: InfermillError | None = None
+        for group, future in futures:
+            rows, error = future.result()
+            if error is None:
+                for key, value in zip(group, rows, strict=True):
+                    self._answers.put(key, value)
+                    for i in pending[key]:
+                        values[i] = value
+            elif error.transient:
+                transient.append((group, error))
+            elif isinstance(error, ItemError):
+                if len(group) == 1:  # a request of several rows is split by the engine's bisection
+                    self._answers.put(group[0], error)
+                for key in group:
+                    for i in pending[key]:
+                        errors[i] = error
+            elif fatal is None:
+                fatal = error
+                for _, other in futures:
+                    other.cancel()
+        if fatal is not None:
+            raise self._clean(fatal)
+        if transient:
+            rows_failed = sum(len(pending[k]) for g, _ in transient for k in g)
+            total = sum(len(v) for v in pending.values())
+            raise TransientError(
+                f"{rows_failed} of {total} rows sent got no answer after {self.settings.max_retries} "
+                f"retries: {self._redact(transient[0][1].message)}",
+                hint="the server is overloaded or down; the engine retries the batch ([retry]), "
+                "lower concurrency or requests_per_minute if this persists",
+            )
+
+    def _send(self, group: list[Atom]) -> tuple[list[Any], InfermillError | None]:
+        """Runs on a pool thread; returns the rows' values, or the error (never raises)."""
+        assert self._client is not None
+        try:
+            body = dumps(self.protocol.body(group)).encode()
+        except ValueError as exc:
+            return [], ItemError(f"the request cannot be sent as JSON: {exc}")
+        tokens = sum(a.tokens for a in group)
+        try:
+            reply = self._client.post(self.protocol.endpoint, body, tokens)
+            self._client.limiter.used(tokens, self.protocol.usage(reply.data))
+            return self.protocol.parse(reply.data, reply.text, len(group)), None
+        except InfermillError as exc:
+            log.debug("request of %d row(s) failed: %s", len(group), exc.message)
+            return [], exc
+        except Exception as exc:  # noqa: BLE001 - an unexpected answer shape: this request's rows fail
+            return [], ItemError(f"cannot read the answer: {type(exc).__name__}: {exc}")
+
+    def postprocess(self, result: Any, num_rows: int) -> dict[str, pa.Array]:
+        columns = self.protocol.columns(list(result))
+        for name, column in columns.items():
+            if len(column) != num_rows:
+                raise ItemError(f"output '{name}' has {len(column)} values for {num_rows} rows")
+        return {n: columns[n] for n in self.outputs}
+
+    def _clean(self, exc: InfermillError) -> InfermillError:
+        """The same error with every secret value redacted (servers may echo what they were sent)."""
+        hint = self._redact(exc.hint) if exc.hint else None
+        return type(exc)(self._redact(exc.message), hint=hint)
+
+    def classify_error(self, exc: BaseException) -> str | None:
+        """httpx errors that escape (they should not) are transient: the network, not the row."""
+        module = type(exc).__module__ or ""
+        return "transient" if module.startswith(("httpx", "httpcore")) else None
+
+    def fingerprint(self) -> str:
+        s: HttpSettings = self.settings
+        return digest("http", s.protocol, self.protocol.endpoint, s.model, s.revision)[:16]
+
+
+def _shutdown(pool: ThreadPoolExecutor, client: HttpClient) -> None:
+    pool.shutdown(wait=True, cancel_futures=True)
+    client.close()
+
+
+def _check(s: HttpSettings) -> None:
+    parts = urlsplit(s.url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ModelLoadError(
+            f"model.url must be an http:// or https:// URL with a host, not {s.url!r}",
+            hint='e.g. url = "http://127.0.0.1:8000"',
+        )
+    if parts.username or parts.password:
+        raise ModelLoadError(
+            "model.url must not carry credentials", hint="put the key in an environment variable: api_key_env"
+        )
+    numbers = {
+        "concurrency": s.concurrency,
+        "batch_size": s.batch_size,
+        "timeout_seconds": s.timeout_seconds,
+        "requests_per_minute": s.requests_per_minute,
+        "tokens_per_minute": s.tokens_per_minute,
+        "embedding_size": s.embedding_size,
+        "max_tokens": s.max_tokens,
+    }
+    for key, value in numbers.items():
+        if value is not None and value <= 0:
+            raise ModelLoadError(f"model.{key} must be positive, not {value}")
+    for key, value in {
+        "max_retries": s.max_retries,
+        "backoff_seconds": s.backoff_seconds,
+        "max_backoff_seconds": s.max_backoff_seconds,
+    }.items():
+        if value < 0:
+            raise ModelLoadError(f"model.{key} must not be negative, not {value}")
+    if s.protocol in ("openai-chat", "openai-embeddings") and s.prompt_column and s.prompt_template:
+        raise ModelLoadError("set prompt_column or prompt_template, not both")
+    if s.body_column and (s.prompt_column or s.prompt_template):
+        raise ModelLoadError("body_column sends the whole body; prompt_column/prompt_template would be ignored")
+    wrong = misplaced_keys(s)
+    if wrong:
+        raise ModelLoadError(
+            f"model.{wrong[0]} does not apply to protocol '{s.protocol}'",
+            hint="see docs/models/http.md for the keys of each protocol",
+        )

@@ -1,0 +1,246 @@
+"""One HTTP client per adapter: secrets, retries with backoff and Retry-After, and error classes.
+
+What a response means::
+
+    2xx                         the answer
+    408, 425, 429, other 5xx    retried (max_retries) with backoff, honouring Retry-After; then
+    timeout, connection error   TransientError, which the engine retries again before dead-lettering
+    401, 403, 404, 405, 501,    ModelLoadError: every request would fail (key, URL, model or protocol is
+    505                         wrong)
+    any other 4xx               ItemError for the rows of that request (status and a truncated body)
+
+Messages carry the status, the URL and at most ``BODY_CHARS`` of the body, never headers, and every
+secret value (the API key, headers that reference environment variables) is replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ...errors import InfermillError, ItemError, ModelLoadError, TransientError
+from .ratelimit import RateLimiter
+
+__all__ = ["BODY_CHARS", "HttpClient", "Redactor", "expand_env", "parse_retry_after"]
+
+BODY_CHARS = 500
+RETRY_STATUS = frozenset({408, 425, 429})
+FATAL_STATUS = frozenset({401, 403, 404, 405, 501, 505})
+
+
+def _retryable(status: int) -> bool:
+    return status in RETRY_STATUS or (status >= 500 and status not in FATAL_STATUS)
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class Redactor:
+    """Replaces secret values in text with ``***``."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret that contains another is replaced whole.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def __repr__(self) -> str:
+        return f"Redactor({len(self._secrets)} secrets)"
+
+
+def expand_env(value: str, environ: dict[str, str], where: str) -> tuple[str, list[str]]:
+    """Replace ``${NAME}`` references in ``value``; return the text and the values used (secrets)."""
+    used: list[str] = []
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise ModelLoadError(
+                f"environment variable {name} is not set (referenced by {where})",
+                hint=f"export {name}=... before running the job",
+            )
+        used.append(environ[name])
+        return environ[name]
+
+    return _ENV_REF.sub(sub, value), used
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date; None when absent or
+    unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _retry_after(headers: Any) -> float | None:
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"))
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful (2xx) response."""
+
+    status: int
+    text: str
+    data: Any
+    """The parsed JSON body."""
+
+
+class HttpClient:
+    """Sends requests with retries. ``post`` returns a :class:`Reply` or raises ItemError,
+    TransientError or ModelLoadError (already redacted)."""
+
+    def __init__(
+        self,
+        *,
+        headers: dict[str, str],
+        redact: Redactor,
+        limiter: RateLimiter,
+        timeout: float,
+        max_retries: int,
+        backoff: float,
+        max_backoff: float,
+        connections: int,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        import httpx
+
+        self._httpx = httpx
+        self._client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            follow_redirects=False,
+        )
+        self.redact = redact
+        self.limiter = limiter
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._sleep = sleep
+        self._rng = random.Random()
+
+    def __repr__(self) -> str:
+        return f"HttpClient(timeout={self.timeout}, max_retries={self.max_retries})"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _wait(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(self.max_backoff, retry_after)
+        cap = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
+        return self._rng.uniform(0.0, cap)
+
+    def _body_excerpt(self, text: str) -> str:
+        text = text.strip()
+        if len(text) > BODY_CHARS:
+            text = text[:BODY_CHARS] + f"... ({len(text)} chars)"
+        return self.redact(text)
+
+    def post(self, url: str, body: bytes, tokens: float = 0.0) -> Reply:
+        """POST ``body`` (JSON) to ``url``, retrying transient failures; ``tokens`` is the request's
+        estimate for the token rate limit."""
+        last: InfermillError | None = None
+        retry_after: float | None = None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self._sleep(self._wait(attempt, retry_after))
+                retry_after = None
+            self.limiter.acquire(tokens)
+            try:
+                response = self._client.post(url, content=body, headers={"content-type": "application/json"})
+            except self._httpx.TimeoutException:
+                last = TransientError(f"no answer from {url} within timeout_seconds = {self.timeout}")
+                continue
+            except self._httpx.TransportError as exc:
+                last = TransientError(f"cannot reach {url}: {type(exc).__name__}: {self.redact(str(exc))}")
+                continue
+            status = response.status_code
+            if 200 <= status < 300:
+                try:
+                    data = response.json()
+                except ValueError:
+                    raise ItemError(
+                        f"HTTP {status} from {url} is not JSON: {self._body_excerpt(response.text)}"
+                    ) from None
+                return Reply(status, response.text, data)
+            excerpt = self._body_excerpt(response.text)
+            message = f"HTTP {status} from {url}: {excerpt}"
+            if _retryable(status):
+                last = TransientError(message + f" (after {attempt + 1} attempts)")
+                retry_after = _retry_after(response.headers)
+                if retry_after is not None and status in (429, 503):
+                    # Every thread holds back, not only this one: the server asked the client to wait.
+                    self.limiter.pause_until(time.monotonic() + min(self.max_backoff, retry_after))
+                continue
+            if status in FATAL_STATUS:
+                raise ModelLoadError(
+                    message,
+                    hint={
+                        401: "the server refused the credentials: check api_key_env and headers",
+                        403: "the credentials may not use this model or endpoint: check api_key_env",
+                        404: "check url (and model): the server has no such endpoint or model",
+                        405: "check url: the endpoint does not accept POST",
+                        501: "check url and protocol: the server does not implement this endpoint",
+                        505: "the server does not speak HTTP/1.1",
+                    }[status],
+                )
+            raise ItemError(message, hint="the server rejected this request; check the row's values")
+        assert last is not None
+        raise last
+
+    def get(self, url: str) -> tuple[int, Any]:
+        """One GET (the health probe and metadata): the status and the parsed JSON (or None). A server
+        that cannot be reached is a ModelLoadError."""
+        error = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self._sleep(self._wait(attempt, None))
+            try:
+                response = self._client.get(url)
+            except self._httpx.ConnectError as exc:
+                raise ModelLoadError(
+                    f"cannot connect to {url}: {self.redact(str(exc)) or type(exc).__name__}",
+                    hint="start the model server, or fix [model] url",
+                ) from None
+            except self._httpx.TransportError as exc:  # timeouts, resets: worth another try
+                error = f"{type(exc).__name__}: {self.redact(str(exc))}"
+                continue
+            if _retryable(response.status_code):
+                error = f"HTTP {response.status_code}: {self._body_excerpt(response.text)}"
+                continue
+            try:
+                data = response.json()
+            except ValueError:
+                data = None
+            return response.status_code, data
+        raise ModelLoadError(
+            f"the server at {url} did not answer properly after {self.max_retries + 1} attempts ({error})",
+            hint="check that the model server is up and healthy",
+        )
