@@ -22,6 +22,7 @@ MODEL_KINDS: dict[str, tuple[str, str | None]] = {
     "torch": ("infermill.models.torch_model:TorchModel", "torch"),
     "llm": ("infermill.models.llm:LlmModel", "llm"),
     "http": ("infermill.models.http:HttpModel", "http"),
+    "mlflow": ("infermill.models.mlflow_model:MlflowModel", "mlflow"),
 }
 
 
