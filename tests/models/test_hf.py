@@ -467,3 +467,23 @@ def test_run_end_to_end_with_bad_rows(tmp_path: Path) -> None:
     direct = score(ready(spec_for(tmp_path, "text-classification")), text_batch([t.decode() for t in texts[:7]]))
     assert out.column("label").to_pylist()[:7] == direct["label"].to_pylist()
     np.testing.assert_allclose(out.column("score").to_numpy()[:7], direct["score"].to_numpy(), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_hf_example_runs(tmp_path: Path) -> None:
+    import shutil
+
+    example = tmp_path / "hf"
+    root = Path(__file__).resolve().parents[2]
+    shutil.copytree(
+        root / "examples" / "hf", example, ignore=shutil.ignore_patterns("data", "model", "nli", "out*", ".infermill")
+    )
+    subprocess.run([sys.executable, "make_model.py"], cwd=example, check=True, timeout=120, capture_output=True)
+    reviews = infermill.run(example / "job.toml", progress="off")
+    topics = infermill.run(example / "job_zero_shot.toml", progress="off")
+    assert reviews.rows_succeeded == topics.rows_succeeded == 500
+    out = read_output(example / "out")
+    assert out.column_names == ["review_id", "text", "sentiment", "confidence"]
+    assert set(out.column("sentiment").to_pylist()) <= {"NEGATIVE", "POSITIVE"}
+    labels = read_output(example / "out_topics").column("label").to_pylist()
+    assert set(labels) <= {"movies", "food", "travel"}

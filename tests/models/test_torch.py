@@ -746,3 +746,24 @@ def test_run_splits_batches_that_run_out_of_memory(tmp_path: Path) -> None:
     out = read_output(tmp_path / "out").sort_by("id")
     x = np.column_stack([table.column(f"f{i}").to_numpy() for i in range(3)])
     np.testing.assert_allclose(out.column("prediction").to_numpy(), x.sum(axis=1), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_example_runs(tmp_path: Path) -> None:
+    import shutil
+
+    example = tmp_path / "torch"
+    root = Path(__file__).resolve().parents[2]
+    shutil.copytree(
+        root / "examples" / "torch", example, ignore=shutil.ignore_patterns("data", "out*", ".infermill", "model.*")
+    )
+    subprocess.run([sys.executable, "make_model.py"], cwd=example, check=True, timeout=120, capture_output=True)
+    tables = []
+    for job in ("job.toml", "job_export.toml"):
+        result = infermill.run(example / job, progress="off")
+        assert result.state == "complete" and result.rows_succeeded == 5_000
+        tables.append(read_output(example / ("out" if job == "job.toml" else "out_export")).sort_by("customer_id"))
+    assert tables[0].schema.field("churn_probability").type == pa.float32()
+    probabilities = tables[0].column("churn_probability").to_numpy()
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    np.testing.assert_allclose(probabilities, tables[1].column("churn_probability").to_numpy(), rtol=1e-5, atol=1e-6)
