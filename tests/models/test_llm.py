@@ -426,7 +426,9 @@ class FakeVllm:
     def __init__(self, path: str, **kwargs: Any) -> None:
         self.made.append({"path": path, **kwargs})
         self.calls: list[tuple[list[list[int]], list[int], dict[str, Any]]] = []
-        self.llm = type("L", (), {"llm_engine": type("E", (), {"model_config": type("C", (), {"max_model_len": 40})})})
+
+    def max_model_len(self) -> int:
+        return 40
 
     def generate(self, token_ids: list[list[int]], seeds: list[int], **kwargs: Any) -> Generation:
         self.calls.append((list(token_ids), list(seeds), kwargs))

@@ -178,6 +178,13 @@ class VllmEngine:
         kwargs: dict[str, Any] = {"dtype": dtype, "seed": seed, "trust_remote_code": trusted, **options}
         self.llm = LLM(model=path, tokenizer=path, **kwargs)
 
+    def max_model_len(self) -> int | None:
+        """The context length vLLM runs the model with (``max_model_len`` may shorten the model's own)."""
+        try:
+            return int(self.llm.llm_engine.model_config.max_model_len)
+        except (AttributeError, TypeError, ValueError):
+            return None
+
     def generate(
         self, token_ids: Sequence[Sequence[int]], seeds: Sequence[int], *, max_new_tokens: int, temperature: float,
         top_p: float, decode: Any,

@@ -39,6 +39,7 @@ import importlib
 import json
 import os
 import string
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -146,6 +147,7 @@ class LlmModel(ModelAdapter):
         """The longest prompt in tokens, after setup()."""
         self._checked: list[str] | None = None
         self._tokenizer_max: int | None = None
+        self._tokenizer_lock = threading.Lock()
 
     # -- spec checks (cheap, no heavy imports) ------------------------------------------------------
     def _check_settings(self) -> None:
@@ -247,7 +249,9 @@ class LlmModel(ModelAdapter):
             self.engine = VllmEngine(
                 self.path, trusted=self.model_spec.trusted, seed=s.seed, dtype=dtype, options=s.vllm_options
             )
-            config: Any = None
+            config: Any = importlib.import_module("transformers").AutoConfig.from_pretrained(
+                self.path, local_files_only=True, trust_remote_code=self.model_spec.trusted
+            )
         else:
             device = s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
             if device == "cpu":
@@ -331,8 +335,9 @@ class LlmModel(ModelAdapter):
             return s.max_prompt_tokens
         lengths = [int(getattr(config, k)) for k in ("max_position_embeddings", "n_positions", "seq_length")
                    if isinstance(getattr(config, k, None), int)]
-        if config is None:
-            lengths += [int(self.engine.llm.llm_engine.model_config.max_model_len)]
+        engine_max = getattr(self.engine, "max_model_len", lambda: None)()
+        if isinstance(engine_max, int):
+            lengths.append(engine_max)
         tokenizer_max = self._tokenizer_max
         if isinstance(tokenizer_max, int) and tokenizer_max < _NO_LIMIT:
             lengths.append(tokenizer_max)
@@ -355,10 +360,14 @@ class LlmModel(ModelAdapter):
         if names != self._checked:
             self._check_columns(names, "the feature columns")
             self._checked = names
-        texts = [self._render(p) for p in self._prompts(batch)]
-        if not texts:
+        prompts = self._prompts(batch)
+        if not prompts:
             return _Prompts([], [])
-        encoded = self.tokenizer(texts, add_special_tokens=not self.chat, padding=False, truncation=False)
+        # The reader thread encodes while the model thread decodes: a Rust tokenizer refuses to be used
+        # from two threads when one call changes its settings ("Already borrowed").
+        with self._tokenizer_lock:
+            texts = [self._render(p) for p in prompts]
+            encoded = self.tokenizer(texts, add_special_tokens=not self.chat, padding=False, truncation=False)
         token_ids = [list(ids) for ids in encoded["input_ids"]]
         limit = self.prompt_limit
         for row, ids in enumerate(token_ids):
@@ -422,7 +431,7 @@ class LlmModel(ModelAdapter):
             max_new_tokens=s.max_new_tokens,
             temperature=s.temperature,
             top_p=s.top_p,
-            decode=lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True),
+            decode=self._decode,
         )
         return {
             "text": result.texts,
@@ -430,6 +439,10 @@ class LlmModel(ModelAdapter):
             "completion_tokens": result.completion_tokens,
             "finish_reason": result.finish_reasons,
         }
+
+    def _decode(self, tokens: list[int]) -> str:
+        with self._tokenizer_lock:
+            return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
 
     def postprocess(self, result: dict[str, list[Any]], num_rows: int) -> dict[str, pa.Array]:
         columns = {name: pa.array(result[name], type=OUTPUTS[name]) for name in self.outputs}
