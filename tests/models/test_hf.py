@@ -322,6 +322,9 @@ def test_invalid_utf8_and_nulls_are_item_errors(tmp_path: Path) -> None:
         score(adapter, binary.slice(0, 1))["label"].to_pylist()
         == score(adapter, text_batch(["fine text"]))["label"].to_pylist()
     )
+    unchecked = binary.column(0).view(pa.string())  # a string column whose writer did not check UTF-8
+    with pytest.raises(ItemError, match="row 1 of the batch is not valid UTF-8"):
+        adapter.preprocess(pa.RecordBatch.from_arrays([unchecked], names=["t"]))
     with pytest.raises(ItemError, match="null in row 1"):
         adapter.preprocess(text_batch(["a", None]))  # type: ignore[list-item]
     with pytest.raises(ModelLoadError, match="has type int64, but kind 'hf' reads text"):

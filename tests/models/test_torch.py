@@ -522,6 +522,17 @@ def test_bad_features(tmp_path: Path) -> None:
         adapter.preprocess(listed)
 
 
+def test_a_result_with_the_wrong_number_of_rows_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "extra.py").write_text(
+        "import torch\n\nclass M(torch.nn.Module):\n"
+        "    def forward(self, x):\n        return torch.cat([x.sum(dim=1), torch.zeros(1)])\n\n"
+        "def build():\n    return M()\n"
+    )
+    adapter = ready(spec_for(tmp_path, settings={"factory": "extra.py:build"}))
+    with pytest.raises(ItemError, match="has 33 values for a batch of 32 rows"):
+        score(adapter)
+
+
 def test_float64_and_bool_outputs_keep_their_type(tmp_path: Path) -> None:
     (tmp_path / "typed.py").write_text(
         "import torch\n\nclass M(torch.nn.Module):\n"

@@ -46,8 +46,8 @@ def text_values(column: pa.Array, name: str, kind: str) -> list[str]:
     if pa.types.is_dictionary(t):
         column = column.cast(t.value_type)
         t = column.type
-    textual = pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
-    binary = pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+    textual = _is(t, "is_string", "is_large_string", "is_string_view")
+    binary = _is(t, "is_binary", "is_large_binary", "is_binary_view")
     if not (textual or binary):
         raise ModelLoadError(
             f"feature '{name}' has type {t}, but kind '{kind}' reads text",
@@ -72,6 +72,11 @@ def text_values(column: pa.Array, name: str, kind: str) -> list[str]:
                 hint="decode or clean the text before scoring; this row is dead-lettered",
             ) from exc
     return texts
+
+
+def _is(t: pa.DataType, *checks: str) -> bool:
+    # string_view and binary_view exist from pyarrow 16 on
+    return any(getattr(pa.types, check, lambda _: False)(t) for check in checks)
 
 
 def chunks(lengths: Sequence[int], size: int) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -261,8 +261,8 @@ class TorchModel(ModelAdapter):
             raise ModelLoadError("TorchModel.predict() called before setup()")
         torch = import_torch(self.kind)
         mode = self.settings.inputs
-        rows = _rows(inputs)
-        if rows == 0:
+        empty = _rows(inputs) == 0
+        if empty:
             inputs = _one_zero_row(torch, inputs)  # run one row for the output types, return none of it
         try:
             with torch.inference_mode():
@@ -272,7 +272,7 @@ class TorchModel(ModelAdapter):
                     result = self.module(to_device(inputs, self.device))
                 else:
                     result = self.module(**to_device(inputs, self.device))
-                return _to_cpu(torch, result, rows)
+                return _to_cpu(torch, result, 0 if empty else None)
         except Exception as exc:
             if classify_torch_error(exc) == "oom":
                 release_cached_memory(self.device)
@@ -450,11 +450,11 @@ def _one_zero_row(torch: Any, inputs: Any) -> Any:
     return torch.zeros((1, *inputs.shape[1:]), dtype=inputs.dtype)
 
 
-def _to_cpu(torch: Any, result: Any, rows: int) -> Any:
-    """The model's result with every tensor as a numpy array of ``rows`` rows."""
+def _to_cpu(torch: Any, result: Any, rows: int | None) -> Any:
+    """The model's result with every tensor as a numpy array (cut to ``rows`` rows when given)."""
     if isinstance(result, torch.Tensor):
         array = to_numpy(result)
-        return array[:rows] if array.ndim else array
+        return array[:rows] if rows is not None and array.ndim else array
     if isinstance(result, dict):
         return {str(k): _to_cpu(torch, v, rows) for k, v in result.items()}
     if isinstance(result, (tuple, list)):
