@@ -241,11 +241,16 @@ class JobSpec:
             **sections,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """The spec as plain data (what a job file holds)."""
+    def to_dict(self, *, redact: bool = False) -> dict[str, Any]:
+        """The spec as plain data (what a job file holds). With ``redact``, storage option values (which
+        may hold credentials) are masked, for anything written to a ledger, log or report."""
         out: dict[str, Any] = {"name": self.name}
         for key in _SECTIONS:
             out[key] = dataclasses.asdict(getattr(self, key))
+        if redact:
+            for key in ("input", "output"):
+                options = out[key].get("storage_options") or {}
+                out[key]["storage_options"] = dict.fromkeys(options, "***")
         return out
 
     def resolve(self, path: str) -> str:

@@ -213,7 +213,7 @@ class _Coordinator:
                 model_fingerprint=model_fp,
                 input_fingerprint=input_fp,
                 output_path=sink.display(),
-                spec_json=json.dumps(spec.to_dict(), default=str),
+                spec_json=json.dumps(spec.to_dict(redact=True), default=str),
                 shards=[(s.shard_id, s.ordinal, s.to_json(), s.rows) for s in shards],
             )
         else:
