@@ -116,3 +116,30 @@ def test_committed_work_is_untouched_by_a_bad_rerun(parquet_job, job_dir: Path, 
     job.write_text(job.read_text().replace('features = ["f0", "f1", "f2"]', 'features = ["zz"]'))
     assert main(["run", str(job), "-q"]) == 2
     assert {p.name: p.read_bytes() for p in (job_dir / "out").iterdir() if p.is_file()} == before
+
+
+def test_validate_warns_about_sample_rows_that_would_be_dead_lettered(parquet_job, job_dir: Path, capsys) -> None:
+    job, _ = parquet_job()
+    (job_dir / "picky.py").write_text(
+        "from infermill import ItemError\n"
+        "def predict(batch):\n"
+        "    if (batch['f0'] > 10).any() or 3 in batch['customer_id']:\n"
+        "        raise ItemError('row 3 is bad')\n"
+        "    return batch['f0']\n"
+    )
+    job.write_text(job.read_text().replace("scorer.py:Scorer", "picky.py:predict")
+                   .replace('features = ["f0", "f1", "f2"]', 'features = ["customer_id", "f0"]'))
+    assert main(["validate", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "scored 15 sample rows" in out
+    assert "warning:  1 of 16 sample rows failed and would be dead-lettered, e.g. ItemError: row 3 is bad" in out
+
+
+def test_validate_fails_when_every_sample_row_fails(parquet_job, job_dir: Path, capsys) -> None:
+    job, _ = parquet_job()
+    (job_dir / "broken.py").write_text("def predict(batch):\n    raise ValueError('weights are garbage')\n")
+    job.write_text(job.read_text().replace("scorer.py:Scorer", "broken.py:predict"))
+    assert main(["validate", str(job)]) == 2
+    assert "the model failed on every one of the first 16 input rows: ValueError: weights are garbage" in (
+        capsys.readouterr().err
+    )

@@ -8,9 +8,10 @@ from ..errors import InputError, ModelLoadError
 from ..models import load_adapter
 from ..sinks import open_sink
 from ..sources import open_source
-from ..spec import JobSpec, load_spec
+from ..spec import JobSpec, RetrySpec, load_spec
 from .columns import resolve_columns
 from .executor import threads_per_worker
+from .scoring import BatchScorer
 
 __all__ = ["validate"]
 
@@ -44,17 +45,31 @@ def validate(job: JobSpec | str | os.PathLike[str]) -> list[str]:
             break
     if sample is None:
         raise InputError(f"the input ({spec.input.path}) has no rows", hint="check [input] path")
+    scorer = BatchScorer(adapter, columns, RetrySpec(max_attempts=1), SAMPLE_ROWS)
     try:
-        result = adapter.predict(adapter.preprocess(sample.select(columns.features)))
-        outputs = adapter.postprocess(result, sample.num_rows)
+        tables, dead = scorer.score(sample)
     except Exception as exc:
         raise ModelLoadError(
             f"the model failed on the first {sample.num_rows} input rows: {type(exc).__name__}: {exc}",
             hint="run with --debug for the traceback",
         ) from exc
     adapter.close()
-    described = ", ".join(f"{name} ({array.type})" for name, array in outputs.items())
-    lines.append(f"model:    {spec.model.kind}; scored {sample.num_rows} sample rows -> {described}")
+    if not tables:
+        first = dead[0]
+        raise ModelLoadError(
+            f"the model failed on every one of the first {sample.num_rows} input rows: "
+            f"{first.error_class}: {first.message}",
+            hint="run with --debug for the traceback; a model that fails on every row would dead-letter the job",
+        )
+    outputs = [f for f in tables[0].schema if f.name not in (columns.id, *columns.keep)]
+    described = ", ".join(f"{f.name} ({f.type})" for f in outputs)
+    scored = sum(t.num_rows for t in tables)
+    lines.append(f"model:    {spec.model.kind}; scored {scored} sample rows -> {described}")
+    if dead:
+        lines.append(
+            f"warning:  {len(dead)} of {sample.num_rows} sample rows failed and would be dead-lettered, "
+            f"e.g. {dead[0].error_class}: {dead[0].message.splitlines()[0] if dead[0].message else ''}"
+        )
     sink = open_sink(spec)
     lines.append(f"output:   {spec.output.format} in {sink.display()}")
     lines.append(f"ledger:   {spec.ledger_path()}")
