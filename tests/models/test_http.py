@@ -260,11 +260,11 @@ def test_429_retry_after_is_honoured(tmp_path: Path, serve: Any) -> None:
 
 
 def test_retry_after_as_http_date(tmp_path: Path, serve: Any) -> None:
-    server = serve(schedule={"row 0": ["429:date:1", "ok"]})
+    server = serve(schedule={"row 0": ["429:date:2", "ok"]})
     adapter = ready(http_spec(tmp_path, server.url))
     assert score(adapter, prompts(1))["text"].to_pylist() == ["echo: row 0"]
     first, second = [r.t for r in server.log if r.tag == "row 0"]
-    assert second - first >= 0.05  # an HTTP-date has whole seconds: the wait is 0 < w <= 1 s
+    assert second - first >= 0.9  # an HTTP-date has whole seconds: 2 s ahead is a wait of 1 to 2 s
 
 
 def test_parse_retry_after() -> None:
@@ -517,6 +517,34 @@ def test_run_scores_every_row_and_dead_letters_the_bad_one(tmp_path: Path, serve
     assert server.count("row 7") == 1  # cached: bisection did not send it again
     assert max(server.count(f"row {i}") for i in range(n) if i not in (3, 7, 12, 15)) == 1
     assert server.max_in_flight <= 4
+
+
+def test_run_with_worker_processes_shares_concurrency(tmp_path: Path, serve: Any) -> None:
+    server = serve(delay=0.05)
+    n = 40
+    pq.write_table(pa.Table.from_batches([prompts(n)]).append_column("id", pa.array(range(n))), tmp_path / "in.parquet")
+    job = write_job(tmp_path / "job.toml", f"""
+        [input]
+        path = "in.parquet"
+        id_column = "id"
+        shard_rows = 10
+        [model]
+        kind = "http"
+        protocol = "openai-chat"
+        url = "{server.url}"
+        outputs = ["text"]
+        concurrency = 4
+        [batch]
+        size = 10
+        [runtime]
+        workers = 2
+        [output]
+        path = "out"
+    """)
+    assert infermill.run(job, progress="off").rows_succeeded == n
+    out = read_output(tmp_path / "out").sort_by("id")
+    assert out.column("text").to_pylist() == [f"echo: row {i}" for i in range(n)]
+    assert server.max_in_flight <= 4  # 2 per worker process
 
 
 def test_run_with_embeddings(tmp_path: Path, serve: Any) -> None:

@@ -350,6 +350,26 @@ def test_models_uri_in_a_local_registry(
     assert len(score(adapter, conformance_batch(rows=3))["label"]) == 3
 
 
+def test_runs_and_logged_model_uris(
+    tmp_path: Path, saved: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow.onnx
+    import onnx
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    with quiet(), mlflow.start_run() as run:
+        model = onnx.load(str(saved["onnx"] / "model.onnx"))
+        info = mlflow.onnx.log_model(model, name="model", pip_requirements=["onnxruntime"])
+    for uri in (f"runs:/{run.info.run_id}/model", info.model_uri):
+        adapter = load_adapter(spec_for(tmp_path, kind="mlflow", uri=uri))  # the env var is the tracking store
+        assert isinstance(adapter, MlflowModel)
+        assert (Path(adapter.model_dir) / "model.onnx").is_file()
+        assert str(tmp_path / "mlruns") in adapter.model_dir  # used in place, not copied
+    with pytest.raises(ModelLoadError, match="cannot resolve"):
+        load_adapter(spec_for(tmp_path, kind="mlflow", uri="runs:/0123456789abcdef/model"))
+
+
 # -- end to end -----------------------------------------------------------------------------------
 def test_run_end_to_end(tmp_path: Path, saved: dict[str, Path]) -> None:
     place(saved, "scorer", tmp_path / "model")

@@ -1,9 +1,10 @@
 """``kind = "mlflow"``: an MLflow model loaded with ``mlflow.pyfunc.load_model``.
 
 Where the model is: ``path``, its folder (the one holding ``MLmodel``), or ``uri``: ``file:///...``, or
-``models:/name/version``, ``models:/name@alias`` and ``runs:/run_id/path`` when the tracking store is
-local (``tracking_uri``, else ``MLFLOW_TRACKING_URI``: a folder, ``file:`` or ``sqlite:``). Remote
-registries are refused: download the model (``mlflow artifacts download``) and give its folder.
+``models:/name/version``, ``models:/name@alias``, ``models:/m-<id>`` (an MLflow 3 logged model) and
+``runs:/run_id/path`` when the tracking store is local (``tracking_uri``, else ``MLFLOW_TRACKING_URI``:
+a folder, ``file:`` or ``sqlite:``); they resolve to the model's folder in the store, nothing is copied.
+Remote registries are refused: download the model (``mlflow artifacts download``) and give its folder.
 
 Trust: loading most MLflow models runs code from the model's files, so it needs ``trusted = true``. The
 rule, read from ``MLmodel`` without loading anything:
@@ -211,27 +212,17 @@ class MlflowModel(ModelAdapter):
             tracking = "file://" + os.path.abspath(self.spec.resolve(tracking))
         with _quiet():
             try:
-                import mlflow.artifacts
-                from mlflow.tracking import MlflowClient
+                local = _registry_path(uri, tracking)
             except ImportError as exc:
                 raise missing_extra("mlflow", "mlflow") from exc
-            try:
-                if scheme == "models":
-                    from mlflow.store.artifact.utils.models import get_model_name_and_version
-
-                    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
-                    name, version = get_model_name_and_version(client, uri)  # type: ignore[no-untyped-call]
-                    source = client.get_model_version_download_uri(name, version)
-                    local = _local_path(source)
-                    if local is not None and os.path.isdir(local):
-                        return local
-                path: str = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking)
-                return path
+            except ModelLoadError:
+                raise
             except Exception as exc:  # noqa: BLE001 - MlflowException and the stores' own errors
                 raise ModelLoadError(
                     f"cannot resolve {uri!r} in the tracking store {tracking}: {type(exc).__name__}: {exc}",
-                    hint="check the model name, version or alias, and tracking_uri",
+                    hint="check the model name, version, alias or run id, and tracking_uri",
                 ) from exc
+        return local
 
     def _check_onnx(self) -> None:
         pyfunc = self.mlmodel["flavors"]["python_function"]
@@ -466,6 +457,44 @@ def _signature(mlmodel: Mapping[str, Any]) -> _Signature:
         tensor_dtype=tensor_dtype,
         outputs=out_names if out_names and len(out_names) == len(outputs) else None,
         types=types,
+    )
+
+
+def _registry_path(uri: str, tracking: str) -> str:
+    """The local folder a models:/ or runs:/ URI points to in a local tracking store (nothing is copied)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    candidates: list[str] = []
+    if uri.startswith("models:"):
+        from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+        found = get_model_name_and_version(client, uri)  # type: ignore[no-untyped-call]
+        if len(found) == 1:  # models:/m-<id>, an MLflow 3 logged model
+            candidates.append(client.get_logged_model(found[0]).artifact_location)
+        else:
+            source = client.get_model_version_download_uri(found[0], found[1])
+            if source.startswith("models:/"):
+                source = _registry_path(source, tracking)
+            candidates.append(source)
+    else:
+        from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+        candidates.append(RunsArtifactRepository.get_underlying_uri(uri, tracking_uri=tracking))
+        run_id, path = RunsArtifactRepository.parse_runs_uri(uri)  # type: ignore[no-untyped-call]
+        # MLflow 3 keeps a model logged in a run as a logged model of the run's experiment.
+        experiment = client.get_run(run_id).info.experiment_id
+        name = (path or "").split("/")[0]
+        for model in client.search_logged_models(experiment_ids=[experiment], filter_string=f"name = '{name}'"):
+            if model.source_run_id == run_id:
+                candidates.append(model.artifact_location)
+    for candidate in candidates:
+        local = _local_path(candidate)
+        if local is not None and os.path.isfile(os.path.join(local, "MLmodel")):
+            return local
+    raise ModelLoadError(
+        f"{uri!r} does not resolve to a local MLflow model folder (found {candidates})",
+        hint="download the model with `mlflow artifacts download` and set path to its folder",
     )
 
 
