@@ -265,6 +265,8 @@ class JobSpec:
     def fingerprint(self) -> str:
         """Hash of everything that affects results (runtime settings excluded)."""
         data = self.to_dict()
+        for key in _neutral_settings(self.model.kind):
+            data["model"]["settings"].pop(key, None)
         data.pop("runtime")
         data.pop("retry")
         data["errors"].pop("max_failed_rows")
@@ -425,6 +427,18 @@ def parse_settings(cls: type | None, settings: dict[str, Any], kind: str, where:
             base = [f.name for f in dataclasses.fields(ModelSpec) if f.name != "settings"]
             _unknown(key, base + own, "model", where)
     return _build(cls, settings, "model", where)
+
+
+def _neutral_settings(kind: str) -> frozenset[str]:
+    """A kind's [model] keys that cannot change results (rate limits, concurrency): not fingerprinted."""
+    from .models import MODEL_KINDS, adapter_class
+
+    if kind not in MODEL_KINDS:
+        return frozenset()
+    try:
+        return frozenset(getattr(adapter_class(kind), "result_neutral_settings", ()))
+    except ImportError:
+        return frozenset()
 
 
 def _validate_settings(spec: JobSpec, where: str) -> None:

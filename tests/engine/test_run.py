@@ -158,3 +158,17 @@ def test_python_api_spec(job_dir: Path) -> None:
     result = infermill.run(spec, progress="off")
     assert result.rows_succeeded == 1_000
     assert (job_dir / ".infermill" / "api.sqlite").exists()
+
+
+def test_result_neutral_model_settings_are_not_fingerprinted() -> None:
+    base = {
+        "input": {"path": "x.parquet"},
+        "model": {"kind": "http", "protocol": "openai-chat", "url": "http://127.0.0.1:9", "prompt_column": "t",
+                  "concurrency": 4},
+        "output": {"path": "o"},
+    }
+    first = infermill.JobSpec.from_dict(base)
+    base["model"]["concurrency"] = 16
+    assert infermill.JobSpec.from_dict(base).fingerprint() == first.fingerprint()
+    base["model"]["temperature"] = 0.5
+    assert infermill.JobSpec.from_dict(base).fingerprint() != first.fingerprint()

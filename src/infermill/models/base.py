@@ -36,6 +36,9 @@ class ModelAdapter(ABC):
     default_outputs: ClassVar[list[str]] = ["prediction"]
     settings_cls: ClassVar[type | None] = None
     """A frozen dataclass of the kind's own [model] keys (one docstring each), or None for none."""
+    result_neutral_settings: ClassVar[frozenset[str]] = frozenset()
+    """Keys of ``settings_cls`` that cannot change results (concurrency, rate limits, timeouts): editing
+    them between runs of a job does not count as a spec change."""
 
     def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
         self.spec = spec

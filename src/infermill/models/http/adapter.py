@@ -66,6 +66,10 @@ class HttpModel(ModelAdapter):
 
     kind = "http"
     settings_cls = HttpSettings
+    result_neutral_settings = frozenset({
+        "concurrency", "requests_per_minute", "tokens_per_minute", "timeout_seconds", "max_retries",
+        "backoff_seconds", "max_backoff_seconds", "health_path",
+    })
 
     def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
         super().__init__(spec, threads=threads)
