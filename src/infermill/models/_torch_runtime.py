@@ -34,6 +34,7 @@ __all__ = [
     "check_device",
     "classify_torch_error",
     "import_torch",
+    "no_progress_bars",
     "quiet",
     "select_device",
     "to_device",
@@ -158,6 +159,25 @@ def release_cached_memory(device: torch.device | None) -> None:
     import torch
 
     torch.cuda.empty_cache()
+
+
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """Hide transformers' progress bars ("Loading weights") for the block: they would garble the run's
+    own progress display."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        yield
+        return
+    logging: Any = transformers_logging
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
 
 
 @contextmanager

@@ -52,6 +52,7 @@ from ._torch_runtime import (
     check_device,
     classify_torch_error,
     import_torch,
+    no_progress_bars,
     pin,
     release_cached_memory,
     select_device,
@@ -193,7 +194,8 @@ class HFModel(ModelAdapter):
         torch.set_num_threads(self.threads)
         s = self.settings
         device = select_device(s.device, torch)
-        model, processor = self._load(transformers)
+        with no_progress_bars():
+            model, processor = self._load(transformers)
         model.eval()
         model.to(device=device, dtype=torch_dtype(s.dtype, torch))
         max_length = self._max_length(model, processor)
@@ -208,9 +210,6 @@ class HFModel(ModelAdapter):
         s = self.settings
         options = {"local_files_only": True, "trust_remote_code": s.trust_remote_code}
         auto_model = getattr(transformers, self.task_cls.model_class)
-        logging = transformers.utils.logging
-        bars = logging.is_progress_bar_enabled()
-        logging.disable_progress_bar()  # progress bars would garble the run's own progress display
         try:
             if self.task_cls.reads == "image":
                 processor = transformers.AutoImageProcessor.from_pretrained(self.path, **options)
@@ -226,9 +225,6 @@ class HFModel(ModelAdapter):
             if "trust_remote_code" in str(exc):
                 hint = "the model needs its own code: set trust_remote_code = true and trusted = true, if you trust it"
             raise ModelLoadError(f"cannot load {self.path} for task '{s.task}': {exc}", hint=hint) from exc
-        finally:
-            if bars:
-                logging.enable_progress_bar()
         return model, processor
 
     def _max_length(self, model: Any, processor: Any) -> int:

@@ -35,6 +35,7 @@ from ._torch_runtime import (
     check_device,
     classify_torch_error,
     import_torch,
+    no_progress_bars,
     pin,
     release_cached_memory,
     select_device,
@@ -136,13 +137,14 @@ class SentenceModel(ModelAdapter):
         s = self.settings
         device = select_device(s.device, torch)
         try:
-            model = SentenceTransformer(
-                self.path,
-                device=str(device),
-                local_files_only=True,
-                trust_remote_code=s.trust_remote_code,
-                truncate_dim=s.truncate_dim,
-            )
+            with no_progress_bars():
+                model = SentenceTransformer(
+                    self.path,
+                    device=str(device),
+                    local_files_only=True,
+                    trust_remote_code=s.trust_remote_code,
+                    truncate_dim=s.truncate_dim,
+                )
         except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
             hint = "check that the folder holds a sentence-transformers model (modules.json, weights, tokenizer)"
             if "trust_remote_code" in str(exc):
