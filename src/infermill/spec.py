@@ -92,7 +92,7 @@ class ModelSpec:
     """Which model to run and how to call it."""
 
     kind: str
-    """python, sklearn or onnx."""
+    """python, sklearn, onnx, torch, hf, sentence-transformers, llm, mlflow or http (docs/models.md)."""
     entrypoint: str | None = None
     """kind=python: ``pkg.module:Name`` or ``path/to/file.py:Name`` (relative to the job file)."""
     path: str | None = None
