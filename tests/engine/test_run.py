@@ -172,3 +172,16 @@ def test_result_neutral_model_settings_are_not_fingerprinted() -> None:
     assert infermill.JobSpec.from_dict(base).fingerprint() == first.fingerprint()
     base["model"]["temperature"] = 0.5
     assert infermill.JobSpec.from_dict(base).fingerprint() != first.fingerprint()
+
+
+def test_parquet_output_has_large_row_groups_and_plain_floats(parquet_job, job_dir: Path) -> None:
+    job, _ = parquet_job(rows=20_000, files=1, shard_rows=20_000, batch=1_000)
+    infermill.run(job, progress="off")
+    (part,) = (job_dir / "out").glob("part-*.parquet")
+    meta = pq.read_metadata(part)
+    assert meta.num_row_groups == 1  # not one row group per model batch
+    columns = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i) for i in range(3)}
+    assert "PLAIN_DICTIONARY" not in str(columns["score"].encodings) and "RLE_DICTIONARY" not in str(
+        columns["score"].encodings
+    )
+    assert "DICTIONARY" in str(columns["segment"].encodings)  # text still gets dictionary encoding

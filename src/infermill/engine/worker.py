@@ -131,6 +131,10 @@ def run_worker(
     """Process shards until ``next_shard`` returns None, the run stops, or a fatal error."""
     wid = config.worker_id
     try:
+        # pyarrow imports pandas lazily on first use; two pipeline threads doing that at once can see a
+        # half-initialised module. Import it here, before the threads start.
+        import pandas  # noqa: F401
+
         spec = config.spec
         source = open_source(spec)
         sink = open_sink(spec)

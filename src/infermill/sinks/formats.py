@@ -17,20 +17,43 @@ __all__ = ["SINK_FORMATS"]
 
 
 class ParquetWriter(ShardWriter):
+    """Buffers result batches into row groups of ``ROW_GROUP_ROWS`` (a row group per model batch would make
+    files slow to read) and dictionary-encodes only text columns (on unique floats and ids it is pure cost:
+    about 80% of the writer's CPU time)."""
+
+    ROW_GROUP_ROWS = 131_072
+
     def __init__(self, path: str, final_name: str, compression: str = "snappy") -> None:
         super().__init__(path, final_name)
         self._writer: pq.ParquetWriter | None = None
         self._compression = compression
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
 
     def _write(self, table: pa.Table) -> None:
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, table.schema, compression=self._compression)
+            text = [
+                f.name for f in table.schema
+                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_binary(f.type)
+            ]
+            self._writer = pq.ParquetWriter(
+                self.path, table.schema, compression=self._compression, use_dictionary=text or False
+            )
         elif table.schema != self._writer.schema:
             table = table.cast(self._writer.schema)
-        self._writer.write_table(table)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        if self._pending_rows >= self.ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending and self._writer is not None:
+            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=self.ROW_GROUP_ROWS)
+        self._pending, self._pending_rows = [], 0
 
     def _close(self) -> None:
         if self._writer is not None:
+            self._flush()
             self._writer.close()
             self._writer = None
 
