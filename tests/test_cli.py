@@ -19,7 +19,7 @@ def test_help_lists_commands_and_exit_codes(capsys: pytest.CaptureFixture[str]) 
     assert "75  interrupted" in out
 
 
-@pytest.mark.parametrize("command", ["run", "status", "validate", "demo", "failures", "retry"])
+@pytest.mark.parametrize("command", ["run", "status", "validate", "demo", "failures", "retry", "profile"])
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out

@@ -73,6 +73,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"  output:   {result.output_path}")
     print(f"  manifest: {result.manifest_path}")
     print(f"  ledger:   {result.ledger_path}")
+    if not getattr(args, "quiet", False):
+        from .engine.profile import profile
+
+        for line in profile(args.job).lines()[:2]:
+            print(line)
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .engine.profile import profile
+
+    report = profile(args.job)
+    if args.json:
+        print(json.dumps(report.as_dict(), sort_keys=True))
+        return 0
+    for line in report.lines():
+        print(line)
     return 0
 
 
@@ -240,6 +257,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("job", help="the job file (TOML)")
     p.add_argument("--wait", action="store_true", help="if another run of this job is active, wait for it")
+
+    p = add(
+        "profile",
+        cmd_profile,
+        "show where a job's time went, and what would make it faster",
+        """\
+        Sum the time JOB's committed shards spent reading, preprocessing, in the model, waiting for
+        data and writing, and print a verdict (model-bound, input-bound, output-bound, overhead-bound)
+        with a concrete suggestion. `infermill run` prints the same verdict when it finishes.
+        """,
+    )
+    p.add_argument("job", help="the job file (TOML)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (stages, shares, verdict, suggestion)")
 
     p = add(
         "validate",

@@ -431,6 +431,10 @@ class Ledger:
         )[0]
         return dict(row)
 
+    def shard_stats(self) -> list[str]:
+        """The per-shard stage timings (JSON) of committed shards."""
+        return [r[0] for r in self._query("SELECT stats FROM shards WHERE state = 'committed' ORDER BY ordinal")]
+
     def committed_files(self) -> list[tuple[str, int]]:
         rows = self._query(
             "SELECT output_file, rows_out FROM shards WHERE state = 'committed' AND output_file IS NOT NULL"

@@ -1,0 +1,26 @@
+"""``infermill profile``: the stage profile of a job's committed shards, from its ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..errors import SpecError
+from ..ledger import Ledger
+from ..observe.profile import Profile, profile_from_stats
+from ..spec import JobSpec, load_spec
+
+__all__ = ["profile"]
+
+
+def profile(job: JobSpec | str | os.PathLike[str]) -> Profile:
+    """Stage totals and the bottleneck verdict over the job's committed shards."""
+    spec = job if isinstance(job, JobSpec) else load_spec(job)
+    if not os.path.exists(spec.ledger_path()):
+        raise SpecError(f"job '{spec.name}' has not run yet: nothing to profile", hint="run it first: infermill run JOB")
+    ledger = Ledger(spec.ledger_path())
+    try:
+        stats = [json.loads(raw) for raw in ledger.shard_stats() if raw]
+    finally:
+        ledger.close()
+    return profile_from_stats(stats)
