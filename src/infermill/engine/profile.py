@@ -17,7 +17,9 @@ def profile(job: JobSpec | str | os.PathLike[str]) -> Profile:
     """Stage totals and the bottleneck verdict over the job's committed shards."""
     spec = job if isinstance(job, JobSpec) else load_spec(job)
     if not os.path.exists(spec.ledger_path()):
-        raise SpecError(f"job '{spec.name}' has not run yet: nothing to profile", hint="run it first: infermill run JOB")
+        raise SpecError(
+            f"job '{spec.name}' has not run yet: nothing to profile", hint="run it first: infermill run JOB"
+        )
     ledger = Ledger(spec.ledger_path())
     try:
         stats = [json.loads(raw) for raw in ledger.shard_stats() if raw]
