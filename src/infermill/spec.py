@@ -174,6 +174,14 @@ class RuntimeSpec:
     """Worker processes; each loads the model once."""
     threads_per_worker: int | None = None
     """Intra-op threads of the model in each worker; default: CPU cores / workers."""
+    devices: str | list[int] = "auto"
+    """GPUs to run on. ``"auto"``: when CUDA GPUs are present and the model kind runs on one (torch, hf,
+    sentence-transformers, llm with ``device`` auto or cuda), one worker per visible GPU (times
+    ``replicas_per_device``), each pinned with ``CUDA_VISIBLE_DEVICES``; otherwise ``workers`` CPU workers.
+    ``"cpu"``: never pin GPUs (``workers`` workers). A list of CUDA device indexes (``[0, 2]``): one worker per
+    listed GPU (times ``replicas_per_device``), for any kind; ``workers`` is then ignored."""
+    replicas_per_device: int = 1
+    """Workers (model copies) per GPU when GPUs are used."""
     ledger: str | None = None
     """Ledger location: a SQLite file path; default ``.infermill/<name>.sqlite`` beside the job file."""
     prefetch: int = 4
@@ -453,6 +461,26 @@ def _validate_settings(spec: JobSpec, where: str) -> None:
     parse_settings(getattr(cls, "settings_cls", None), spec.model.settings, spec.model.kind, where)
 
 
+def _validate_devices(runtime: RuntimeSpec, where: str) -> None:
+    devices = runtime.devices
+    hint = 'use devices = "auto", "cpu" or a list of CUDA device indexes such as [0, 1]'
+    if isinstance(devices, str):
+        if devices not in ("auto", "cpu"):
+            raise SpecError(
+                f"{where}: 'runtime.devices' must be \"auto\", \"cpu\" or a list, not {devices!r}", hint=hint
+            )
+    elif not isinstance(devices, list) or not devices:
+        raise SpecError(f"{where}: 'runtime.devices' must be \"auto\", \"cpu\" or a non-empty list", hint=hint)
+    else:
+        for index in devices:
+            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                raise SpecError(f"{where}: 'runtime.devices' has an invalid device index {index!r}", hint=hint)
+        if len(set(devices)) != len(devices):
+            raise SpecError(f"{where}: 'runtime.devices' lists a device twice", hint="use replicas_per_device")
+    if runtime.replicas_per_device < 1:
+        raise SpecError(f"{where}: 'runtime.replicas_per_device' must be at least 1, not {runtime.replicas_per_device}")
+
+
 def _validate(spec: JobSpec) -> None:
     where = spec.source_file or "job spec"
     _validate_settings(spec, where)
@@ -466,6 +494,7 @@ def _validate(spec: JobSpec) -> None:
         raise SpecError(f"{where}: 'input.shard_rows' and 'input.shard_bytes' must be positive")
     if spec.runtime.workers < 1:
         raise SpecError(f"{where}: 'runtime.workers' must be at least 1, not {spec.runtime.workers}")
+    _validate_devices(spec.runtime, where)
     if spec.runtime.threads_per_worker is not None and spec.runtime.threads_per_worker < 1:
         raise SpecError(f"{where}: 'runtime.threads_per_worker' must be at least 1")
     if spec.retry.max_attempts < 1:

@@ -1,7 +1,8 @@
 """Executors run workers and hand their events to the coordinator.
 
 ``InlineExecutor`` runs one worker in a thread of this process (``runtime.workers = 1``: no process start
-cost, no pickling). ``ProcessExecutor`` starts ``workers`` processes (spawn), each loading the model once.
+cost, no pickling). ``ProcessExecutor`` starts one process (spawn) per planned worker (``devices.plan_workers``:
+``workers`` CPU workers, or one per GPU and replica, each pinned to its GPU), each loading the model once.
 Both expose the same small surface: ``start``, ``get`` (next event), ``stop`` (take no new shards),
 ``abort`` (abandon in-flight work) and ``join``.
 """
@@ -19,25 +20,30 @@ from typing import Any
 from ..sources.base import Shard
 from ..spec import JobSpec
 from .columns import Columns
+from .devices import WorkerSlot, plan_workers
 from .worker import StopFlags, WorkerConfig, run_worker
 
 __all__ = ["Executor", "InlineExecutor", "ProcessExecutor", "make_executor", "threads_per_worker"]
 
 
-def threads_per_worker(spec: JobSpec) -> int:
-    """``runtime.threads_per_worker``, or the CPU cores shared out between the workers."""
+def threads_per_worker(spec: JobSpec, workers: int | None = None) -> int:
+    """``runtime.threads_per_worker``, or the CPU cores shared out between ``workers`` (default
+    ``runtime.workers``) workers."""
     if spec.runtime.threads_per_worker:
         return spec.runtime.threads_per_worker
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // spec.runtime.workers)
+    return max(1, cores // (workers or spec.runtime.workers))
 
 
 class Executor(ABC):
-    def __init__(self, spec: JobSpec, columns: Columns, shards: list[Shard]) -> None:
+    def __init__(
+        self, spec: JobSpec, columns: Columns, shards: list[Shard], plan: list[WorkerSlot] | None = None
+    ) -> None:
         self.spec = spec
         self.columns = columns
         self.shards = shards
-        self.workers = min(spec.runtime.workers, max(1, len(shards)))
+        self.plan = plan if plan is not None else plan_workers(spec, len(shards))
+        self.workers = len(self.plan)
 
     @abstractmethod
     def start(self) -> None: ...
@@ -59,8 +65,10 @@ class Executor(ABC):
 class InlineExecutor(Executor):
     """One worker on a thread of the coordinator's process."""
 
-    def __init__(self, spec: JobSpec, columns: Columns, shards: list[Shard]) -> None:
-        super().__init__(spec, columns, shards)
+    def __init__(
+        self, spec: JobSpec, columns: Columns, shards: list[Shard], plan: list[WorkerSlot] | None = None
+    ) -> None:
+        super().__init__(spec, columns, shards, plan)
         self.workers = 1
         self._tasks: queue.SimpleQueue[Shard] = queue.SimpleQueue()
         for shard in shards:
@@ -76,7 +84,8 @@ class InlineExecutor(Executor):
             return None
 
     def start(self) -> None:
-        config = WorkerConfig(self.spec, self.columns, worker_id=0, threads=threads_per_worker(self.spec))
+        # No pinning in this process: the coordinator may have started CUDA already.
+        config = WorkerConfig(self.spec, self.columns, worker_id=0, threads=self.plan[0].threads)
         self._thread = threading.Thread(
             target=run_worker, args=(config, self._next, self._events, self._flags), name="infermill-worker",
             daemon=True,
@@ -104,6 +113,9 @@ class InlineExecutor(Executor):
 def _process_main(
     config: WorkerConfig, tasks: Any, events: Any, stop: Any, abort: Any
 ) -> None:
+    if config.gpu is not None:
+        # First thing in the child, before any CUDA library initialises: this worker sees one GPU.
+        os.environ["CUDA_VISIBLE_DEVICES"] = config.gpu
     # The coordinator owns signals: Ctrl-C reaches the whole process group, but only the coordinator
     # decides what to finish and what to abandon.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -119,10 +131,12 @@ def _process_main(
 
 
 class ProcessExecutor(Executor):
-    """``runtime.workers`` processes, each with its own model."""
+    """One process per planned worker, each with its own model."""
 
-    def __init__(self, spec: JobSpec, columns: Columns, shards: list[Shard]) -> None:
-        super().__init__(spec, columns, shards)
+    def __init__(
+        self, spec: JobSpec, columns: Columns, shards: list[Shard], plan: list[WorkerSlot] | None = None
+    ) -> None:
+        super().__init__(spec, columns, shards, plan)
         self._ctx = mp.get_context("spawn")
         self._tasks: Any = self._ctx.Queue()
         self._events: Any = self._ctx.Queue()
@@ -135,13 +149,15 @@ class ProcessExecutor(Executor):
             self._tasks.put(shard.to_json())
         for _ in range(self.workers):
             self._tasks.put(None)
-        threads = threads_per_worker(self.spec)
-        for wid in range(self.workers):
-            config = WorkerConfig(self.spec, self.columns, worker_id=wid, threads=threads, watch_parent=True)
+        for slot in self.plan:
+            config = WorkerConfig(
+                self.spec, self.columns, worker_id=slot.worker_id, threads=slot.threads, watch_parent=True,
+                gpu=slot.gpu,
+            )
             proc = self._ctx.Process(
                 target=_process_main,
                 args=(config, self._tasks, self._events, self._stop, self._abort),
-                name=f"infermill-worker-{wid}",
+                name=f"infermill-worker-{slot.worker_id}",
                 daemon=True,
             )
             proc.start()
@@ -174,6 +190,10 @@ class ProcessExecutor(Executor):
 
 
 def make_executor(spec: JobSpec, columns: Columns, shards: list[Shard]) -> Executor:
-    if spec.runtime.workers <= 1 or len(shards) <= 1:
-        return InlineExecutor(spec, columns, shards)
-    return ProcessExecutor(spec, columns, shards)
+    plan = plan_workers(spec, len(shards))
+    # One worker needs no process of its own, unless it must be pinned to a GPU the user listed: with
+    # devices = "auto" a lone worker takes cuda:0 of what this process sees, which is what pinning gives.
+    pinned = plan[0].gpu is not None and spec.runtime.devices != "auto"
+    if len(plan) <= 1 and not pinned:
+        return InlineExecutor(spec, columns, shards, plan)
+    return ProcessExecutor(spec, columns, shards, plan)

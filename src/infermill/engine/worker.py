@@ -68,6 +68,8 @@ class WorkerConfig:
     threads: int
     watch_parent: bool = False
     """Stop when the parent process changes (a worker process whose coordinator died)."""
+    gpu: str | None = None
+    """The CUDA device this worker process is pinned to (its ``CUDA_VISIBLE_DEVICES``), or None."""
 
 
 @dataclass
@@ -138,7 +140,8 @@ def run_worker(
         spec = config.spec
         source = open_source(spec)
         sink = open_sink(spec)
-        adapter = load_adapter(spec, threads=config.threads)
+        # A pinned process sees its GPU as the only one: cuda:0.
+        adapter = load_adapter(spec, threads=config.threads, device=None if config.gpu is None else "cuda:0")
         try:
             adapter.setup()
         except InfermillError:

@@ -40,9 +40,9 @@ def adapter_class(kind: str) -> type[ModelAdapter]:
     return cls
 
 
-def load_adapter(spec: JobSpec, *, threads: int = 1) -> ModelAdapter:
-    """Instantiate (not set up) the adapter for ``spec.model``."""
-    return adapter_class(spec.model.kind)(spec, threads=threads)
+def load_adapter(spec: JobSpec, *, threads: int = 1, device: str | None = None) -> ModelAdapter:
+    """Instantiate (not set up) the adapter for ``spec.model``; ``device``: see ``ModelAdapter.assigned_device``."""
+    return adapter_class(spec.model.kind)(spec, threads=threads, device=device)
 
 
 def missing_extra(kind: str, module: str) -> ModelLoadError:

@@ -11,7 +11,8 @@ sentence-transformers). Nothing here imports torch at module level; callers pass
 * ``cuda:N``: that GPU, for every worker.
 
 The worker's index comes from its process name (``infermill-worker-<i>``, set by the process
-executor); any other process counts as worker 0.
+executor); any other process counts as worker 0. A worker pinned to one GPU by ``[runtime] devices``
+(``CUDA_VISIBLE_DEVICES``) sees a single device, so ``auto`` and ``cuda`` give it ``cuda:0``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 An adapter wraps one kind of model (``[model] kind``). The engine calls, per worker process::
 
-    adapter = load_adapter(spec, threads=...)   # cheap: resolves paths, checks trust, no heavy imports
+    adapter = load_adapter(spec, threads=..., device=...)  # cheap: resolves paths, no heavy imports
     adapter.setup()                             # once per worker: load weights, start sessions
     inputs = adapter.preprocess(features)       # reader side: pyarrow.RecordBatch of feature columns
     result = adapter.predict(inputs)            # model side
@@ -40,10 +40,17 @@ class ModelAdapter(ABC):
     """Keys of ``settings_cls`` that cannot change results (concurrency, rate limits, timeouts): editing
     them between runs of a job does not count as a spec change."""
 
-    def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
+    uses_gpu: ClassVar[bool] = False
+    """The kind runs on a GPU when one is present (and its ``device`` key is ``auto`` or ``cuda``):
+    ``[runtime] devices = "auto"`` then starts one worker per GPU."""
+
+    def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
         self.spec = spec
         self.model_spec = spec.model
         self.threads = max(1, threads)
+        self.assigned_device = device
+        """The device the engine pinned this worker to (``"cuda:0"``: the one GPU its process sees, via
+        ``CUDA_VISIBLE_DEVICES``), or None: the adapter chooses by its own ``device`` rule."""
         self.settings: Any = parse_settings(
             self.settings_cls, spec.model.settings, self.kind, spec.source_file or "job spec"
         )

@@ -134,11 +134,12 @@ class HFModel(ModelAdapter):
     """A transformers model for one task; see the module docstring."""
 
     kind = "hf"
+    uses_gpu = True
     settings_cls = HFSettings
     settings: HFSettings
 
-    def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
-        super().__init__(spec, threads=threads)
+    def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
+        super().__init__(spec, threads=threads, device=device)
         s, ms = self.settings, self.model_spec
         if s.task is None:
             raise ModelLoadError("kind 'hf' needs 'model.task'", hint=f"set [model] task to one of: {', '.join(TASKS)}")

@@ -117,11 +117,12 @@ class LlmModel(ModelAdapter):
     """A causal LM from a local folder; see the module docstring for prompts, lengths and outputs."""
 
     kind = "llm"
+    uses_gpu = True
     default_outputs = ["text"]
     settings_cls = LlmSettings
 
-    def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
-        super().__init__(spec, threads=threads)
+    def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
+        super().__init__(spec, threads=threads, device=device)
         self.settings: LlmSettings
         ms = self.model_spec
         if ms.options:

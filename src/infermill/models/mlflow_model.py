@@ -130,8 +130,8 @@ class MlflowModel(ModelAdapter):
     kind = "mlflow"
     settings_cls = MlflowSettings
 
-    def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
-        super().__init__(spec, threads=threads)
+    def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
+        super().__init__(spec, threads=threads, device=device)
         ms = self.model_spec
         for key in ("entrypoint", "method", "positive_class"):
             if getattr(ms, key) is not None:

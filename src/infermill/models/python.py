@@ -43,8 +43,8 @@ class PythonModel(ModelAdapter):
 
     kind = "python"
 
-    def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
-        super().__init__(spec, threads=threads)
+    def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
+        super().__init__(spec, threads=threads, device=device)
         self.entry = parse_entrypoint(self.model_spec.entrypoint, spec.base_dir, spec.resolve)
         self.model: Any = None
         """The user's model object (an instance, or the function), after setup()."""

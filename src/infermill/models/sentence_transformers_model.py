@@ -88,12 +88,13 @@ class SentenceModel(ModelAdapter):
     """A sentence-transformers embedding model; see the module docstring."""
 
     kind = "sentence-transformers"
+    uses_gpu = True
     default_outputs = ["embedding"]
     settings_cls = SentenceSettings
     settings: SentenceSettings
 
-    def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
-        super().__init__(spec, threads=threads)
+    def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
+        super().__init__(spec, threads=threads, device=device)
         s, ms = self.settings, self.model_spec
         check_device(s.device, self.kind)
         if s.trust_remote_code and not ms.trusted:

@@ -65,8 +65,8 @@ class SklearnModel(ModelAdapter):
 
     kind = "sklearn"
 
-    def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
-        super().__init__(spec, threads=threads)
+    def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
+        super().__init__(spec, threads=threads, device=device)
         ms = self.model_spec
         if ms.method is not None and ms.method not in METHODS:
             raise ModelLoadError(

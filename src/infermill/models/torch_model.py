@@ -102,11 +102,12 @@ class TorchModel(ModelAdapter):
     """A PyTorch model; see the module docstring for sources, inputs and outputs."""
 
     kind = "torch"
+    uses_gpu = True
     settings_cls = TorchSettings
     settings: TorchSettings
 
-    def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
-        super().__init__(spec, threads=threads)
+    def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
+        super().__init__(spec, threads=threads, device=device)
         s, ms = self.settings, self.model_spec
         check_device(s.device, self.kind)
         if ms.method is not None or ms.positive_class is not None:

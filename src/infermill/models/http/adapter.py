@@ -71,8 +71,8 @@ class HttpModel(ModelAdapter):
         "backoff_seconds", "max_backoff_seconds", "health_path",
     })
 
-    def __init__(self, spec: JobSpec, *, threads: int = 1) -> None:
-        super().__init__(spec, threads=threads)
+    def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
+        super().__init__(spec, threads=threads, device=device)
         s: HttpSettings = self.settings
         ms = self.model_spec
         _check(s)
