@@ -123,6 +123,13 @@ class BatchSpec:
 
     size: int = 8192
     """Rows per batch."""
+    max_bytes: int | None = None
+    """Cut each model call so its rows' feature values total at most this many bytes (strings: their
+    length; fixed-width values: their width); a single larger row goes alone. ``size`` still caps rows.
+    A batch cut into several calls is preprocessed again per call, on the model's thread."""
+    max_tokens: int | None = None
+    """Like ``max_bytes``, in tokens as the model's adapter counts them (``token_counts``); adapters without
+    a tokenizer count one token per four bytes."""
 
 
 @dataclass(frozen=True)
@@ -276,6 +283,9 @@ class JobSpec:
         for key in _neutral_settings(self.model.kind):
             data["model"]["settings"].pop(key, None)
         data.pop("runtime")
+        for key in ("max_bytes", "max_tokens"):  # unset: the fingerprint of jobs from before these keys
+            if data["batch"][key] is None:
+                data["batch"].pop(key)
         data.pop("retry")
         data["errors"].pop("max_failed_rows")
         data["errors"].pop("max_failed_fraction")
@@ -490,6 +500,10 @@ def _validate(spec: JobSpec) -> None:
         raise SpecError(f"{where}: 'output.path' is empty")
     if spec.batch.size < 1:
         raise SpecError(f"{where}: 'batch.size' must be at least 1, not {spec.batch.size}")
+    for key in ("max_bytes", "max_tokens"):
+        value = getattr(spec.batch, key)
+        if value is not None and value < 1:
+            raise SpecError(f"{where}: 'batch.{key}' must be at least 1, not {value}")
     if spec.input.shard_rows < 1 or spec.input.shard_bytes < 1:
         raise SpecError(f"{where}: 'input.shard_rows' and 'input.shard_bytes' must be positive")
     if spec.runtime.workers < 1:

@@ -490,3 +490,30 @@ def test_hf_example_runs(tmp_path: Path) -> None:
     assert set(out.column("sentiment").to_pylist()) <= {"NEGATIVE", "POSITIVE"}
     labels = read_output(example / "out_topics").column("label").to_pylist()
     assert set(labels) <= {"movies", "food", "travel"}
+
+
+# -- token counts for [batch] max_tokens ----------------------------------------------------------
+def test_token_counts_follow_the_tokenizer_and_shape_the_calls(tmp_path: Path) -> None:
+    from infermill.engine.columns import Columns
+    from infermill.engine.scoring import BatchScorer
+    from infermill.spec import RetrySpec
+
+    adapter = tiny(tmp_path, "text-classification")
+    assert adapter.task is not None
+    texts = [*TEXTS, LONG]
+    counts = adapter.token_counts(text_batch(texts))
+    assert counts is not None
+    expected = [len(adapter.task.tokenizer(t, truncation=True, max_length=32)["input_ids"]) for t in texts]
+    assert counts.tolist() == expected and counts[-1] == 32
+    batch = pa.RecordBatch.from_arrays([pa.array(range(len(texts))), pa.array(texts)], names=["id", "text"])
+    columns = Columns(id="id", features=["text"], keep=[], read=["id", "text"])
+    scorer = BatchScorer(adapter, columns, RetrySpec(max_attempts=1), 8, max_tokens=40)
+    calls: list[int] = []
+    predict = adapter.predict
+    adapter.predict = lambda inputs: (calls.append(inputs.rows), predict(inputs))[1]  # type: ignore[method-assign]
+    tables, dead = scorer.score(batch)
+    assert dead == [] and sum(t.num_rows for t in tables) == len(texts)
+    starts = np.cumsum([0, *calls])
+    for start, rows in zip(starts, calls, strict=False):
+        assert rows == 1 or counts[start : start + rows].sum() <= 40
+    assert len(calls) > 2

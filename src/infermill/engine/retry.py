@@ -84,7 +84,9 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
     if model_fp != record["model_fingerprint"]:
         ledger.set_model_fingerprint(model_fp)
     sink.prepare()
-    scorer = BatchScorer(adapter, columns, spec.retry, spec.batch.size)
+    scorer = BatchScorer(
+        adapter, columns, spec.retry, spec.batch.size, max_bytes=spec.batch.max_bytes, max_tokens=spec.batch.max_tokens
+    )
     by_shard: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for item in dead:
         by_shard[item["shard_id"]].append(item)

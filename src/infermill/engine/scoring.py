@@ -1,5 +1,7 @@
 """Scoring one batch under the error policy: retry, bisect, split on OOM, dead-letter what is left.
 
+A batch is scored in calls of at most ``limit`` rows (shrunk on OOM, grown back after good calls) and,
+with ``[batch] max_bytes`` / ``max_tokens``, of at most that many bytes / tokens (``batching``).
 ``BatchScorer.score`` never raises for a bad item: it returns the scored rows (in input order, as output
 tables) and the rows it gave up on, each with its error. It raises only for fatal errors.
 """
@@ -13,10 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from ..models.base import ModelAdapter
 from ..spec import RetrySpec
+from .batching import budget_end, cumulative, row_bytes
 from .columns import Columns
 from .policy import ErrorKind, classify
 
@@ -80,11 +84,15 @@ class BatchScorer:
         batch_size: int,
         *,
         wait: Callable[[float], bool] | None = None,
+        max_bytes: int | None = None,
+        max_tokens: int | None = None,
     ) -> None:
         self.adapter = adapter
         self.columns = columns
         self.retry = retry
         self.batch_size = batch_size
+        self.max_bytes = max_bytes
+        self.max_tokens = max_tokens
         self.limit = batch_size
         self._good_calls = 0
         self._wait = wait or _sleep
@@ -106,9 +114,29 @@ class BatchScorer:
             arrays.append(array)
         return pa.Table.from_arrays(arrays, names=names)
 
-    def _succeeded(self, rows: int, stats: ScoreStats) -> None:
+    def _budgets(self, batch: pa.RecordBatch) -> list[tuple[np.ndarray, int]]:
+        """Running row sizes and their budget, for each budget set."""
+        if self.max_bytes is None and self.max_tokens is None:
+            return []
+        features = batch.select(self.columns.features)
+        nbytes = row_bytes(features)
+        out = []
+        if self.max_bytes is not None:
+            out.append((cumulative(nbytes), self.max_bytes))
+        if self.max_tokens is not None:
+            try:
+                tokens = self.adapter.token_counts(features)
+            except Exception:  # noqa: BLE001 - sizes only shape the calls; the calls report bad rows
+                tokens = None
+            if tokens is None:
+                tokens = -(-nbytes // 4)  # no tokenizer: about four bytes a token
+            out.append((cumulative(np.asarray(tokens, dtype=np.int64)), self.max_tokens))
+        return out
+
+    def _succeeded(self, rows: int, stats: ScoreStats, full: bool = False) -> None:
         stats.calls += 1
-        if rows >= self.limit and self.limit < self.batch_size:
+        # A call cut short by the byte/token budget was as large as allowed: it counts towards growing back.
+        if (rows >= self.limit or full) and self.limit < self.batch_size:
             self._good_calls += 1
             if self._good_calls >= GROW_AFTER:
                 self.limit = min(self.batch_size, self.limit * 2)
@@ -122,12 +150,16 @@ class BatchScorer:
         n = batch.num_rows
         tables: list[pa.Table] = []
         dead: list[DeadItem] = []
+        budgets = self._budgets(batch)
         cursor = 0
         while cursor < n:
             # The next chunk at the current limit, which OOM splits shrink and good calls grow back.
-            end = min(n, cursor + self.limit)
+            stop = min(n, cursor + self.limit)
+            end = stop
+            for cum, budget in budgets:
+                end = budget_end(cum, cursor, end, budget)
             whole = (cursor, end) == (0, n)
-            self._score_range(batch, cursor, end, inputs if whole else None, stats, tables, dead)
+            self._score_range(batch, cursor, end, inputs if whole else None, stats, tables, dead, end < stop)
             cursor = end
         return tables, dead
 
@@ -140,6 +172,7 @@ class BatchScorer:
         stats: ScoreStats,
         tables: list[pa.Table],
         dead: list[DeadItem],
+        budget_cut: bool = False,
     ) -> None:
         stack = [(start, end, 1)]
         while stack:
@@ -176,5 +209,5 @@ class BatchScorer:
                     DeadItem(row, kind, type(exc).__name__, message, text, attempt) for row in range(lo, hi)
                 )
                 continue
-            self._succeeded(hi - lo, stats)
+            self._succeeded(hi - lo, stats, budget_cut and (lo, hi) == (start, end))
             tables.append(table)

@@ -263,7 +263,8 @@ class _Pipeline:
     def _model_loop(self) -> None:
         spec = self.spec
         scorer = BatchScorer(
-            self.adapter, self.columns, spec.retry, spec.batch.size, wait=self._wait_abort
+            self.adapter, self.columns, spec.retry, spec.batch.size, wait=self._wait_abort,
+            max_bytes=spec.batch.max_bytes, max_tokens=spec.batch.max_tokens,
         )
         offsets: dict[str, int] = {}
         while True:

@@ -20,6 +20,7 @@ import os
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 
 from ..errors import ModelLoadError
@@ -66,6 +67,11 @@ class ModelAdapter(ABC):
     def preprocess(self, batch: pa.RecordBatch) -> Any:
         """Turn a batch of feature columns into what ``predict`` takes. Runs ahead of the model."""
         return batch
+
+    def token_counts(self, features: pa.RecordBatch) -> np.ndarray | None:
+        """Tokens per row of ``features``, for ``[batch] max_tokens``; None (the default): the engine counts
+        one token per four bytes of feature values. Runs on the model's thread, before each batch's calls."""
+        return None
 
     @abstractmethod
     def predict(self, inputs: Any) -> Any:

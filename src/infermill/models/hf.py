@@ -259,6 +259,19 @@ class HFModel(ModelAdapter):
                 parts.append(encoded)
         return _Prepared(len(values), order, parts)
 
+    def token_counts(self, features: pa.RecordBatch) -> np.ndarray | None:
+        """Tokens of each row's text (special tokens included, truncated as the calls are), for
+        ``[batch] max_tokens``; None for image tasks. Zero-shot counts the text alone, not each label pair."""
+        task = self.task
+        if task is None or task.reads == "image":
+            return None
+        name = pick_column(features.schema.names, getattr(self.settings, self.column_key), self.kind, self.column_key)
+        values = text_values(features.column(name), name, self.kind)
+        truncate = bool(self.settings.truncation)
+        with self._lock:
+            ids = task.tokenizer(values, truncation=truncate, max_length=task.max_length if truncate else None)
+        return np.array([len(row) for row in ids["input_ids"]], dtype=np.int64)
+
     def predict(self, inputs: _Prepared) -> tuple[_Prepared, list[Any]]:
         task = self.task
         if task is None or self.device is None:
