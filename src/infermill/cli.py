@@ -66,8 +66,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{result.job}: {result.message} ({result.rows_succeeded:,} rows in {result.output_path})")
         return 0
     rate = result.rows_this_run / result.seconds if result.seconds > 0 else 0.0
+    failed = f", {result.rows_failed:,} dead-lettered (see `infermill failures`)" if result.rows_failed else ""
     print(
-        f"{result.job}: complete: {result.rows_succeeded:,} rows in {result.shards_committed} shards"
+        f"{result.job}: complete: {result.rows_succeeded:,} rows in {result.shards_committed} shards{failed}"
         f" ({result.rows_this_run:,} this run, {result.seconds:.1f}s, {rate:,.0f} rows/s)"
     )
     print(f"  output:   {result.output_path}")
