@@ -255,3 +255,13 @@ def test_embeddings_example_runs(tmp_path: Path) -> None:
         text=True,
     )
     assert "cat" in search.stdout.lower()
+
+
+def test_token_counts_follow_the_tokenizer(tmp_path: Path) -> None:
+    adapter = ready(spec_for(tmp_path))
+    counts = adapter.token_counts(batch_of(TEXTS))
+    assert counts is not None
+    tokenizer, longest = reference_model().tokenizer, reference_model().max_seq_length
+    expected = [len(tokenizer(t, truncation=True, max_length=longest)["input_ids"]) for t in TEXTS]
+    assert counts.tolist() == expected
+    assert counts[7] < counts[0] < counts[-1]  # "ok" < a short sentence < the long one

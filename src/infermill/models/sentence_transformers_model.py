@@ -187,6 +187,17 @@ class SentenceModel(ModelAdapter):
                 parts.append(pin(self._tokenize([texts[i] for i in group]), self.device))
         return _Prepared(len(texts), order, parts)
 
+    def token_counts(self, features: pa.RecordBatch) -> np.ndarray | None:
+        """Tokens of each row's text as the model sees it (prompt and special tokens included, truncated to
+        ``max_seq_length``), for ``[batch] max_tokens``."""
+        if self.model is None:
+            return None
+        name = pick_column(features.schema.names, self.settings.text_column, self.kind)
+        texts = text_values(features.column(name), name, self.kind)
+        with self._lock:
+            mask = self._tokenize(texts).get("attention_mask")
+        return None if mask is None else np.asarray(mask.sum(dim=1).numpy(), dtype=np.int64)
+
     def _tokenize(self, texts: list[str]) -> dict[str, Any]:
         model, prompt = self.model, self._prompt
         if hasattr(model, "preprocess"):  # sentence-transformers 6+
