@@ -113,3 +113,21 @@ def test_killed_holder_does_not_block_a_rerun(parquet_job, job_dir: Path) -> Non
     rerun = _popen(job)
     _, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
+
+
+def test_second_signal_exits_at_once_and_rerun_resumes(parquet_job, job_dir: Path) -> None:
+    job = _slow_job(parquet_job, job_dir, grace=60)
+    proc = _popen(job)
+    _wait_for(lambda: _status(job)["shards_committed"] >= 1)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 75
+    assert time.monotonic() - sent < 5  # not the 60 s grace period
+    rerun = _popen(job)
+    _, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    out = read_output(job_dir / "out").sort_by("customer_id")
+    assert out.column("customer_id").to_pylist() == list(range(40_000))
