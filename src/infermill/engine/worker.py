@@ -211,6 +211,15 @@ class _Pipeline:
     def _aborted(self) -> bool:
         return self.flags.abort.is_set() or self.error is not None
 
+    def _next(self, q: queue.Queue[Any]) -> Any:
+        """The next item from ``q``, or None once the run is aborted."""
+        while True:
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                if self._aborted():
+                    return None
+
     def _read(self, next_shard: Callable[[], Shard | None]) -> None:
         try:
             columns = self.columns
@@ -269,15 +278,10 @@ class _Pipeline:
         offsets: dict[str, int] = {}
         while True:
             t0 = time.perf_counter()
-            try:
-                item = self.inbox.get(timeout=0.1)
-            except queue.Empty:
-                if self._aborted():
-                    break
-                continue
-            kind = item[0]
-            if kind == "eof":
+            item = self._next(self.inbox)
+            if item is None or item[0] == "eof":
                 break
+            kind = item[0]
             shard: Shard = item[1]
             sid = shard.shard_id
             stats = self.stats.get(sid)
@@ -340,15 +344,10 @@ class _Pipeline:
         records: dict[str, list[tuple[Any, ...]]] = {}
         try:
             while True:
-                try:
-                    item = self.outbox.get(timeout=0.1)
-                except queue.Empty:
-                    if self._aborted():
-                        break
-                    continue
-                kind = item[0]
-                if kind == "eof":
+                item = self._next(self.outbox)
+                if item is None or item[0] == "eof":
                     break
+                kind = item[0]
                 shard: Shard = item[1]
                 sid = shard.shard_id
                 if kind == "start":
