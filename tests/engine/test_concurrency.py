@@ -30,7 +30,7 @@ def _popen(job: Path, *args: str) -> subprocess.Popen[str]:
 
 @pytest.mark.slow
 def test_two_runs_started_together_ten_times(parquet_job, job_dir: Path) -> None:
-    job, table = parquet_job(rows=12_000, files=2, shard_rows=1_000, batch=250)
+    job, table = parquet_job(rows=24_000, files=2, shard_rows=2_000, batch=250)
     (job_dir / "scorer.py").write_text(SLOW_SCORER)
     for round_ in range(10):
         args = ("--restart",) if round_ else ()
@@ -42,7 +42,7 @@ def test_two_runs_started_together_ten_times(parquet_job, job_dir: Path) -> None
         assert "another run of job 'scores' is active" in loser
         out = read_output(job_dir / "out")
         ids = out.column("customer_id").to_pylist()
-        assert sorted(ids) == list(range(12_000))
+        assert sorted(ids) == list(range(24_000))
 
 
 def _fake_lease(ledger_path: Path, host: str, pid: int, age: float) -> None:
