@@ -185,3 +185,20 @@ def test_parquet_output_has_large_row_groups_and_plain_floats(parquet_job, job_d
         columns["score"].encodings
     )
     assert "DICTIONARY" in str(columns["segment"].encodings)  # text still gets dictionary encoding
+
+
+def test_a_worker_process_that_dies_is_reported(parquet_job, job_dir: Path) -> None:
+    (job_dir / "dying.py").write_text(
+        "import os\n"
+        "class Dying:\n"
+        "    def setup(self):\n"
+        "        os._exit(7)  # what an OOM kill or a crash in native code looks like from outside\n"
+        "    def predict(self, batch):\n"
+        "        return batch['f0']\n"
+    )
+    job, _ = parquet_job(workers=2)
+    job.write_text(job.read_text().replace("scorer.py:Scorer", "dying.py:Dying"))
+    with pytest.raises(infermill.InfermillError, match=r"worker process \d ended unexpectedly \(exit code 7\)") as err:
+        infermill.run(job, progress="off")
+    assert "__main__" in str(err.value)
+    assert infermill.status(job)["state"] == "failed"

@@ -17,6 +17,7 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
+from ..errors import InfermillError
 from ..sources.base import Shard
 from ..spec import JobSpec
 from .columns import Columns
@@ -143,6 +144,9 @@ class ProcessExecutor(Executor):
         self._stop = self._ctx.Event()
         self._abort = self._ctx.Event()
         self._procs: list[Any] = []
+        self._wids: list[int] = []
+        self._said_goodbye: set[int] = set()
+        self._reported: set[int] = set()
 
     def start(self) -> None:
         for shard in self.shards:
@@ -162,15 +166,38 @@ class ProcessExecutor(Executor):
             )
             proc.start()
             self._procs.append(proc)
+            self._wids.append(slot.worker_id)
 
     def get(self, timeout: float) -> Any:
         try:
-            return self._events.get(timeout=timeout)
+            event = self._events.get(timeout=timeout)
         except queue.Empty:
-            if self._procs and not any(p.is_alive() for p in self._procs):
-                # Every worker is gone; report the ones that died without saying goodbye.
-                return ("all_exited", -1)
-            return None
+            return self._died()
+        if event[0] == "exit":
+            self._said_goodbye.add(event[1])
+        return event
+
+    def _died(self) -> Any:
+        """A fatal event for a worker process that ended without reporting (killed, crashed, or a script
+        that re-ran itself on import); its exit follows on the next call."""
+        for wid, proc in zip(self._wids, self._procs, strict=True):
+            if proc.exitcode is None or wid in self._said_goodbye:
+                continue
+            if wid in self._reported:
+                self._said_goodbye.add(wid)
+                return ("exit", wid)
+            self._reported.add(wid)
+            return (
+                "fatal",
+                wid,
+                InfermillError(
+                    f"worker process {wid} ended unexpectedly (exit code {proc.exitcode})",
+                    hint="if infermill.run() is called from a script with runtime.workers > 1, put the call under "
+                    "`if __name__ == '__main__':` (workers are spawned and import the script); otherwise check "
+                    "memory (a killed worker) and rerun: committed shards are kept",
+                ),
+            )
+        return None
 
     def stop(self) -> None:
         self._stop.set()

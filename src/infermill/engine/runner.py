@@ -320,8 +320,6 @@ class _Coordinator:
                             fatal = event[2]
                     elif kind == "exit":
                         alive -= 1
-                    elif kind == "all_exited":
-                        alive = 0
         finally:
             reporter.close()
             executor.abort() if (fatal is not None or self.signals) else executor.stop()
