@@ -130,6 +130,10 @@ class BatchSpec:
     max_tokens: int | None = None
     """Like ``max_bytes``, in tokens as the model's adapter counts them (``token_counts``); adapters without
     a tokenizer count one token per four bytes."""
+    sort_window: int | None = None
+    """Length bucketing: within windows of this many rows, send rows to the model shortest first, so each
+    batch holds rows of similar length (little padding for text models). Results are still written in
+    input order. Lengths are the adapter's token counts, else bytes."""
 
 
 @dataclass(frozen=True)
@@ -283,7 +287,7 @@ class JobSpec:
         for key in _neutral_settings(self.model.kind):
             data["model"]["settings"].pop(key, None)
         data.pop("runtime")
-        for key in ("max_bytes", "max_tokens"):  # unset: the fingerprint of jobs from before these keys
+        for key in ("max_bytes", "max_tokens", "sort_window"):  # unset: as the fingerprint before these keys
             if data["batch"][key] is None:
                 data["batch"].pop(key)
         data.pop("retry")
@@ -500,7 +504,7 @@ def _validate(spec: JobSpec) -> None:
         raise SpecError(f"{where}: 'output.path' is empty")
     if spec.batch.size < 1:
         raise SpecError(f"{where}: 'batch.size' must be at least 1, not {spec.batch.size}")
-    for key in ("max_bytes", "max_tokens"):
+    for key in ("max_bytes", "max_tokens", "sort_window"):
         value = getattr(spec.batch, key)
         if value is not None and value < 1:
             raise SpecError(f"{where}: 'batch.{key}' must be at least 1, not {value}")

@@ -13,11 +13,13 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["budget_end", "budget_slices", "cumulative", "row_bytes"]
+__all__ = ["budget_end", "budget_slices", "cumulative", "row_bytes", "row_lengths", "token_estimate"]
 
 
 def _fixed_width(tp: pa.DataType) -> int | None:
@@ -87,3 +89,20 @@ def budget_slices(sizes: np.ndarray, max_rows: int, budget: int) -> list[tuple[i
         out.append((start, end))
         start = end
     return out
+
+
+def token_estimate(adapter: Any, features: pa.RecordBatch, nbytes: np.ndarray | None = None) -> np.ndarray:
+    """Tokens per row as the adapter counts them (``token_counts``), or about four bytes a token."""
+    try:
+        tokens = adapter.token_counts(features)
+    except Exception:  # noqa: BLE001 - sizes only shape batches; the model calls report bad rows
+        tokens = None
+    if tokens is None:
+        sizes = row_bytes(features) if nbytes is None else nbytes
+        return np.asarray(-(-sizes // 4), dtype=np.int64)
+    return np.asarray(tokens, dtype=np.int64)
+
+
+def row_lengths(adapter: Any, features: pa.RecordBatch) -> np.ndarray:
+    """The length that length bucketing sorts by: tokens where the adapter can count them, else bytes."""
+    return token_estimate(adapter, features)

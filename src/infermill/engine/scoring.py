@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ..models.base import ModelAdapter
 from ..spec import RetrySpec
-from .batching import budget_end, cumulative, row_bytes
+from .batching import budget_end, cumulative, row_bytes, token_estimate
 from .columns import Columns
 from .policy import ErrorKind, classify
 
@@ -124,13 +124,7 @@ class BatchScorer:
         if self.max_bytes is not None:
             out.append((cumulative(nbytes), self.max_bytes))
         if self.max_tokens is not None:
-            try:
-                tokens = self.adapter.token_counts(features)
-            except Exception:  # noqa: BLE001 - sizes only shape the calls; the calls report bad rows
-                tokens = None
-            if tokens is None:
-                tokens = -(-nbytes // 4)  # no tokenizer: about four bytes a token
-            out.append((cumulative(np.asarray(tokens, dtype=np.int64)), self.max_tokens))
+            out.append((cumulative(token_estimate(self.adapter, features, nbytes)), self.max_tokens))
         return out
 
     def _succeeded(self, rows: int, stats: ScoreStats, full: bool = False) -> None:

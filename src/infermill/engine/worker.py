@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from ..errors import InfermillError, ModelLoadError, OutputError
@@ -32,6 +33,7 @@ from ..sinks import ShardWriter, open_sink
 from ..sources import open_source
 from ..sources.base import Shard
 from ..spec import JobSpec
+from .batching import row_lengths
 from .columns import Columns
 from .faults import fault_point
 from .policy import classify
@@ -224,6 +226,7 @@ class _Pipeline:
         try:
             columns = self.columns
             batch_size = self.spec.batch.size
+            window_rows = self.spec.batch.sort_window
             while not self.flags.stop.is_set() and not self._aborted():
                 shard = next_shard()
                 if shard is None:
@@ -233,6 +236,9 @@ class _Pipeline:
                 if not _put(self.inbox, ("start", shard), self.flags):
                     return
                 batches = self.source.read(shard, batch_size, columns.read)
+                window: list[pa.RecordBatch] = []
+                offset = 0  # shard row index of the window's first row
+                read_failed = False
                 while True:
                     t0 = time.perf_counter()
                     try:
@@ -241,29 +247,62 @@ class _Pipeline:
                         break
                     except InfermillError as exc:
                         _put(self.inbox, ("error", shard, exc), self.flags)
+                        read_failed = True
                         break
-                    t1 = time.perf_counter()
-                    stats.read_s += t1 - t0
+                    stats.read_s += time.perf_counter() - t0
                     if self._aborted() or self._parent_gone():
                         _put(self.inbox, ("abandon", shard), self.flags)
                         return
                     if sid in self.failed:
                         break
-                    try:
-                        inputs = self.adapter.preprocess(batch.select(columns.features))
-                    except Exception as exc:  # noqa: BLE001 - the scorer redoes it row by row
-                        if classify(exc, self.adapter) == "fatal":
-                            raise
-                        inputs = None
-                    stats.preprocess_s += time.perf_counter() - t1
-                    if not _put(self.inbox, ("batch", shard, batch, inputs), self.flags):
-                        return
+                    if not window_rows:
+                        if not self._emit(shard, batch, None, stats):
+                            return
+                        continue
+                    window.append(batch)
+                    if sum(b.num_rows for b in window) >= window_rows:
+                        if not self._emit_window(shard, window, offset, stats):
+                            return
+                        offset += sum(b.num_rows for b in window)
+                        window = []
+                last = window and not read_failed and sid not in self.failed
+                if last and not self._emit_window(shard, window, offset, stats):
+                    return
                 if not _put(self.inbox, ("end", shard), self.flags):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the model loop
             self._fail(exc)
         finally:
             _put(self.inbox, _EOF, self.flags)
+
+    def _emit(self, shard: Shard, batch: pa.RecordBatch, positions: np.ndarray | None, stats: _ShardStats) -> bool:
+        """Preprocess one batch and hand it to the model loop (False: the run was aborted)."""
+        t0 = time.perf_counter()
+        try:
+            inputs = self.adapter.preprocess(batch.select(self.columns.features))
+        except Exception as exc:  # noqa: BLE001 - the scorer redoes it row by row
+            if classify(exc, self.adapter) == "fatal":
+                raise
+            inputs = None
+        stats.preprocess_s += time.perf_counter() - t0
+        return _put(self.inbox, ("batch", shard, batch, inputs, positions), self.flags)
+
+    def _emit_window(self, shard: Shard, window: list[pa.RecordBatch], offset: int, stats: _ShardStats) -> bool:
+        """Length bucketing: the window's rows go to the model shortest first, so each batch holds rows of
+        similar length (little padding); the model loop puts the results back in input order."""
+        t0 = time.perf_counter()
+        table = pa.Table.from_batches(window).combine_chunks()
+        rows = table.to_batches()[0] if table.num_rows else None
+        if rows is None:
+            return True
+        order = np.argsort(row_lengths(self.adapter, rows.select(self.columns.features)), kind="stable")
+        ordered = rows.take(pa.array(order))
+        stats.preprocess_s += time.perf_counter() - t0
+        size = self.spec.batch.size
+        for lo in range(0, ordered.num_rows, size):
+            if not self._emit(shard, ordered.slice(lo, size), offset + order[lo : lo + size], stats):
+                return False
+        return _put(self.inbox, ("window_end", shard), self.flags)
 
     def _parent_gone(self) -> bool:
         # A worker process whose coordinator died (kill -9) must stop: nobody would commit its work.
@@ -276,6 +315,7 @@ class _Pipeline:
             max_bytes=spec.batch.max_bytes, max_tokens=spec.batch.max_tokens,
         )
         offsets: dict[str, int] = {}
+        windows: dict[str, list[tuple[np.ndarray, pa.Table]]] = {}
         while True:
             t0 = time.perf_counter()
             item = self._next(self.inbox)
@@ -295,7 +335,7 @@ class _Pipeline:
             elif kind == "batch":
                 if sid in self.failed:
                     continue
-                batch, inputs = item[2], item[3]
+                batch, inputs, positions = item[2], item[3], item[4]
                 offset = offsets.get(sid, 0)
                 offsets[sid] = offset + batch.num_rows
                 t1 = time.perf_counter()
@@ -304,18 +344,34 @@ class _Pipeline:
                     stats.model_s += time.perf_counter() - t1
                     stats.batches += 1
                 fault_point("after_batch")
-                for table in tables:
-                    if not _put(self.outbox, ("batch", shard, table), self.flags):
-                        return
+                if positions is None:
+                    for table in tables:
+                        if not _put(self.outbox, ("batch", shard, table), self.flags):
+                            return
+                else:
+                    # Bucketed: hold the window's results until it is complete, to restore input order.
+                    failed_rows = np.zeros(batch.num_rows, dtype=bool)
+                    failed_rows[[d.row for d in dead]] = True
+                    if tables:
+                        scored = pa.concat_tables(tables, promote_options="default")
+                        windows.setdefault(sid, []).append((positions[~failed_rows], scored))
                 if dead:
-                    positions = [offset + d.row for d in dead]
-                    table, records = dead_letter_table(spec, self.columns, batch, dead, positions)
+                    where = [int(positions[d.row]) if positions is not None else offset + d.row for d in dead]
+                    table, records = dead_letter_table(spec, self.columns, batch, dead, where)
                     if not _put(self.outbox, ("errors", shard, table, records), self.flags):
+                        return
+            elif kind == "window_end":
+                held = windows.pop(sid, [])
+                if held and sid not in self.failed:
+                    order = np.argsort(np.concatenate([p for p, _ in held]), kind="stable")
+                    restored = pa.concat_tables([t for _, t in held], promote_options="default").take(pa.array(order))
+                    if not _put(self.outbox, ("batch", shard, restored), self.flags):
                         return
             elif kind == "error":
                 self._shard_failed(shard, item[2])
             elif kind in ("end", "abandon"):
                 offsets.pop(sid, None)
+                windows.pop(sid, None)
                 if not _put(self.outbox, item, self.flags):
                     break
         _put(self.outbox, _EOF, self.flags)
