@@ -121,8 +121,11 @@ class ModelSpec:
 class BatchSpec:
     """How rows are grouped for the model."""
 
-    size: int = 8192
-    """Rows per batch."""
+    size: int | Literal["auto"] = 8192
+    """Rows per batch, or "auto": probe sizes on real input before the run and keep the fastest that stays
+    within ``memory_fraction`` of the device's memory (cached in the ledger for later runs)."""
+    memory_fraction: float = 0.8
+    """With ``size = "auto"``: the share of the device's memory (GPU, else RAM) a batch may use."""
     max_bytes: int | None = None
     """Cut each model call so its rows' feature values total at most this many bytes (strings: their
     length; fixed-width values: their width); a single larger row goes alone. ``size`` still caps rows.
@@ -130,6 +133,12 @@ class BatchSpec:
     max_tokens: int | None = None
     """Like ``max_bytes``, in tokens as the model's adapter counts them (``token_counts``); adapters without
     a tokenizer count one token per four bytes."""
+    def rows(self) -> int:
+        """The batch size in rows; ``size = "auto"`` is resolved before workers start."""
+        if isinstance(self.size, int):
+            return self.size
+        raise SpecError('batch.size = "auto" must be resolved before batches are made (resolve_batch_size)')
+
     sort_window: int | None = None
     """Length bucketing: within windows of this many rows, send rows to the model shortest first, so each
     batch holds rows of similar length (little padding for text models). Results are still written in
@@ -412,6 +421,15 @@ def _check_type(value: Any, tp: Any, dotted: str, where: str) -> Any:
                     continue
             raise SpecError(f"{where}: '{dotted}' has the wrong type ({type(value).__name__})")
         return _check_type(value, tp, dotted, where)
+    if origin is not None and len(args) > 1 and origin is not Literal and origin not in (list, dict):
+        # A union such as ``int | Literal["auto"]``: the first option that accepts the value.
+        for option in args:
+            try:
+                return _check_type(value, option, dotted, where)
+            except SpecError:
+                continue
+        names = " or ".join(_type_name(a) for a in args)
+        raise SpecError(f"{where}: '{dotted}' must be {names}, not {value!r}")
     if origin is Literal:
         if value not in args:
             raise SpecError(f"{where}: '{dotted}' must be one of {_type_name(tp)}, not {value!r}")
@@ -502,8 +520,10 @@ def _validate(spec: JobSpec) -> None:
         raise SpecError(f"{where}: 'input.path' is empty")
     if not spec.output.path:
         raise SpecError(f"{where}: 'output.path' is empty")
-    if spec.batch.size < 1:
-        raise SpecError(f"{where}: 'batch.size' must be at least 1, not {spec.batch.size}")
+    if spec.batch.size != "auto" and (not isinstance(spec.batch.size, int) or spec.batch.size < 1):
+        raise SpecError(f"{where}: 'batch.size' must be at least 1 or \"auto\", not {spec.batch.size!r}")
+    if not 0.0 < spec.batch.memory_fraction <= 1.0:
+        raise SpecError(f"{where}: 'batch.memory_fraction' must be in (0, 1], not {spec.batch.memory_fraction}")
     for key in ("max_bytes", "max_tokens", "sort_window"):
         value = getattr(spec.batch, key)
         if value is not None and value < 1:

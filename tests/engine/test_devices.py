@@ -138,7 +138,7 @@ def test_devices_are_not_fingerprinted() -> None:
         ({"devices": "gpu"}, "must be \"auto\", \"cpu\" or a list, not 'gpu'"),
         ({"devices": []}, "non-empty list"),
         ({"devices": [0, -1]}, "invalid device index -1"),
-        ({"devices": [0, "1"]}, "invalid device index '1'"),
+        ({"devices": [0, "1"]}, r"'runtime.devices' must be str or a list of ints, not \[0, '1'\]"),
         ({"devices": [1, 1]}, "lists a device twice"),
         ({"replicas_per_device": 0}, "'runtime.replicas_per_device' must be at least 1"),
     ],

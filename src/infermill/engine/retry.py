@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,8 @@ from ..models import load_adapter
 from ..sinks import Sink, open_sink
 from ..sources import open_source
 from ..sources.base import Shard
-from ..spec import JobSpec
+from ..spec import BatchSpec, JobSpec
+from .autosize import cache_key
 from .columns import Columns, resolve_columns
 from .executor import threads_per_worker
 from .faults import fault_point
@@ -79,13 +81,18 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
         return job_result(spec, ledger, sink, "complete", "nothing to retry: no dead-lettered items", started, 0)
     adapter = load_adapter(spec, threads=threads_per_worker(spec))
     model_fp = adapter.fingerprint()
+    if spec.batch.size == "auto":
+        # A few dead items do not need a probe: the size the run chose, else the default.
+        cached = ledger.cached_batch_size(cache_key(spec, model_fp, source.schema()))
+        spec = replace(spec, batch=replace(spec.batch, size=cached or BatchSpec().rows()))
     adapter.setup()
     run_id = ledger.start_run(lease)
     if model_fp != record["model_fingerprint"]:
         ledger.set_model_fingerprint(model_fp)
     sink.prepare()
     scorer = BatchScorer(
-        adapter, columns, spec.retry, spec.batch.size, max_bytes=spec.batch.max_bytes, max_tokens=spec.batch.max_tokens
+        adapter, columns, spec.retry, spec.batch.rows(),
+        max_bytes=spec.batch.max_bytes, max_tokens=spec.batch.max_tokens,
     )
     by_shard: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for item in dead:
@@ -127,7 +134,7 @@ def _retry_shard(
     # Gather the dead rows from the shard's input, in order.
     pieces: list[pa.RecordBatch] = []
     offset = 0
-    for batch in source.read(shard, spec.batch.size, columns.read):
+    for batch in source.read(shard, spec.batch.rows(), columns.read):
         lo, hi = np.searchsorted(wanted, [offset, offset + batch.num_rows])
         if hi > lo:
             pieces.append(batch.take(pa.array(wanted[lo:hi] - offset)))
@@ -141,8 +148,8 @@ def _retry_shard(
     scored: list[pa.Table] = []
     still_dead: list[DeadItem] = []
     stats = ScoreStats()
-    for start in range(0, retry_rows.num_rows, spec.batch.size):
-        batch = retry_rows.slice(start, spec.batch.size).to_batches()[0]
+    for start in range(0, retry_rows.num_rows, spec.batch.rows()):
+        batch = retry_rows.slice(start, spec.batch.rows()).to_batches()[0]
         tables, dead = scorer.score(batch, None, stats)
         scored.extend(tables)
         still_dead.extend(DeadItem(d.row + start, d.kind, d.error_class, d.message, d.traceback, d.attempts + 1)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,8 +42,9 @@ from ..sinks import Sink, StagedFile, open_sink
 from ..sources import open_source
 from ..sources.base import Shard
 from ..spec import JobSpec, load_spec
+from .autosize import resolve_batch_size
 from .columns import resolve_columns
-from .executor import make_executor
+from .executor import make_executor, threads_per_worker
 from .faults import fault_point
 
 __all__ = ["RunResult", "finish_job", "job_result", "run", "status"]
@@ -182,7 +184,7 @@ class _Coordinator:
         self.stop_deadline: float | None = None
 
     # -- setup -------------------------------------------------------------------------------------
-    def _plan(self, restart: bool) -> tuple[list[Shard], Any]:
+    def _plan(self, restart: bool) -> tuple[list[Shard], Any, Any, str]:
         spec, ledger, sink = self.spec, self.ledger, self.sink
         source = open_source(spec)
         columns = resolve_columns(spec, source.schema())
@@ -234,12 +236,12 @@ class _Coordinator:
                     "(or undo the change to resume)",
                     job=spec.name,
                 )
-        return shards, columns
+        return shards, columns, source, model_fp
 
     # -- main loop ---------------------------------------------------------------------------------
     def run(self, *, restart: bool, started: float) -> RunResult:
         spec, ledger, sink = self.spec, self.ledger, self.sink
-        shards, columns = self._plan(restart)
+        shards, columns, source, model_fp = self._plan(restart)
         summary = ledger.summary()
         if summary["shards_committed"] == summary["shards_total"]:
             budget = self._over_budget(final=True)
@@ -266,7 +268,18 @@ class _Coordinator:
             mode=self.progress_mode,
             interval=spec.runtime.progress_interval,
         )
-        executor = make_executor(spec, columns, pending)
+        run_spec, note = resolve_batch_size(
+            spec,
+            ledger=ledger,
+            sample=lambda: next(iter(source.read(pending[0], 4096, columns.read)), None) if pending else None,
+            features=columns.features,
+            schema=source.schema(),
+            make_adapter=lambda: load_adapter(spec, threads=threads_per_worker(spec)),
+            model_fingerprint=model_fp,
+        )
+        if note and self.progress_mode != "off":
+            print(f"[{spec.name}] {note}", file=sys.stderr)
+        executor = make_executor(run_spec, columns, pending)
         failures: list[str] = []
         fatal: InfermillError | None = None
         rows_this_run = 0

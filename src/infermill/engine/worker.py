@@ -225,7 +225,7 @@ class _Pipeline:
     def _read(self, next_shard: Callable[[], Shard | None]) -> None:
         try:
             columns = self.columns
-            batch_size = self.spec.batch.size
+            batch_size = self.spec.batch.rows()
             window_rows = self.spec.batch.sort_window
             while not self.flags.stop.is_set() and not self._aborted():
                 shard = next_shard()
@@ -298,7 +298,7 @@ class _Pipeline:
         order = np.argsort(row_lengths(self.adapter, rows.select(self.columns.features)), kind="stable")
         ordered = rows.take(pa.array(order))
         stats.preprocess_s += time.perf_counter() - t0
-        size = self.spec.batch.size
+        size = self.spec.batch.rows()
         for lo in range(0, ordered.num_rows, size):
             if not self._emit(shard, ordered.slice(lo, size), offset + order[lo : lo + size], stats):
                 return False
@@ -311,7 +311,7 @@ class _Pipeline:
     def _model_loop(self) -> None:
         spec = self.spec
         scorer = BatchScorer(
-            self.adapter, self.columns, spec.retry, spec.batch.size, wait=self._wait_abort,
+            self.adapter, self.columns, spec.retry, spec.batch.rows(), wait=self._wait_abort,
             max_bytes=spec.batch.max_bytes, max_tokens=spec.batch.max_tokens,
         )
         offsets: dict[str, int] = {}

@@ -82,6 +82,12 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (shard_id, row_index)
 );
 CREATE INDEX IF NOT EXISTS items_state ON items (state, error_class);
+CREATE TABLE IF NOT EXISTS autosize (
+    key TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    probes TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS lease (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     token INTEGER NOT NULL,
@@ -430,6 +436,18 @@ class Ledger:
             " FROM shards"
         )[0]
         return dict(row)
+
+    def cached_batch_size(self, key: str) -> int | None:
+        """A batch size chosen by ``size = "auto"`` earlier for the same model, hardware and features."""
+        rows = self._query("SELECT size FROM autosize WHERE key = ?", (key,))
+        return int(rows[0][0]) if rows else None
+
+    def cache_batch_size(self, key: str, size: int, probes: list[dict[str, Any]]) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO autosize (key, size, probes, created_at) VALUES (?, ?, ?, ?)",
+                (key, size, json.dumps(probes), time.time()),
+            )
 
     def shard_stats(self) -> list[str]:
         """The per-shard stage timings (JSON) of committed shards."""

@@ -91,7 +91,8 @@ class HttpModel(ModelAdapter):
         self.protocol = PROTOCOLS[s.protocol](s, ms.outputs)
         if ms.features is not None:
             self.protocol.check_columns(list(ms.features))
-        self._answers = _Answers(max(1024, 2 * spec.batch.size))
+        rows = spec.batch.size if isinstance(spec.batch.size, int) else 8192  # "auto" is resolved per worker
+        self._answers = _Answers(max(1024, 2 * rows))
         self._redact = Redactor()
         self._client: HttpClient | None = None
         self._pool: ThreadPoolExecutor | None = None
