@@ -48,6 +48,7 @@ def test_profile_command_after_a_run(parquet_job, capsys: pytest.CaptureFixture[
     report = json.loads(capsys.readouterr().out)
     assert report["rows"] == 20_000 and report["shards"] == 5
     assert set(report["stages"]) >= {"read_s", "model_s", "write_s", "wall_s"}
+    assert {"inbox_depth", "outbox_depth"} <= set(report["counters"])  # queue depths, averaged per batch
     assert main(["profile", str(job)]) == 0
     assert capsys.readouterr().out.startswith("profile: ")
 

@@ -82,6 +82,10 @@ class _ShardStats:
     preprocess_s: float = 0.0
     model_s: float = 0.0
     model_wait_s: float = 0.0
+    inbox_depth: int = 0
+    """Sum over batches of the batches waiting for the model (read ahead) when it took one."""
+    outbox_depth: int = 0
+    """Sum over batches of the results waiting for the writer."""
     write_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
     scoring: ScoreStats = field(default_factory=ScoreStats)
@@ -94,6 +98,8 @@ class _ShardStats:
             "preprocess_s": round(self.preprocess_s, 4),
             "model_s": round(self.model_s, 4),
             "model_wait_s": round(self.model_wait_s, 4),
+            "inbox_depth_avg": round(self.inbox_depth / self.batches, 2) if self.batches else 0.0,
+            "outbox_depth_avg": round(self.outbox_depth / self.batches, 2) if self.batches else 0.0,
             "write_s": round(self.write_s, 4),
             "wall_s": round(time.perf_counter() - self.started, 4),
             **self.scoring.as_dict(),
@@ -327,6 +333,9 @@ class _Pipeline:
             stats = self.stats.get(sid)
             if stats is not None:
                 stats.model_wait_s += time.perf_counter() - t0
+                if kind == "batch":
+                    stats.inbox_depth += self.inbox.qsize()
+                    stats.outbox_depth += self.outbox.qsize()
             if kind == "start":
                 offsets[sid] = 0
                 self.events.put(("started", self.config.worker_id, sid))

@@ -69,6 +69,7 @@ def profile_from_stats(stats: Iterable[Mapping[str, Any]]) -> Profile:
     """Sum per-shard stats (as the ledger stores them) and judge the bottleneck."""
     totals = dict.fromkeys(STAGES, 0.0)
     counters: dict[str, float] = {"retries": 0, "bisections": 0, "oom_splits": 0}
+    depths: dict[str, list[float]] = {"inbox_depth_avg": [], "outbox_depth_avg": []}
     rows = shards = 0
     for item in stats:
         shards += 1
@@ -77,9 +78,15 @@ def profile_from_stats(stats: Iterable[Mapping[str, Any]]) -> Profile:
             totals[name] += float(item.get(name, 0.0) or 0.0)
         for name in counters:
             counters[name] += float(item.get(name, 0) or 0)
+        for name, values in depths.items():
+            if name in item:
+                values.append(float(item[name]))
     wall = totals["wall_s"]
     shares = {name: (totals[name] / wall if wall > 0 else 0.0) for name in STAGES}
     verdict, suggestion = _judge(shares)
+    for name, values in depths.items():
+        if values:
+            counters[name.replace("_avg", "")] = round(sum(values) / len(values), 2)
     return Profile(
         rows=rows,
         shards=shards,
