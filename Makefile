@@ -40,8 +40,12 @@ lint: install-dev
 	$(BIN)/mypy
 
 ## make bench: speed and memory targets, measured against baselines in the same run
+## (the Ray Data legs need `pip install -e '.[bench]'`; without Ray they print why they are skipped)
 bench: install-dev
 	$(BIN)/python bench/bench_tabular.py
+	$(BIN)/python bench/bench_overhead.py
+	$(BIN)/python bench/bench_embeddings.py
+	$(BIN)/python bench/bench_ray.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache infermill-demo

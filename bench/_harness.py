@@ -1,0 +1,140 @@
+"""Shared plumbing for the benchmarks beside bench_tabular.py: child processes, best-of-N, targets, results.
+
+Every measurement runs in a fresh interpreter (the calling script with ``--child KIND``), after waiting for
+a quiet machine, exactly as bench_tabular.py does; the quiet-machine helpers are bench_tabular's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import bench_tabular as tabular
+
+Target = tuple[str, float, str, bool]
+
+
+def spawn(script: str, kind: str, **options: Any) -> dict[str, Any]:
+    """Run ``script --child kind --key value ...`` in a fresh interpreter; return its JSON result.
+
+    Adds ``others_cores`` (cores other processes used meanwhile) and ``rows_per_s``.
+    """
+    argv = [sys.executable, str(Path(script).resolve()), "--child", kind]
+    for key, value in options.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    quiet_before = tabular.wait_for_quiet(tabular.QUIET_WAIT_S)
+    busy, own, started = tabular._machine_busy(), tabular._own_cpu(), time.monotonic()
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"child '{kind}' failed with exit code {proc.returncode}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    after = tabular._machine_busy()
+    if busy is not None and after is not None:
+        others = max(0.0, (after - busy) - (tabular._own_cpu() - own))
+        result["others_cores"] = round(others / (time.monotonic() - started), 2)
+    result["others_cores_before"] = quiet_before
+    result["rows_per_s"] = result["rows"] / result["seconds"]
+    return result
+
+
+def best(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest run, with every run's seconds and other-process load kept alongside."""
+    fastest = dict(min(results, key=lambda r: r["seconds"]))
+    fastest["all_seconds"] = [round(r["seconds"], 3) for r in results]
+    fastest["all_others_cores"] = [r.get("others_cores") for r in results]
+    return fastest
+
+
+def infermill_child(job: str, preimport: str = "") -> dict[str, Any]:
+    """One ``infermill.engine.run`` of ``job``, timed; ``preimport`` modules are imported before the clock starts.
+
+    As in bench_tabular, a library's import time (the same for every contender) is not what is measured.
+    """
+    import importlib
+
+    for module in filter(None, preimport.split(",")):
+        importlib.import_module(module)
+    from infermill.engine import run
+
+    started, cpu = time.perf_counter(), time.process_time()
+    result = run(job, progress="off")
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    if result.state != "complete":
+        raise SystemExit(f"infermill run ended {result.state}: {result.message}")
+    stages: dict[str, float] = {}
+    with sqlite3.connect(result.ledger_path) as conn:
+        for (raw,) in conn.execute("SELECT stats FROM shards"):
+            for key, value in json.loads(raw or "{}").items():
+                if key.endswith("_s"):
+                    stages[key] = stages.get(key, 0.0) + float(value)
+    return {"rows": result.rows_succeeded, "seconds": seconds, "cpu_seconds": cpu,
+            "engine_seconds": result.seconds, "shards": result.shards_total,
+            "stages": {k: round(v, 3) for k, v in stages.items()}}
+
+
+def has_ray() -> bool:
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+RAY_MISSING = "Ray Data is not installed: skipping the Ray leg (pip install -e '.[bench]' to run it)"
+
+
+def ray_init() -> float:
+    """Start a local Ray instance with two CPUs; return the seconds it took (reported, never counted)."""
+    import ray
+
+    started = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    return time.perf_counter() - started
+
+
+def one_actor() -> dict[str, Any]:
+    """``map_batches`` keywords for a pool of exactly one actor (``concurrency=1``; ``compute=`` since Ray 2.51)."""
+    import ray.data
+
+    if hasattr(ray.data, "ActorPoolStrategy"):
+        return {"compute": ray.data.ActorPoolStrategy(size=1)}
+    return {"concurrency": 1}
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "loadavg": round(os.getloadavg()[0], 2),
+    }
+
+
+def rate(value: float) -> str:
+    return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k" if value >= 1e3 else f"{value:.0f}"
+
+
+def target_lines(found: list[Target]) -> list[str]:
+    lines = ["", "targets"]
+    for name, value, target, ok in found:
+        lines.append(f"  {name:<52}{value:>8.3f}  (target {target})  {'PASS' if ok else 'FAIL'}")
+    return lines
+
+
+def save(results_dir: Path, name: str, summary: dict[str, Any], text: str) -> None:
+    print()
+    print(text)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    out = results_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(summary, indent=2, default=str))
+    print(f"\nresults: {out}")
