@@ -27,6 +27,7 @@ from typing import Any
 import _harness as h
 import bench_tabular as tabular
 import numpy as np
+import pyarrow.parquet as pq
 
 TARGET_RATIO = 3.0
 
@@ -64,7 +65,7 @@ def child_ray(args: argparse.Namespace) -> dict[str, Any]:
     ds.write_parquet(args.out)
     seconds = time.perf_counter() - started
     ray.shutdown()
-    rows = sum(tabular.pq.ParquetFile(f).metadata.num_rows for f in Path(args.out).glob("*.parquet"))
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in Path(args.out).glob("*.parquet"))
     return {"rows": rows, "seconds": seconds, "ray_init_seconds": init_s}
 
 
