@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sqlite3
 import subprocess
 import sys
 import time
@@ -61,22 +60,7 @@ def infermill_child(job: str, preimport: str = "") -> dict[str, Any]:
 
     for module in filter(None, preimport.split(",")):
         importlib.import_module(module)
-    from infermill.engine import run
-
-    started, cpu = time.perf_counter(), time.process_time()
-    result = run(job, progress="off")
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    if result.state != "complete":
-        raise SystemExit(f"infermill run ended {result.state}: {result.message}")
-    stages: dict[str, float] = {}
-    with sqlite3.connect(result.ledger_path) as conn:
-        for (raw,) in conn.execute("SELECT stats FROM shards"):
-            for key, value in json.loads(raw or "{}").items():
-                if key.endswith("_s"):
-                    stages[key] = stages.get(key, 0.0) + float(value)
-    return {"rows": result.rows_succeeded, "seconds": seconds, "cpu_seconds": cpu,
-            "engine_seconds": result.seconds, "shards": result.shards_total,
-            "stages": {k: round(v, 3) for k, v in stages.items()}}
+    return tabular.timed_infermill_run(job)
 
 
 def has_ray() -> bool:

@@ -228,15 +228,14 @@ def child_loop(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "seconds": seconds, "cpu_seconds": cpu, **_rss()}
 
 
-def child_infermill(args: argparse.Namespace) -> dict[str, Any]:
+def timed_infermill_run(job: str) -> dict[str, Any]:
+    """One ``infermill.engine.run`` of ``job``, timed, with the stage seconds its ledger recorded."""
     import sqlite3
-
-    import sklearn.ensemble  # noqa: F401 - as in child_loop: import time is not measured
 
     from infermill.engine import run
 
     started, cpu = time.perf_counter(), time.process_time()
-    result = run(args.job, progress="off")
+    result = run(job, progress="off")
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     if result.state != "complete":
         raise SystemExit(f"infermill run ended {result.state}: {result.message}")
@@ -247,7 +246,13 @@ def child_infermill(args: argparse.Namespace) -> dict[str, Any]:
                 if key.endswith("_s"):
                     stages[key] = stages.get(key, 0.0) + float(value)
     return {"rows": result.rows_succeeded, "seconds": seconds, "cpu_seconds": cpu, "engine_seconds": result.seconds,
-            "shards": result.shards_total, "stages": {k: round(v, 3) for k, v in stages.items()}, **_rss()}
+            "shards": result.shards_total, "stages": {k: round(v, 3) for k, v in stages.items()}}
+
+
+def child_infermill(args: argparse.Namespace) -> dict[str, Any]:
+    import sklearn.ensemble  # noqa: F401 - as in child_loop: import time is not measured
+
+    return {**timed_infermill_run(args.job), **_rss()}
 
 
 CHILDREN = {"predict": child_predict, "loop": child_loop, "infermill": child_infermill}
