@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..backoff import full_jitter
 from ..models.base import ModelAdapter
 from ..spec import RetrySpec
 from .batching import budget_end, cumulative, row_bytes, token_estimate
@@ -99,8 +100,7 @@ class BatchScorer:
         self._rng = random.Random()
 
     def _backoff(self, attempt: int) -> float:
-        cap = min(self.retry.max_backoff_seconds, self.retry.backoff_seconds * (2 ** (attempt - 1)))
-        return self._rng.uniform(0, cap)  # full jitter: spreads retries of many workers apart
+        return full_jitter(attempt, self.retry.backoff_seconds, self.retry.max_backoff_seconds, self._rng)
 
     def _call(self, batch: pa.RecordBatch, inputs: Any) -> pa.Table:
         if inputs is None:

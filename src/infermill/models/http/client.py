@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ...backoff import full_jitter
 from ...errors import InfermillError, ItemError, ModelLoadError, TransientError
 from .ratelimit import RateLimiter
 
@@ -154,8 +155,7 @@ class HttpClient:
     def _wait(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(self.max_backoff, retry_after)
-        cap = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
-        return self._rng.uniform(0.0, cap)
+        return full_jitter(attempt, self.backoff, self.max_backoff, self._rng)
 
     def _body_excerpt(self, text: str) -> str:
         text = text.strip()
