@@ -6,6 +6,7 @@ a quiet machine, exactly as bench_tabular.py does; the quiet-machine helpers are
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -122,3 +123,28 @@ def save(results_dir: Path, name: str, summary: dict[str, Any], text: str) -> No
     out = results_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(summary, indent=2, default=str))
     print(f"\nresults: {out}")
+
+
+def add_tabular_args(parser: argparse.ArgumentParser) -> None:
+    """The tabular data set's options: rows, features and the batch size (default: infermill's)."""
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--features", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: infermill's default")
+
+
+def add_common_args(parser: argparse.ArgumentParser, children: list[str], hidden: tuple[str, ...]) -> None:
+    """Seed, data and results folders, and the hidden options a ``--child`` measurement receives."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", type=Path, default=tabular.BENCH_DIR / "data")
+    parser.add_argument("--results-dir", type=Path, default=tabular.BENCH_DIR / "results")
+    parser.add_argument("--child", choices=sorted(children), help=argparse.SUPPRESS)
+    for name in hidden:
+        parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
+
+
+def default_batch_size(args: argparse.Namespace) -> None:
+    """``--batch-size`` left out: infermill's default batch size."""
+    if args.batch_size is None:
+        from infermill.spec import BatchSpec
+
+        args.batch_size = BatchSpec().rows()

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import _harness as h
-import bench_tabular as tabular
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -220,12 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=4000)
     parser.add_argument("--batch-sizes", default="16,32,64,128", help="encode batch sizes tried for (a)")
     parser.add_argument("--repeat", type=int, default=2, help="rounds of (a), (b), (r); the best of each counts")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", type=Path, default=tabular.BENCH_DIR / "data")
-    parser.add_argument("--results-dir", type=Path, default=tabular.BENCH_DIR / "results")
-    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
-    for name in ("dataset", "job", "out"):
-        parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    h.add_common_args(parser, list(CHILDREN), ("dataset", "job", "out"))
     args = parser.parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by every child: nothing is downloaded
     if args.child:

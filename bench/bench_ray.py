@@ -98,21 +98,11 @@ def report(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=2_000_000)
-    parser.add_argument("--features", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: infermill's default")
+    h.add_tabular_args(parser)
     parser.add_argument("--repeat", type=int, default=3, help="rounds of (b), (r); the best of each counts")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", type=Path, default=tabular.BENCH_DIR / "data")
-    parser.add_argument("--results-dir", type=Path, default=tabular.BENCH_DIR / "results")
-    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
-    for name in ("dataset", "model", "out"):
-        parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    h.add_common_args(parser, list(CHILDREN), ("dataset", "model", "out"))
     args = parser.parse_args(argv)
-    if args.batch_size is None:
-        from infermill.spec import BatchSpec
-
-        args.batch_size = BatchSpec().size
+    h.default_batch_size(args)
     if args.child:
         print(json.dumps(CHILDREN[args.child](args)), flush=True)
         return 0
