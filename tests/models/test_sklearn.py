@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import pickle
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from infermill.errors import ItemError, ModelLoadError
+from infermill.errors import ItemError, ModelLoadError, SpecError
 from infermill.models import load_adapter
 from infermill.models.sklearn import SklearnModel
 from infermill.testing.models import conformance_batch
@@ -292,6 +294,91 @@ def test_native_threads_are_limited_during_predict(tmp_path: Path) -> None:
     probe = ThreadProbe().fit(X, X[:, 0])
     out = score(adapter_for(tmp_path, probe, threads=1))
     assert set(out["prediction"].to_pylist()) == {1.0}
+
+
+class CallProbe(RegressorMixin, BaseEstimator):
+    """Predicts the BLAS/OpenMP thread limits seen while predicting, and records each call's thread and rows."""
+
+    calls: ClassVar[list[tuple[str, int]]] = []
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> CallProbe:
+        self.n_features_in_ = np.asarray(x).shape[1]
+        return self
+
+    def predict(self, x: np.ndarray) -> Any:
+        from threadpoolctl import threadpool_info
+
+        CallProbe.calls.append((threading.current_thread().name, len(x)))
+        most = max(info["num_threads"] for info in threadpool_info())
+        return np.full(len(x), float(most))
+
+
+class ListProbe(CallProbe):
+    """Like CallProbe, but returns a list: results that row ranges cannot be joined from."""
+
+    def predict(self, x: np.ndarray) -> Any:
+        return list(super().predict(x))
+
+
+def _limits() -> list[tuple[str, int]]:
+    from threadpoolctl import threadpool_info
+
+    return sorted((i["filepath"], i["num_threads"]) for i in threadpool_info())
+
+
+def test_rows_mode_scores_row_ranges_on_single_threaded_threads(tmp_path: Path) -> None:
+    CallProbe.calls.clear()
+    adapter = adapter_for(tmp_path, CallProbe().fit(X, X[:, 0]), threads=2)
+    before = _limits()
+    out = score(adapter, conformance_batch(rows=4097))
+    assert _limits() == before  # the process-wide BLAS limit is put back after the batch
+    assert out["prediction"].to_pylist() == [1.0] * 4097
+    assert sorted(rows for _, rows in CallProbe.calls) == [2048, 2049]
+    assert all(name.startswith("infermill-sklearn") for name, _ in CallProbe.calls)
+    adapter.close()
+    assert adapter._pool is None
+
+
+def test_rows_mode_predictions_equal_one_call(tmp_path: Path) -> None:
+    batch = conformance_batch(rows=5000, seed=3)
+    split = score(adapter_for(tmp_path, boosting(named=False), threads=2), batch)["score"]
+    whole = score(adapter_for(tmp_path, boosting(named=False), threads=2, settings={"parallel": "library"}), batch)
+    assert split.equals(whole["score"])
+
+
+@pytest.mark.parametrize(("rows", "threads", "calls"), [(2047, 2, 1), (2048, 2, 2), (4096, 3, 3), (3000, 1, 1)])
+def test_batches_are_cut_into_ranges_of_at_least_1024_rows(
+    tmp_path: Path, rows: int, threads: int, calls: int
+) -> None:
+    CallProbe.calls.clear()
+    adapter = adapter_for(tmp_path, CallProbe().fit(X, X[:, 0]), threads=threads)
+    score(adapter, conformance_batch(rows=rows))
+    assert len(CallProbe.calls) == calls
+    assert sum(n for _, n in CallProbe.calls) == rows
+
+
+def test_library_mode_makes_one_call_with_the_library_threads(tmp_path: Path) -> None:
+    CallProbe.calls.clear()
+    adapter = adapter_for(tmp_path, CallProbe().fit(X, X[:, 0]), threads=2, settings={"parallel": "library"})
+    out = score(adapter, conformance_batch(rows=4096))
+    assert set(out["prediction"].to_pylist()) == {2.0}
+    assert [n for _, n in CallProbe.calls] == [4096]
+
+
+def test_results_that_are_not_arrays_fall_back_to_one_call(tmp_path: Path) -> None:
+    ListProbe.calls.clear()
+    adapter = adapter_for(tmp_path, ListProbe().fit(X, X[:, 0]), threads=2)
+    batch = conformance_batch(rows=4096)
+    first = score(adapter, batch)
+    assert first["prediction"].to_pylist() == [2.0] * 4096  # the batch again, in one call
+    assert [n for _, n in ListProbe.calls] == [2048, 2048, 4096]
+    score(adapter, batch)
+    assert [n for _, n in ListProbe.calls][3:] == [4096]
+
+
+def test_unknown_parallel_setting(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="parallel"):
+        adapter_for(tmp_path, logistic(), setup=False, settings={"parallel": "processes"})
 
 
 def test_n_jobs_capped_at_threads(tmp_path: Path) -> None:

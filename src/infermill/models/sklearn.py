@@ -21,15 +21,22 @@ names" on every batch, at no cost per batch. Estimators that select columns by n
 ``ColumnTransformer``), or ``options = {input = "pandas"}``, get a DataFrame instead, which also allows
 string features.
 
-Threads: ``predict`` runs with BLAS and OpenMP limited to ``threads`` (threadpoolctl), and ``n_jobs`` of
-the loaded estimators is capped at ``threads``.
+Threads (``parallel``): with ``"rows"`` (the default) and more than one thread, each batch is cut into
+``threads`` row ranges that are scored at the same time on ``threads`` threads, each call with OpenMP and
+BLAS limited to one thread. Rows are scored independently, so the predictions are those of one call; what
+changes is that no thread waits at an OpenMP barrier while the reader or writer holds a core (on 2 cores
+this alone is ~10% of the wall time of a gradient-boosting model). scikit-learn's tree, boosting and
+linear predictors release the GIL, so the ranges run in parallel. With ``"library"``, one call per batch
+with BLAS and OpenMP limited to ``threads`` (threadpoolctl): for estimators that must not be called from
+two threads at once. Either way ``n_jobs`` of the loaded estimators is capped at ``threads``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -42,10 +49,23 @@ from ._labels import class_columns, class_index
 from .base import ModelAdapter, file_digest
 from .outputs import to_columns
 
-__all__ = ["SklearnModel"]
+__all__ = ["SklearnModel", "SklearnSettings"]
 
 METHODS = ("predict_proba", "predict", "decision_function")
 _FLOAT64 = np.dtype(np.float64)
+MIN_ROWS_PER_THREAD = 1024
+"""With parallel = "rows", a batch is cut only into ranges of at least this many rows."""
+
+
+@dataclass(frozen=True)
+class SklearnSettings:
+    """The ``[model]`` keys of ``kind = "sklearn"`` besides method, positive_class and options."""
+
+    parallel: Literal["rows", "library"] = "rows"
+    """How a worker's threads are used: "rows" scores each batch as row ranges on that many threads at
+    once, each call single-threaded; "library" makes one call per batch and lets the estimator's own
+    OpenMP/BLAS threads (limited to the worker's threads) do the work. Use "library" for an estimator that
+    is not safe to call from two threads at once."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,8 @@ class SklearnModel(ModelAdapter):
     """A pickled scikit-learn estimator; see the module docstring for the method and output rules."""
 
     kind = "sklearn"
+    settings_cls = SklearnSettings
+    result_neutral_settings = frozenset({"parallel"})
 
     def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
         super().__init__(spec, threads=threads, device=device)
@@ -98,6 +120,8 @@ class SklearnModel(ModelAdapter):
         self._plan: _Plan | None = None
         self._checked: list[str] | None = None
         self._controller: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        """With parallel = "rows" and threads > 1: the threads that score a batch's row ranges."""
 
     @property
     def method(self) -> str:
@@ -125,6 +149,15 @@ class SklearnModel(ModelAdapter):
             self._check_features(list(self.model_spec.features), "'model.features'")
         # Created after loading, so it sees the BLAS/OpenMP libraries the model pulled in.
         self._controller = ThreadpoolController()
+        if self.settings.parallel == "rows" and self.threads > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                self.threads, thread_name_prefix="infermill-sklearn", initializer=self._single_threaded
+            )
+
+    def _single_threaded(self) -> None:
+        # OpenMP's thread count is a per-thread setting: this limits only the pool's own threads, for their
+        # whole life (BLAS's is process-wide, so it is limited around each batch instead: see predict).
+        self._controller.limit(limits=1, user_api="openmp")
 
     def _load(self) -> None:
         try:
@@ -255,15 +288,39 @@ class SklearnModel(ModelAdapter):
             raise ModelLoadError("SklearnModel.predict() called before setup()")
         if len(inputs) == 0:
             return None  # scikit-learn rejects empty input; postprocess returns typed empty columns
-        # The limit is set around each call, in the calling thread, because OpenMP limits are per thread.
-        with self._controller.limit(limits=self.threads):
-            try:
+        try:
+            ranges = self._ranges(len(inputs))
+            if len(ranges) > 1:
+                assert self._pool is not None
+                with self._controller.limit(limits=1, user_api="blas"):
+                    parts = list(self._pool.map(lambda r: self._call(_rows(inputs, r)), ranges))
+                joined = _join(parts)
+                if joined is not None:
+                    return joined
+                # Not arrays: score the batch in one call from now on.
+                self._pool.shutdown()
+                self._pool = None
+            # The limit is set around each call, in the calling thread, because OpenMP limits are per thread.
+            with self._controller.limit(limits=self.threads):
                 return self._call(inputs)
-            except ValueError as exc:
-                raise ItemError(
-                    f"the model rejected the batch: {exc}",
-                    hint="check the features for missing (NaN) or out-of-range values",
-                ) from exc
+        except ValueError as exc:
+            raise ItemError(
+                f"the model rejected the batch: {exc}",
+                hint="check the features for missing (NaN) or out-of-range values",
+            ) from exc
+
+    def _ranges(self, rows: int) -> list[slice]:
+        """The row ranges a batch is scored in: one per pool thread, each of MIN_ROWS_PER_THREAD or more."""
+        if self._pool is None:
+            return [slice(0, rows)]
+        count = max(1, min(self.threads, rows // MIN_ROWS_PER_THREAD))
+        bounds = [rows * i // count for i in range(count + 1)]
+        return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def postprocess(self, result: Any, num_rows: int) -> dict[str, pa.Array]:
         plan = self._plan
@@ -278,6 +335,18 @@ class SklearnModel(ModelAdapter):
 
     def fingerprint(self) -> str:
         return file_digest(self.path)
+
+
+def _rows(inputs: Any, rows: slice) -> Any:
+    """A row range of a numpy array or a DataFrame (a view: nothing is copied)."""
+    return inputs.iloc[rows] if hasattr(inputs, "iloc") else inputs[rows]
+
+
+def _join(parts: list[Any]) -> Any:
+    """The row ranges' results as one result, or None when they are not numpy arrays."""
+    if not all(isinstance(p, np.ndarray) for p in parts):
+        return None
+    return np.concatenate(parts)
 
 
 def _estimators(root: Any, base: type, depth: int = 0, seen: set[int] | None = None) -> Iterator[Any]:
