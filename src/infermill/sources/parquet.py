@@ -103,7 +103,7 @@ class ParquetSource(FileSource):
                     )
             row = fragment.row_offset
             batches = reader.iter_batches(
-                batch_size=batch_size, row_groups=range(fragment.start, fragment.stop), columns=names
+                batch_size=batch_size, row_groups=range(fragment.start, fragment.stop), columns=names, use_threads=False
             )
             for batch in batches:
                 yield self.finish(batch, target, where, f"{fragment.relpath}#", row)
