@@ -129,7 +129,7 @@ def add_tabular_args(parser: argparse.ArgumentParser) -> None:
     """The tabular data set's options: rows, features and the batch size (default: infermill's)."""
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--features", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: infermill's default")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: infermill's default for the model kind")
 
 
 def add_common_args(parser: argparse.ArgumentParser, children: list[str], hidden: tuple[str, ...]) -> None:
@@ -142,9 +142,9 @@ def add_common_args(parser: argparse.ArgumentParser, children: list[str], hidden
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
 
 
-def default_batch_size(args: argparse.Namespace) -> None:
-    """``--batch-size`` left out: infermill's default batch size."""
+def default_batch_size(args: argparse.Namespace, kind: str) -> None:
+    """``--batch-size`` left out: infermill's default batch size for a model of ``kind``."""
     if args.batch_size is None:
-        from infermill.spec import BatchSpec
+        from infermill.spec import default_batch_rows
 
-        args.batch_size = BatchSpec().rows()
+        args.batch_size = default_batch_rows(kind, getattr(args, "features", 1))

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="rounds of (b), (r); the best of each counts")
     h.add_common_args(parser, list(CHILDREN), ("dataset", "model", "out"))
     args = parser.parse_args(argv)
-    h.default_batch_size(args)
+    h.default_batch_size(args, "sklearn")
     if args.child:
         print(json.dumps(CHILDREN[args.child](args)), flush=True)
         return 0

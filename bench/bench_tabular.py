@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-8m", action="store_true", help="skip the big memory-check set")
     parser.add_argument("--big-repeat", type=int, default=2, help="runs on the big set (default 2)")
     parser.add_argument("--features", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: infermill's default")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: infermill's default for the model kind")
     parser.add_argument("--repeat", type=int, default=5, help="rounds of (a), (c), (b); the best of each counts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=BENCH_DIR / "data")
@@ -475,9 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batch_size is None:
-        from infermill.spec import BatchSpec
+        from infermill.spec import default_batch_rows
 
-        args.batch_size = BatchSpec().size
+        args.batch_size = default_batch_rows("sklearn", args.features)
 
     if args.child:
         print(json.dumps(CHILDREN[args.child](args)), flush=True)

@@ -35,7 +35,7 @@ example job file (job.toml):
   trusted = true                        # joblib/pickle can run code: only for files you trust
   outputs = ["score"]
   [batch]
-  size = 8192
+  size = 65536                          # rows per call; default by kind (sklearn/onnx 65,536, else 8,192)
   [output]
   path = "out/churn/"                   # parquet | jsonl | csv
   [runtime]

@@ -151,8 +151,9 @@ method = "predict_proba"
 outputs = ["churn_probability"]
 
 [batch]
-# Rows per model call: large enough to amortise per-call overhead, small enough to stay in cache.
-size = 8192
+# Rows per model call: large enough to amortise the model's per-call cost. Left out, it is the model
+# kind's default (65,536 rows for sklearn and onnx with this many features).
+size = 65536
 
 [output]
 # Results go to part-NNNNN.parquet files, one per shard; _manifest.json appears when all are done.

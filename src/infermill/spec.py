@@ -117,13 +117,32 @@ class ModelSpec:
     written directly under [model]; each adapter declares and checks its own (``settings_cls``)."""
 
 
+DEFAULT_BATCH_ROWS = 8192
+"""``batch.size`` left out, for every kind but the tabular ones."""
+TABULAR_KINDS = frozenset({"sklearn", "onnx"})
+TABULAR_BATCH_ROWS = 65_536
+TABULAR_BATCH_BYTES = 16 << 20
+"""Tabular kinds: the default batch holds at most this many bytes of float64 features (and at least
+DEFAULT_BATCH_ROWS rows). Large batches pay the per-call cost of these models less often (about 15% of a
+gradient-boosting model's time at 8,192 rows, under 1% at 65,536)."""
+
+
+def default_batch_rows(kind: str, features: int) -> int:
+    """The batch size when ``batch.size`` is left out: see ``BatchSpec.size``."""
+    if kind not in TABULAR_KINDS:
+        return DEFAULT_BATCH_ROWS
+    return max(DEFAULT_BATCH_ROWS, min(TABULAR_BATCH_ROWS, TABULAR_BATCH_BYTES // (8 * max(1, features))))
+
+
 @dataclass(frozen=True)
 class BatchSpec:
     """How rows are grouped for the model."""
 
-    size: int | Literal["auto"] = 8192
+    size: int | Literal["auto"] | None = None
     """Rows per batch, or "auto": probe sizes on real input before the run and keep the fastest that stays
-    within ``memory_fraction`` of the device's memory (cached in the ledger for later runs)."""
+    within ``memory_fraction`` of the device's memory (cached in the ledger for later runs). Default: the
+    model kind's: for the tabular kinds (sklearn, onnx) 65,536 rows, fewer for tables of more than 32
+    features (at most 16 MiB of float64 features a batch, at least 8,192 rows); 8,192 for the others."""
     memory_fraction: float = 0.8
     """With ``size = "auto"``: the share of the device's memory (GPU, else RAM) a batch may use."""
     max_bytes: int | None = None
@@ -134,10 +153,12 @@ class BatchSpec:
     """Like ``max_bytes``, in tokens as the model's adapter counts them (``token_counts``); adapters without
     a tokenizer count one token per four bytes."""
     def rows(self) -> int:
-        """The batch size in rows; ``size = "auto"`` is resolved before workers start."""
+        """The batch size in rows; ``size = "auto"`` and the default are resolved before workers start."""
         if isinstance(self.size, int):
             return self.size
-        raise SpecError('batch.size = "auto" must be resolved before batches are made (resolve_batch_size)')
+        raise SpecError(
+            f"batch.size = {self.size!r} must be resolved before batches are made (resolve_batch_size)"
+        )
 
     sort_window: int | None = None
     """Length bucketing: within windows of this many rows, send rows to the model shortest first, so each
@@ -419,7 +440,8 @@ def _check_type(value: Any, tp: Any, dotted: str, where: str) -> Any:
                     return _check_type(value, option, dotted, where)
                 except SpecError:
                     continue
-            raise SpecError(f"{where}: '{dotted}' has the wrong type ({type(value).__name__})")
+            names = " or ".join(_type_name(a) for a in tp)
+            raise SpecError(f"{where}: '{dotted}' must be {names}, not {value!r}")
         return _check_type(value, tp, dotted, where)
     if origin is not None and len(args) > 1 and origin is not Literal and origin not in (list, dict):
         # A union such as ``int | Literal["auto"]``: the first option that accepts the value.
@@ -520,7 +542,7 @@ def _validate(spec: JobSpec) -> None:
         raise SpecError(f"{where}: 'input.path' is empty")
     if not spec.output.path:
         raise SpecError(f"{where}: 'output.path' is empty")
-    if spec.batch.size != "auto" and (not isinstance(spec.batch.size, int) or spec.batch.size < 1):
+    if spec.batch.size not in ("auto", None) and (not isinstance(spec.batch.size, int) or spec.batch.size < 1):
         raise SpecError(f"{where}: 'batch.size' must be at least 1 or \"auto\", not {spec.batch.size!r}")
     if not 0.0 < spec.batch.memory_fraction <= 1.0:
         raise SpecError(f"{where}: 'batch.memory_fraction' must be in (0, 1], not {spec.batch.memory_fraction}")

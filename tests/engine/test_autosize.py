@@ -3,6 +3,7 @@ end-to-end run whose choice is cached in the ledger."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 import infermill
-from infermill.engine.autosize import Probe, choose_batch_size, measure_call
+from infermill.engine.autosize import Probe, choose_batch_size, measure_call, resolve_batch_size
+from infermill.spec import InputSpec, JobSpec, ModelSpec, OutputSpec, default_batch_rows
 from tests.conftest import read_output
 
 MB = 1 << 20
@@ -113,3 +115,29 @@ def test_auto_size_end_to_end_is_cached(parquet_job, job_dir: Path, capsys: pyte
     assert rerun.rows_succeeded == 8_000
     assert f"batch size {size:,} (auto, cached)" in capsys.readouterr().err
     assert read_output(job_dir / "out").sort_by("customer_id").equals(first)
+
+
+@pytest.mark.parametrize(
+    ("kind", "features", "rows"),
+    [("sklearn", 20, 65_536), ("onnx", 32, 65_536), ("sklearn", 128, 16_384), ("onnx", 5_000, 8_192),
+     ("python", 20, 8_192), ("hf", 1, 8_192)],
+)
+def test_default_batch_size_depends_on_the_kind_and_width(kind: str, features: int, rows: int) -> None:
+    assert default_batch_rows(kind, features) == rows
+    spec = JobSpec(input=InputSpec(path="x.parquet"), model=ModelSpec(kind=kind), output=OutputSpec(path="out"))
+    assert spec.batch.size is None
+    resolved, note = resolve_batch_size(
+        spec, ledger=None, sample=lambda: None, features=[f"f{i}" for i in range(features)],
+        schema=pa.schema([]), make_adapter=lambda: None, model_fingerprint="",
+    )
+    assert (resolved.batch.rows(), note) == (rows, "")
+
+
+def test_default_size_end_to_end(parquet_job, job_dir: Path) -> None:
+    job, _ = parquet_job(rows=20_000, files=1, shard_rows=20_000)
+    job.write_text(job.read_text().replace("size = 1000", ""))
+    result = infermill.run(job, progress="off")
+    assert result.rows_succeeded == 20_000
+    db = sqlite3.connect(job_dir / ".infermill" / "scores.sqlite")
+    ((stats,),) = db.execute("SELECT stats FROM shards").fetchall()
+    assert json.loads(stats)["calls"] == 3  # 8,192 + 8,192 + 3,616 rows

@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import InputError
-from ..spec import JobSpec
+from ..spec import JobSpec, default_batch_rows
 
 __all__ = ["MIN_GAIN", "Probe", "choose_batch_size", "measure_call", "resolve_batch_size"]
 
@@ -136,6 +136,8 @@ def resolve_batch_size(
     model_fingerprint: str,
 ) -> tuple[JobSpec, str]:
     """``spec`` with ``batch.size`` made concrete, and a line saying how it was chosen."""
+    if spec.batch.size is None:
+        return _with_size(spec, default_batch_rows(spec.model.kind, len(features))), ""
     if spec.batch.size != "auto":
         return spec, ""
     key = cache_key(spec, model_fingerprint, schema)

@@ -28,7 +28,7 @@ from ..models import load_adapter
 from ..sinks import Sink, open_sink
 from ..sources import open_source
 from ..sources.base import Shard
-from ..spec import BatchSpec, JobSpec
+from ..spec import JobSpec, default_batch_rows
 from .autosize import cache_key
 from .columns import Columns, resolve_columns
 from .executor import threads_per_worker
@@ -81,10 +81,13 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
         return job_result(spec, ledger, sink, "complete", "nothing to retry: no dead-lettered items", started, 0)
     adapter = load_adapter(spec, threads=threads_per_worker(spec))
     model_fp = adapter.fingerprint()
-    if spec.batch.size == "auto":
+    default = default_batch_rows(spec.model.kind, len(columns.features))
+    if spec.batch.size is None:
+        spec = replace(spec, batch=replace(spec.batch, size=default))
+    elif spec.batch.size == "auto":
         # A few dead items do not need a probe: the size the run chose, else the default.
         cached = ledger.cached_batch_size(cache_key(spec, model_fp, source.schema()))
-        spec = replace(spec, batch=replace(spec.batch, size=cached or BatchSpec().rows()))
+        spec = replace(spec, batch=replace(spec.batch, size=cached or default))
     adapter.setup()
     run_id = ledger.start_run(lease)
     if model_fp != record["model_fingerprint"]:
