@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import sqlite3
 import threading
@@ -24,6 +25,8 @@ from .states import check_shard_transition
 __all__ = ["Ledger", "Lease", "ShardRow", "lease_is_live"]
 
 SCHEMA_VERSION = 1
+OPEN_TIMEOUT_S = 30.0
+"""How long opening the ledger waits for another process that holds it (or is creating it)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -129,22 +132,44 @@ class Ledger:
     def __init__(self, path: str) -> None:
         self.path = path
         directory = os.path.dirname(os.path.abspath(path))
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        while True:
+            try:
+                os.makedirs(directory, exist_ok=True)
+                self._conn = self._open(path)
+                break
+            except sqlite3.OperationalError as exc:
+                # Two runs creating the same new ledger at once: switching it to WAL can report "database is
+                # locked" at once, without SQLite's busy wait. Try again until the other one is done.
+                if "locked" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(random.uniform(0.01, 0.1))
+                    continue
+                raise self._cannot_open(exc) from exc
+            except sqlite3.DatabaseError as exc:
+                raise self._cannot_open(exc) from exc
+        self._lock = threading.RLock()
+
+    @staticmethod
+    def _open(path: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, timeout=OPEN_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         try:
-            os.makedirs(directory, exist_ok=True)
-            self._conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
-            self._conn.execute(
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(
-                f"cannot open the ledger {path}: {exc}",
-                hint="check '[runtime] ledger'; a corrupt ledger can be moved away and the job rerun with --restart",
-            ) from exc
-        self._lock = threading.RLock()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _cannot_open(self, exc: Exception) -> LedgerError:
+        return LedgerError(
+            f"cannot open the ledger {self.path}: {exc}",
+            hint="check '[runtime] ledger'; a corrupt ledger can be moved away and the job rerun with --restart",
+        )
 
     def close(self) -> None:
         with self._lock:
