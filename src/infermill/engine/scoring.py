@@ -54,6 +54,16 @@ class ScoreStats:
     min_batch: int | None = None
     batch_sizes: list[int] = field(default_factory=list)
 
+    def merge(self, other: ScoreStats) -> None:
+        """Add ``other``'s counts (one batch's, scored on a lane) to these."""
+        self.calls += other.calls
+        self.retries += other.retries
+        self.bisections += other.bisections
+        self.oom_splits += other.oom_splits
+        if other.min_batch is not None:
+            self.min_batch = other.min_batch if self.min_batch is None else min(self.min_batch, other.min_batch)
+        self.batch_sizes.extend(other.batch_sizes)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "calls": self.calls,

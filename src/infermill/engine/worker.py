@@ -10,6 +10,12 @@
 
 The worker never commits: it reports a staged file and the coordinator (the only process that writes the
 ledger) moves it into place. The same code runs in a thread (one worker) or in worker processes.
+
+Lanes: an adapter whose calls can run side by side (``ModelAdapter.lanes()`` > 1, e.g. scikit-learn with
+``parallel = "rows"``) gets that many batches scored at once, each on its own lane thread with a
+single-threaded call; the model loop hands the results on strictly in input order. Unlike one call split
+across threads, a lane that finishes never waits for the others, so no core idles at a barrier while the
+reader or writer holds the other one.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import queue
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -315,75 +323,138 @@ class _Pipeline:
         return self.config.watch_parent and os.getppid() != self._parent
 
     def _model_loop(self) -> None:
-        spec = self.spec
-        scorer = BatchScorer(
-            self.adapter, self.columns, spec.retry, spec.batch.rows(), wait=self._wait_abort,
-            max_bytes=spec.batch.max_bytes, max_tokens=spec.batch.max_tokens,
-        )
-        offsets: dict[str, int] = {}
-        windows: dict[str, list[tuple[np.ndarray, pa.Table]]] = {}
-        while True:
-            t0 = time.perf_counter()
-            item = self._next(self.inbox)
-            if item is None or item[0] == "eof":
-                break
-            kind = item[0]
-            shard: Shard = item[1]
-            sid = shard.shard_id
-            stats = self.stats.get(sid)
-            if stats is not None:
-                stats.model_wait_s += time.perf_counter() - t0
-                if kind == "batch":
-                    stats.inbox_depth += self.inbox.qsize()
-                    stats.outbox_depth += self.outbox.qsize()
-            if kind == "start":
-                offsets[sid] = 0
-                self.events.put(("started", self.config.worker_id, sid))
-                if not _put(self.outbox, item, self.flags):
-                    break
-            elif kind == "batch":
-                if sid in self.failed:
-                    continue
-                batch, inputs, positions = item[2], item[3], item[4]
-                offset = offsets.get(sid, 0)
-                offsets[sid] = offset + batch.num_rows
-                t1 = time.perf_counter()
-                tables, dead = scorer.score(batch, inputs, stats.scoring if stats else None)
-                if stats is not None:
-                    stats.model_s += time.perf_counter() - t1
-                    stats.batches += 1
-                fault_point("after_batch")
-                if positions is None:
-                    for table in tables:
-                        if not _put(self.outbox, ("batch", shard, table), self.flags):
+        lanes = max(1, self.adapter.lanes())
+        self._lanes = lanes
+        self._local = threading.local()
+        self._offsets: dict[str, int] = {}
+        self._windows: dict[str, list[tuple[np.ndarray, pa.Table]]] = {}
+        # Scored batches and control items, in input order; a batch's entry carries its (future) result.
+        pending: deque[tuple[Any, Future[Any] | None]] = deque()
+        pool = None
+        if lanes > 1:
+            pool = ThreadPoolExecutor(lanes, thread_name_prefix="infermill-lane", initializer=self.adapter.enter_lane)
+        try:
+            with self.adapter.lanes_running(lanes):
+                while True:
+                    # Results that are ready go on now; with every lane busy, wait for the oldest.
+                    while pending and (
+                        pending[0][1] is None
+                        or pending[0][1].done()
+                        or sum(f is not None for _, f in pending) > lanes
+                    ):
+                        if not self._hand_on(*pending.popleft()):
                             return
-                else:
-                    # Bucketed: hold the window's results until it is complete, to restore input order.
-                    failed_rows = np.zeros(batch.num_rows, dtype=bool)
-                    failed_rows[[d.row for d in dead]] = True
-                    if tables:
-                        scored = pa.concat_tables(tables, promote_options="default")
-                        windows.setdefault(sid, []).append((positions[~failed_rows], scored))
-                if dead:
-                    where = [int(positions[d.row]) if positions is not None else offset + d.row for d in dead]
-                    table, records = dead_letter_table(spec, self.columns, batch, dead, where)
-                    if not _put(self.outbox, ("errors", shard, table, records), self.flags):
+                    t0 = time.perf_counter()
+                    item = self._next(self.inbox)
+                    if item is None or item[0] == "eof":
+                        break
+                    sid = item[1].shard_id
+                    stats = self.stats.get(sid)
+                    if stats is not None:
+                        stats.model_wait_s += time.perf_counter() - t0
+                    if item[0] != "batch":
+                        # Row offsets are counted here, as batches arrive (their results are handed on later).
+                        if item[0] == "start":
+                            self._offsets[sid] = 0
+                        elif item[0] in ("end", "abandon"):
+                            self._offsets.pop(sid, None)
+                        pending.append((item, None))
+                        continue
+                    if sid in self.failed:
+                        continue
+                    if stats is not None:
+                        stats.inbox_depth += self.inbox.qsize()
+                        stats.outbox_depth += self.outbox.qsize()
+                    batch, inputs = item[2], item[3]
+                    offset = self._offsets.get(sid, 0)
+                    self._offsets[sid] = offset + batch.num_rows
+                    entry = (item, offset)
+                    if pool is None:
+                        done: Future[Any] = Future()
+                        try:
+                            done.set_result(self._score(batch, inputs))
+                        except BaseException as exc:  # noqa: BLE001 - re-raised in input order by _hand_on
+                            done.set_exception(exc)
+                        pending.append((entry, done))
+                    else:
+                        pending.append((entry, pool.submit(self._score, batch, inputs)))
+                while pending and not self._aborted():
+                    if not self._hand_on(*pending.popleft()):
                         return
-            elif kind == "window_end":
-                held = windows.pop(sid, [])
-                if held and sid not in self.failed:
-                    order = np.argsort(np.concatenate([p for p, _ in held]), kind="stable")
-                    restored = pa.concat_tables([t for _, t in held], promote_options="default").take(pa.array(order))
-                    if not _put(self.outbox, ("batch", shard, restored), self.flags):
-                        return
-            elif kind == "error":
-                self._shard_failed(shard, item[2])
-            elif kind in ("end", "abandon"):
-                offsets.pop(sid, None)
-                windows.pop(sid, None)
-                if not _put(self.outbox, item, self.flags):
-                    break
-        _put(self.outbox, _EOF, self.flags)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            _put(self.outbox, _EOF, self.flags)
+
+    def _score(self, batch: pa.RecordBatch, inputs: Any) -> tuple[list[pa.Table], list[DeadItem], ScoreStats, float]:
+        """Score one batch on this thread's scorer (one per lane: OOM splits adapt per lane)."""
+        scorer = getattr(self._local, "scorer", None)
+        if scorer is None:
+            spec = self.spec
+            scorer = self._local.scorer = BatchScorer(
+                self.adapter, self.columns, spec.retry, spec.batch.rows(), wait=self._wait_abort,
+                max_bytes=spec.batch.max_bytes, max_tokens=spec.batch.max_tokens,
+            )
+        calls = ScoreStats()
+        t0 = time.perf_counter()
+        tables, dead = scorer.score(batch, inputs, calls)
+        return tables, dead, calls, time.perf_counter() - t0
+
+    def _hand_on(self, entry: Any, result: Future[Any] | None) -> bool:
+        """Pass one batch's results, or one control item, to the writer, in input order (False: aborted)."""
+        if result is None:
+            return self._control(entry)
+        item, offset = entry
+        shard: Shard = item[1]
+        sid = shard.shard_id
+        batch, positions = item[2], item[4]
+        tables, dead, calls, seconds = result.result()  # a fatal error is raised here, in order
+        stats = self.stats.get(sid)
+        if stats is not None:
+            stats.model_s += seconds / self._lanes  # lanes overlap: busy time, not the sum of calls
+            stats.batches += 1
+            stats.scoring.merge(calls)
+        fault_point("after_batch")
+        if sid in self.failed:
+            return True
+        if positions is None:
+            for table in tables:
+                if not _put(self.outbox, ("batch", shard, table), self.flags):
+                    return False
+        else:
+            # Bucketed: hold the window's results until it is complete, to restore input order.
+            failed_rows = np.zeros(batch.num_rows, dtype=bool)
+            failed_rows[[d.row for d in dead]] = True
+            if tables:
+                scored = pa.concat_tables(tables, promote_options="default")
+                self._windows.setdefault(sid, []).append((positions[~failed_rows], scored))
+        if dead:
+            where = [int(positions[d.row]) if positions is not None else offset + d.row for d in dead]
+            table, records = dead_letter_table(self.spec, self.columns, batch, dead, where)
+            if not _put(self.outbox, ("errors", shard, table, records), self.flags):
+                return False
+        return True
+
+    def _control(self, item: Any) -> bool:
+        kind = item[0]
+        shard: Shard = item[1]
+        sid = shard.shard_id
+        if kind == "start":
+            self.events.put(("started", self.config.worker_id, sid))
+            return _put(self.outbox, item, self.flags)
+        if kind == "window_end":
+            held = self._windows.pop(sid, [])
+            if held and sid not in self.failed:
+                order = np.argsort(np.concatenate([p for p, _ in held]), kind="stable")
+                restored = pa.concat_tables([t for _, t in held], promote_options="default").take(pa.array(order))
+                return _put(self.outbox, ("batch", shard, restored), self.flags)
+            return True
+        if kind == "error":
+            self._shard_failed(shard, item[2])
+            return True
+        # end, abandon
+        self._windows.pop(sid, None)
+        return _put(self.outbox, item, self.flags)
 
     def _wait_abort(self, seconds: float) -> bool:
         """Sleep between retries; True when the run was aborted meanwhile."""

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -76,6 +78,20 @@ class ModelAdapter(ABC):
     @abstractmethod
     def predict(self, inputs: Any) -> Any:
         """Score one batch; return one value per row for each output (see ``postprocess``)."""
+
+    def lanes(self) -> int:
+        """How many batches the engine may score at once with this adapter, each ``predict`` on its own
+        thread (see ``enter_lane``). 1 (the default): one call at a time."""
+        return 1
+
+    def enter_lane(self) -> None:  # noqa: B027 - an optional hook
+        """Called once on each lane thread before its first ``predict``: make this thread's calls
+        single-threaded (the lanes are the parallelism)."""
+
+    @contextmanager
+    def lanes_running(self, lanes: int) -> Iterator[None]:
+        """Held by the engine while ``lanes`` lanes may call ``predict``: set process-wide limits here."""
+        yield
 
     def postprocess(self, result: Any, num_rows: int) -> dict[str, pa.Array]:
         """Map ``predict``'s result to output columns of ``num_rows`` values each."""

@@ -33,8 +33,10 @@ two threads at once. Either way ``n_jobs`` of the loaded estimators is capped at
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -122,6 +124,7 @@ class SklearnModel(ModelAdapter):
         self._controller: Any = None
         self._pool: ThreadPoolExecutor | None = None
         """With parallel = "rows" and threads > 1: the threads that score a batch's row ranges."""
+        self._lane = threading.local()
 
     @property
     def method(self) -> str:
@@ -158,6 +161,23 @@ class SklearnModel(ModelAdapter):
         # OpenMP's thread count is a per-thread setting: this limits only the pool's own threads, for their
         # whole life (BLAS's is process-wide, so it is limited around each batch instead: see predict).
         self._controller.limit(limits=1, user_api="openmp")
+
+    def lanes(self) -> int:
+        return self.threads if self.settings.parallel == "rows" else 1
+
+    def enter_lane(self) -> None:
+        if self._controller is None:
+            raise ModelLoadError("SklearnModel.enter_lane() called before setup()")
+        self._single_threaded()
+        self._lane.active = True
+
+    @contextmanager
+    def lanes_running(self, lanes: int) -> Iterator[None]:
+        if lanes <= 1 or self._controller is None:
+            yield
+            return
+        with self._controller.limit(limits=1, user_api="blas"):  # process-wide: held while lanes run
+            yield
 
     def _load(self) -> None:
         try:
@@ -289,6 +309,8 @@ class SklearnModel(ModelAdapter):
         if len(inputs) == 0:
             return None  # scikit-learn rejects empty input; postprocess returns typed empty columns
         try:
+            if getattr(self._lane, "active", False):
+                return self._call(inputs)  # a lane thread: single-threaded already (enter_lane)
             ranges = self._ranges(len(inputs))
             if len(ranges) > 1:
                 assert self._pool is not None
