@@ -21,14 +21,15 @@ names" on every batch, at no cost per batch. Estimators that select columns by n
 ``ColumnTransformer``), or ``options = {input = "pandas"}``, get a DataFrame instead, which also allows
 string features.
 
-Threads (``parallel``): with ``"rows"`` (the default) and more than one thread, each batch is cut into
-``threads`` row ranges that are scored at the same time on ``threads`` threads, each call with OpenMP and
-BLAS limited to one thread. Rows are scored independently, so the predictions are those of one call; what
-changes is that no thread waits at an OpenMP barrier while the reader or writer holds a core (on 2 cores
-this alone is ~10% of the wall time of a gradient-boosting model). scikit-learn's tree, boosting and
-linear predictors release the GIL, so the ranges run in parallel. With ``"library"``, one call per batch
-with BLAS and OpenMP limited to ``threads`` (threadpoolctl): for estimators that must not be called from
-two threads at once. Either way ``n_jobs`` of the loaded estimators is capped at ``threads``.
+Threads (``parallel``): with ``"rows"`` (the default) and more than one thread, the engine scores
+``threads`` batches at once on lanes (``lanes``/``enter_lane``): each call runs with OpenMP and BLAS
+limited to one thread. Called outside the engine's lanes (retry, batch-size probes), a batch is cut into
+``threads`` row ranges scored at once the same way. Rows are scored independently, so the predictions are
+those of one call; what changes is that no thread waits at an OpenMP barrier while the reader or writer
+holds a core. scikit-learn's tree, boosting and linear predictors release the GIL, so lanes and ranges run
+in parallel. With ``"library"``, one call per batch with BLAS and OpenMP limited to ``threads``
+(threadpoolctl): for estimators that must not be called from two threads at once. Either way ``n_jobs`` of
+the loaded estimators is capped at ``threads``.
 """
 
 from __future__ import annotations
