@@ -309,7 +309,7 @@ class _Pipeline:
         rows = table.to_batches()[0] if table.num_rows else None
         if rows is None:
             return True
-        order = np.argsort(row_lengths(self.adapter, rows.select(self.columns.features)), kind="stable")
+        order = np.argsort(row_lengths(rows.select(self.columns.features)), kind="stable")
         ordered = rows.take(pa.array(order))
         stats.preprocess_s += time.perf_counter() - t0
         size = self.spec.batch.rows()
