@@ -13,7 +13,7 @@ In one run, taking turns, each in a fresh child process:
 
 Targets: best (b) / (a) >= 0.95; best (b) / (r) >= 2.5.
 
-    python bench/bench_embeddings.py                                  # 4,000 texts, B in 16/32/64/128
+    python bench/bench_embeddings.py                                  # 4,000 texts, B in 8/16/32/64
     python bench/bench_embeddings.py --texts 500 --batch-sizes 32     # smoke run
 """
 
@@ -217,7 +217,7 @@ def report(summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--texts", type=int, default=4000)
-    parser.add_argument("--batch-sizes", default="16,32,64,128", help="encode batch sizes tried for (a)")
+    parser.add_argument("--batch-sizes", default="8,16,32,64", help="encode batch sizes tried for (a)")
     parser.add_argument("--repeat", type=int, default=2, help="rounds of (a), (b), (r); the best of each counts")
     h.add_common_args(parser, list(CHILDREN), ("dataset", "job", "out"))
     args = parser.parse_args(argv)
