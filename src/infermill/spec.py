@@ -424,6 +424,17 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _first_accepting(value: Any, options: list[Any], dotted: str, where: str) -> Any:
+    """A union such as ``int | Literal["auto"]``: the value as the first option that accepts it."""
+    for option in options:
+        try:
+            return _check_type(value, option, dotted, where)
+        except SpecError:
+            continue
+    names = " or ".join(_type_name(a) for a in options)
+    raise SpecError(f"{where}: '{dotted}' must be {names}, not {value!r}")
+
+
 def _check_type(value: Any, tp: Any, dotted: str, where: str) -> Any:
     origin = get_origin(tp)
     args = get_args(tp)
@@ -433,25 +444,11 @@ def _check_type(value: Any, tp: Any, dotted: str, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         if value is None:
             return None
-        tp = inner[0] if len(inner) == 1 else inner
-        if isinstance(tp, list):
-            for option in tp:
-                try:
-                    return _check_type(value, option, dotted, where)
-                except SpecError:
-                    continue
-            names = " or ".join(_type_name(a) for a in tp)
-            raise SpecError(f"{where}: '{dotted}' must be {names}, not {value!r}")
-        return _check_type(value, tp, dotted, where)
+        if len(inner) > 1:
+            return _first_accepting(value, inner, dotted, where)
+        return _check_type(value, inner[0], dotted, where)
     if origin is not None and len(args) > 1 and origin is not Literal and origin not in (list, dict):
-        # A union such as ``int | Literal["auto"]``: the first option that accepts the value.
-        for option in args:
-            try:
-                return _check_type(value, option, dotted, where)
-            except SpecError:
-                continue
-        names = " or ".join(_type_name(a) for a in args)
-        raise SpecError(f"{where}: '{dotted}' must be {names}, not {value!r}")
+        return _first_accepting(value, list(args), dotted, where)
     if origin is Literal:
         if value not in args:
             raise SpecError(f"{where}: '{dotted}' must be one of {_type_name(tp)}, not {value!r}")
