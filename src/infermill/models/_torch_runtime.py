@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ModelLoadError
+from .base import ModelAdapter
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +33,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DTYPES",
     "DTypeName",
+    "ParallelName",
+    "TorchAdapter",
     "check_device",
+    "check_parallel",
     "classify_torch_error",
     "import_torch",
     "no_progress_bars",
@@ -45,10 +49,62 @@ __all__ = [
 ]
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
+ParallelName = Literal["batches", "library"]
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 _WORKER = re.compile(r"^infermill-worker-(\d+)$")
 _DEVICE_HINT = 'use device = "auto" (a GPU when there is one, else the CPU), "cpu", "cuda" or "cuda:N"'
+
+
+class TorchAdapter(ModelAdapter):
+    """Base of the torch-based kinds: CPU lanes by their ``parallel`` key.
+
+    ``parallel = "batches"`` on the CPU with ``threads`` > 1: the engine scores ``threads`` batches at once,
+    each call with torch at one intra-op thread. Measured on 2 cores (all-MiniLM-L6-v2, 8 texts per call):
+    two single-threaded calls side by side did the same work in 6-8% less time than one call after another
+    with two OpenMP threads, which wait for each other at every operator (and for any other thread that
+    takes their core, such as the reader's tokenizer). ``"library"``: one call at a time with torch's
+    ``threads`` intra-op threads. On a GPU there is one call at a time either way.
+    Outside the engine's lanes (retry, batch-size probes) calls use ``threads`` intra-op threads.
+    """
+
+    device: torch.device | None = None
+    """The torch device, after setup()."""
+
+    def lanes(self) -> int:
+        parallel: str = getattr(self.settings, "parallel", "library")
+        if parallel != "batches" or self.device is None or self.device.type != "cpu":
+            return 1
+        return self.threads
+
+    def enter_lane(self) -> None:
+        # torch's thread count is per calling thread (OpenMP and MKL keep one each): this lane's only.
+        import_torch(self.kind).set_num_threads(1)
+
+    @contextmanager
+    def lanes_running(self, lanes: int) -> Iterator[None]:
+        if lanes <= 1:
+            yield
+            return
+        torch = import_torch(self.kind)
+        # A thread's first parallel call takes the process-wide count: one, while the lanes run.
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+
+def check_parallel(adapter: ModelAdapter) -> None:
+    """``parallel = "batches"`` calls the model from several threads at once: not with torch.compile."""
+    s = adapter.settings
+    if getattr(s, "parallel", None) == "batches" and getattr(s, "compile", False):
+        raise ModelLoadError(
+            f"kind '{adapter.kind}': parallel = \"batches\" calls the model from several threads at once, "
+            "which a torch.compile'd model does not support",
+            hint='use parallel = "library" with compile = true, or leave compile out',
+        )
 
 
 def import_torch(kind: str) -> Any:

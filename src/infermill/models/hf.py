@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,6 +50,8 @@ from ._hf_tasks import TASKS, Encoded, Task, make_task
 from ._text import chunks, folder_digest, pick_column, text_values
 from ._torch_runtime import (
     DTypeName,
+    ParallelName,
+    TorchAdapter,
     check_device,
     classify_torch_error,
     import_torch,
@@ -59,7 +62,6 @@ from ._torch_runtime import (
     to_device,
     torch_dtype,
 )
-from .base import ModelAdapter
 
 if TYPE_CHECKING:
     import torch
@@ -119,6 +121,9 @@ class HFSettings:
     """fill-mask: how many tokens the 'scores' list holds (with all_scores)."""
     trust_remote_code: bool = False
     """Run model code shipped in the folder; needs trusted = true."""
+    parallel: ParallelName = "batches"
+    """On the CPU: "batches" scores threads_per_worker batches at once, one torch thread each; "library"
+    scores one batch at a time with that many torch threads."""
 
 
 @dataclass
@@ -130,13 +135,14 @@ class _Prepared:
     parts: list[Encoded]
 
 
-class HFModel(ModelAdapter):
+class HFModel(TorchAdapter):
     """A transformers model for one task; see the module docstring."""
 
     kind = "hf"
     uses_gpu = True
     settings_cls = HFSettings
     settings: HFSettings
+    result_neutral_settings = frozenset({"parallel"})
 
     def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
         super().__init__(spec, threads=threads, device=device)
@@ -296,9 +302,11 @@ class HFModel(ModelAdapter):
             raise ItemError(f"the model gave {prepared.rows} results for a batch of {num_rows} rows")
         types = task.types()
         pieces: list[list[pa.Array]] = [[] for _ in types]
-        for raw, part in zip(raws, prepared.parts, strict=True):
-            for i, array in enumerate(task.finish(raw, part)):
-                pieces[i].append(array)
+        # A fast tokenizer must not decode here while the reader (or another lane) encodes with it.
+        with self._lock if task.finish_uses_tokenizer else nullcontext():
+            for raw, part in zip(raws, prepared.parts, strict=True):
+                for i, array in enumerate(task.finish(raw, part)):
+                    pieces[i].append(array)
         inverse = np.empty(num_rows, dtype=np.int64)
         inverse[prepared.order] = np.arange(num_rows)
         columns = {}

@@ -8,7 +8,8 @@ pooling, prompt and ``truncate_dim``), up to float rounding from different paddi
 Overlap: the texts are tokenized in ``preprocess`` (``SentenceTransformer.preprocess``, or ``tokenize``
 on older versions), on the engine's reader thread, while the model runs the previous batch; ``predict``
 only runs the modules. As in ``encode``, a batch is cut into ``micro_batch`` texts per forward pass,
-longest first, and the vectors are put back in input order.
+longest first, and the vectors are put back in input order. On the CPU, ``parallel = "batches"`` (the
+default) scores ``threads_per_worker`` batches at once, one torch thread each (see ``TorchAdapter``).
 
 Text comes from ``text_column`` (or the only feature); a null, or bytes that are not UTF-8, make that
 row an item error. Texts longer than the model's ``max_seq_length`` are truncated, as ``encode`` does.
@@ -32,6 +33,8 @@ from . import missing_extra
 from ._text import chunks, folder_digest, pick_column, text_values
 from ._torch_runtime import (
     DTypeName,
+    ParallelName,
+    TorchAdapter,
     check_device,
     classify_torch_error,
     import_torch,
@@ -43,7 +46,6 @@ from ._torch_runtime import (
     to_numpy,
     torch_dtype,
 )
-from .base import ModelAdapter
 
 if TYPE_CHECKING:
     import torch
@@ -75,6 +77,9 @@ class SentenceSettings:
     """Keep only the first N dimensions (Matryoshka models)."""
     trust_remote_code: bool = False
     """Run model code shipped in the folder; needs trusted = true."""
+    parallel: ParallelName = "batches"
+    """On the CPU: "batches" scores threads_per_worker batches at once, one torch thread each; "library"
+    scores one batch at a time with that many torch threads."""
 
 
 @dataclass
@@ -84,7 +89,7 @@ class _Prepared:
     parts: list[dict[str, Any]]
 
 
-class SentenceModel(ModelAdapter):
+class SentenceModel(TorchAdapter):
     """A sentence-transformers embedding model; see the module docstring."""
 
     kind = "sentence-transformers"
@@ -92,6 +97,7 @@ class SentenceModel(ModelAdapter):
     default_outputs = ["embedding"]
     settings_cls = SentenceSettings
     settings: SentenceSettings
+    result_neutral_settings = frozenset({"parallel"})
 
     def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
         super().__init__(spec, threads=threads, device=device)

@@ -29,6 +29,8 @@ output names in order, and a dict of tensors by name. float16/bfloat16 results a
 Default output name: ``prediction``.
 
 Every call runs under ``torch.inference_mode()``; ``torch.set_num_threads(threads)`` is set in setup.
+``parallel = "batches"`` (CPU, opt-in: the module's forward must be safe to call from several threads)
+scores ``threads`` batches at once, one torch thread each; not with ``compile = true``.
 Out-of-memory errors are classified ``oom`` (the engine halves the batch and frees the CUDA cache).
 ``compile = true`` wraps the model in ``torch.compile`` (the first batches are slow while it compiles).
 
@@ -54,7 +56,10 @@ from ._columns import column_values
 from ._entrypoint import EntryPoint, import_target, parse_entrypoint, source_file, temporary_path
 from ._torch_runtime import (
     DTypeName,
+    ParallelName,
+    TorchAdapter,
     check_device,
+    check_parallel,
     classify_torch_error,
     import_torch,
     pin,
@@ -65,7 +70,7 @@ from ._torch_runtime import (
     to_numpy,
     torch_dtype,
 )
-from .base import ModelAdapter, file_digest
+from .base import file_digest
 from .outputs import to_columns
 
 if TYPE_CHECKING:
@@ -96,20 +101,25 @@ class TorchSettings:
     """With weights: every parameter must be in the file and every entry must be a parameter."""
     inputs: Literal["tensor", "dict", "kwargs"] = "tensor"
     """tensor: one [N, F] float tensor; dict: one dict of name -> tensor; kwargs: model(**tensors)."""
+    parallel: ParallelName = "library"
+    """On the CPU: "library" scores one batch at a time with threads_per_worker torch threads; "batches"
+    scores that many batches at once, one torch thread each (the module's forward must be thread-safe)."""
 
 
-class TorchModel(ModelAdapter):
+class TorchModel(TorchAdapter):
     """A PyTorch model; see the module docstring for sources, inputs and outputs."""
 
     kind = "torch"
     uses_gpu = True
     settings_cls = TorchSettings
     settings: TorchSettings
+    result_neutral_settings = frozenset({"parallel"})
 
     def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
         super().__init__(spec, threads=threads, device=device)
         s, ms = self.settings, self.model_spec
         check_device(s.device, self.kind)
+        check_parallel(self)
         if ms.method is not None or ms.positive_class is not None:
             raise ModelLoadError(
                 "kind 'torch' takes no 'model.method' or 'model.positive_class'",
