@@ -106,6 +106,22 @@ def parquet_job(job_dir: Path) -> Callable[..., tuple[Path, pa.Table]]:
     return make
 
 
+def predict_callers(monkeypatch: pytest.MonkeyPatch, adapter_cls: type) -> set[str]:
+    """Record the names of the threads that call ``adapter_cls.predict`` (lane threads without their
+    number: ``infermill-lane``), in the set returned."""
+    import threading
+
+    callers: set[str] = set()
+    predict = adapter_cls.predict
+
+    def recorded(self: Any, inputs: Any) -> Any:
+        callers.add(threading.current_thread().name.rsplit("_", 1)[0])
+        return predict(self, inputs)
+
+    monkeypatch.setattr(adapter_cls, "predict", recorded)
+    return callers
+
+
 def read_output(out_dir: Path, fmt: str = "parquet") -> pa.Table:
     """Read every committed part file listed in the manifest (or on disk) into one table."""
     import json

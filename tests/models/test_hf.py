@@ -25,7 +25,7 @@ from infermill.models.hf import HFModel  # noqa: E402
 from infermill.spec import JobSpec, ModelSpec  # noqa: E402
 from infermill.testing.models import ModelAdapterConformance, model_spec_for  # noqa: E402
 from infermill.testing.tiny_hf import save_tiny_model  # noqa: E402
-from tests.conftest import read_output  # noqa: E402
+from tests.conftest import predict_callers, read_output  # noqa: E402
 
 TEXTS = [
     "I love this movie",
@@ -530,14 +530,7 @@ def test_run_with_lanes_matches_one_call(
     texts = masked() if task == "fill-mask" else TEXTS
     texts = [texts[i % len(texts)] for i in range(48)]
     pq.write_table(pa.table({"id": np.arange(48), "text": texts}), tmp_path / "docs.parquet")
-    callers: set[str] = set()
-    predict = HFModel.predict
-
-    def recorded(self: HFModel, inputs: Any) -> Any:
-        callers.add(threading.current_thread().name.rsplit("_", 1)[0])
-        return predict(self, inputs)
-
-    monkeypatch.setattr(HFModel, "predict", recorded)
+    callers = predict_callers(monkeypatch, HFModel)
     job = tmp_path / "job.toml"
     job.write_text(
         f'[input]\npath = "docs.parquet"\nid_column = "id"\n'

@@ -28,7 +28,7 @@ from infermill.models import load_adapter  # noqa: E402
 from infermill.models.sentence_transformers_model import SentenceModel  # noqa: E402
 from infermill.spec import JobSpec, ModelSpec  # noqa: E402
 from infermill.testing.models import ModelAdapterConformance, model_spec_for  # noqa: E402
-from tests.conftest import read_output  # noqa: E402
+from tests.conftest import predict_callers, read_output  # noqa: E402
 
 MODEL = str(minilm.get_model_path())
 TEXTS = [
@@ -310,16 +310,7 @@ def test_lanes_run_single_threaded_and_restore_the_thread_count(tmp_path: Path) 
 def test_run_with_lanes_gives_encodes_vectors_in_input_order(
     tmp_path: Path, parallel: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
-    callers: set[str] = set()
-    predict = SentenceModel.predict
-
-    def recorded(self: SentenceModel, inputs: Any) -> Any:
-        callers.add(threading.current_thread().name.rsplit("_", 1)[0])
-        return predict(self, inputs)
-
-    monkeypatch.setattr(SentenceModel, "predict", recorded)
+    callers = predict_callers(monkeypatch, SentenceModel)
     texts = [f"{TEXTS[i % len(TEXTS)]} {'word ' * (i % 7)}(copy {i})" for i in range(60)]
     pq.write_table(pa.table({"id": np.arange(60), "text": texts}), tmp_path / "docs.parquet")
     job = tmp_path / "embed.toml"

@@ -60,11 +60,9 @@ class TorchAdapter(ModelAdapter):
     """Base of the torch-based kinds: CPU lanes by their ``parallel`` key.
 
     ``parallel = "batches"`` on the CPU with ``threads`` > 1: the engine scores ``threads`` batches at once,
-    each call with torch at one intra-op thread. Measured on 2 cores (all-MiniLM-L6-v2, 8 texts per call):
-    two single-threaded calls side by side did the same work in 6-8% less time than one call after another
-    with two OpenMP threads, which wait for each other at every operator (and for any other thread that
-    takes their core, such as the reader's tokenizer). ``"library"``: one call at a time with torch's
-    ``threads`` intra-op threads. On a GPU there is one call at a time either way.
+    each call with torch at one intra-op thread: no OpenMP threads waiting for each other at every operator,
+    or for another thread (the reader's tokenizer) that took one's core. ``"library"``: one call at a time
+    with torch's ``threads`` intra-op threads. On a GPU there is one call at a time either way.
     Outside the engine's lanes (retry, batch-size probes) calls use ``threads`` intra-op threads.
     """
 
