@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["budget_end", "budget_slices", "cumulative", "row_bytes", "row_lengths", "token_estimate"]
+__all__ = ["budget_end", "budget_slices", "cumulative", "row_bytes", "token_estimate"]
 
 
 def _fixed_width(tp: pa.DataType) -> int | None:
@@ -101,10 +101,3 @@ def token_estimate(adapter: Any, features: pa.RecordBatch, nbytes: np.ndarray | 
         sizes = row_bytes(features) if nbytes is None else nbytes
         return np.asarray(-(-sizes // 4), dtype=np.int64)
     return np.asarray(tokens, dtype=np.int64)
-
-
-def row_lengths(features: pa.RecordBatch) -> np.ndarray:
-    """The length that length bucketing sorts by: the bytes of each row's feature values (a text's UTF-8
-    length). It orders texts as their token counts do, closely enough for bucketing, and costs nothing:
-    counting tokens would tokenize every text of the window once more, before the model could start."""
-    return row_bytes(features)

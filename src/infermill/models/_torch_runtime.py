@@ -36,7 +36,6 @@ __all__ = [
     "ParallelName",
     "TorchAdapter",
     "check_device",
-    "check_parallel",
     "classify_torch_error",
     "import_torch",
     "no_progress_bars",
@@ -66,6 +65,7 @@ class TorchAdapter(ModelAdapter):
     Outside the engine's lanes (retry, batch-size probes) calls use ``threads`` intra-op threads.
     """
 
+    result_neutral_settings = frozenset({"parallel"})
     device: torch.device | None = None
     """The torch device, after setup()."""
 
@@ -92,17 +92,6 @@ class TorchAdapter(ModelAdapter):
             yield
         finally:
             torch.set_num_threads(before)
-
-
-def check_parallel(adapter: ModelAdapter) -> None:
-    """``parallel = "batches"`` calls the model from several threads at once: not with torch.compile."""
-    s = adapter.settings
-    if getattr(s, "parallel", None) == "batches" and getattr(s, "compile", False):
-        raise ModelLoadError(
-            f"kind '{adapter.kind}': parallel = \"batches\" calls the model from several threads at once, "
-            "which a torch.compile'd model does not support",
-            hint='use parallel = "library" with compile = true, or leave compile out',
-        )
 
 
 def import_torch(kind: str) -> Any:

@@ -142,7 +142,6 @@ class HFModel(TorchAdapter):
     uses_gpu = True
     settings_cls = HFSettings
     settings: HFSettings
-    result_neutral_settings = frozenset({"parallel"})
 
     def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
         super().__init__(spec, threads=threads, device=device)

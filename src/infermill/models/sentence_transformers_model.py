@@ -97,7 +97,6 @@ class SentenceModel(TorchAdapter):
     default_outputs = ["embedding"]
     settings_cls = SentenceSettings
     settings: SentenceSettings
-    result_neutral_settings = frozenset({"parallel"})
 
     def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
         super().__init__(spec, threads=threads, device=device)

@@ -59,7 +59,6 @@ from ._torch_runtime import (
     ParallelName,
     TorchAdapter,
     check_device,
-    check_parallel,
     classify_torch_error,
     import_torch,
     pin,
@@ -113,13 +112,17 @@ class TorchModel(TorchAdapter):
     uses_gpu = True
     settings_cls = TorchSettings
     settings: TorchSettings
-    result_neutral_settings = frozenset({"parallel"})
 
     def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
         super().__init__(spec, threads=threads, device=device)
         s, ms = self.settings, self.model_spec
         check_device(s.device, self.kind)
-        check_parallel(self)
+        if s.parallel == "batches" and s.compile:
+            raise ModelLoadError(
+                "kind 'torch': parallel = \"batches\" calls the model from several threads at once, "
+                "which a torch.compile'd model does not support",
+                hint='use parallel = "library" with compile = true, or leave compile out',
+            )
         if ms.method is not None or ms.positive_class is not None:
             raise ModelLoadError(
                 "kind 'torch' takes no 'model.method' or 'model.positive_class'",
