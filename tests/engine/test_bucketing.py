@@ -12,8 +12,12 @@ import infermill
 from tests.conftest import read_output, write_job
 
 MODEL = '''
+import itertools
+
 import numpy as np
 from infermill import ItemError
+
+CALLS = itertools.count()
 
 
 def predict(batch):
@@ -26,6 +30,7 @@ def predict(batch):
         "length": lengths,
         "call_rows": np.full(n, n),
         "call_spread": np.full(n, lengths.max() - lengths.min()),
+        "call_no": np.full(n, next(CALLS)),
     }
 '''
 
@@ -52,7 +57,7 @@ def _job(directory: Path, sort_window: int | None, poison: bool = False) -> tupl
         kind = "python"
         entrypoint = "model.py:predict"
         features = ["text"]
-        outputs = ["length", "call_rows", "call_spread"]
+        outputs = ["length", "call_rows", "call_spread", "call_no"]
         [batch]
         size = 100
         {window}
@@ -83,6 +88,22 @@ def test_bucketing_reduces_padding_and_keeps_input_order(tmp_path: Path) -> None
     spread_bucketed = float(np.mean(bucketed.column("call_spread").to_numpy()))
     assert spread_bucketed < spread_plain / 5, (spread_plain, spread_bucketed)
     assert set(bucketed.column("call_rows").to_pylist()) == {100}
+
+
+def test_bucketing_sends_the_longest_rows_first(tmp_path: Path) -> None:
+    job, _ = _job(tmp_path, 1_000)
+    infermill.run(job, progress="off")
+    out = read_output(tmp_path / "out")
+    length, call = out.column("length").to_numpy(), out.column("call_no").to_numpy()
+    for window in range(3):  # shards of 1,000 rows, one window each
+        rows = slice(window * 1_000, (window + 1) * 1_000)
+        calls = np.unique(call[rows])
+        assert len(calls) == 10
+        shortest = [length[rows][call[rows] == c].min() for c in calls]
+        longest = [length[rows][call[rows] == c].max() for c in calls]
+        # Call by call, every row is at least as long as any row of the next call.
+        assert all(s >= nxt for s, nxt in zip(shortest[:-1], longest[1:], strict=True)), (shortest, longest)
+        assert longest[0] == length[rows].max()
 
 
 def test_bucketing_dead_letters_keep_their_positions(tmp_path: Path) -> None:

@@ -302,8 +302,11 @@ class _Pipeline:
         return _put(self.inbox, ("batch", shard, batch, inputs, positions), self.flags)
 
     def _emit_window(self, shard: Shard, window: list[pa.RecordBatch], offset: int, stats: _ShardStats) -> bool:
-        """Length bucketing: the window's rows go to the model shortest first, so each batch holds rows of
-        similar length (little padding); the model loop puts the results back in input order."""
+        """Length bucketing: the window's rows go to the model longest first, so each batch holds rows of
+        similar length (little padding); the model loop puts the results back in input order.
+
+        Longest first, as ``SentenceTransformer.encode`` orders: a batch too big for memory shows at the start
+        of the window, and the window ends on its quickest batches, so parallel lanes finish together."""
         t0 = time.perf_counter()
         table = pa.Table.from_batches(window).combine_chunks()
         rows = table.to_batches()[0] if table.num_rows else None
@@ -311,7 +314,7 @@ class _Pipeline:
             return True
         # Bytes of each row's feature values order texts as their token counts do, closely enough for
         # bucketing, at no cost: counting tokens would tokenize the whole window once more.
-        order = np.argsort(row_bytes(rows.select(self.columns.features)), kind="stable")
+        order = np.argsort(-row_bytes(rows.select(self.columns.features)), kind="stable")
         ordered = rows.take(pa.array(order))
         stats.preprocess_s += time.perf_counter() - t0
         size = self.spec.batch.rows()
