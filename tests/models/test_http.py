@@ -5,9 +5,11 @@ suite."""
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -322,6 +324,23 @@ def test_connection_refused_at_setup_is_fatal(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="cannot connect to") as info:
         ready(http_spec(tmp_path, url))
     assert "start the model server" in str(info.value)
+
+
+def test_a_dropped_adapter_shuts_down_without_waiting(tmp_path: Path, serve: Any) -> None:
+    # The garbage collector may finalize an adapter inside any thread (even one that threading is starting),
+    # where joining the pool's threads can deadlock: the finalizer stops the pool but does not wait for it.
+    adapter = ready(http_spec(tmp_path, serve().url))
+    pool = adapter._pool
+    assert pool is not None
+    release = threading.Event()
+    busy = pool.submit(release.wait, 30)
+    del adapter
+    gc.collect()
+    with pytest.raises(RuntimeError, match="shutdown"):
+        pool.submit(print)
+    assert not busy.done()
+    release.set()
+    assert busy.result(timeout=5) is True
 
 
 def test_health_path_must_answer_2xx(tmp_path: Path, serve: Any) -> None:

@@ -164,12 +164,14 @@ class HttpModel(ModelAdapter):
             self._client = None
             raise self._clean(exc) from None
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="infermill-http")
-        # An adapter dropped without close() still closes its connections (no leaked sockets).
-        self._finalizer = weakref.finalize(self, _shutdown, self._pool, self._client)
+        # An adapter dropped without close() still closes its connections (no leaked sockets). The garbage
+        # collector may run this inside any thread, even one starting up within threading's own locks, so it
+        # must not wait for the pool's threads: joining there can deadlock.
+        self._finalizer = weakref.finalize(self, _shutdown, self._pool, self._client, False)
 
     def close(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer()
+        if self._finalizer is not None and self._finalizer.detach() is not None and self._pool and self._client:
+            _shutdown(self._pool, self._client, True)
         self._pool = None
         self._client = None
 
@@ -299,8 +301,8 @@ class HttpModel(ModelAdapter):
         return digest("http", s.protocol, self.protocol.endpoint, s.model, s.revision)[:16]
 
 
-def _shutdown(pool: ThreadPoolExecutor, client: HttpClient) -> None:
-    pool.shutdown(wait=True, cancel_futures=True)
+def _shutdown(pool: ThreadPoolExecutor, client: HttpClient, wait: bool) -> None:
+    pool.shutdown(wait=wait, cancel_futures=True)
     client.close()
 
 
