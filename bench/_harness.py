@@ -171,12 +171,8 @@ class GpuSampler:
     def __enter__(self) -> GpuSampler:
         import threading
 
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        except Exception:  # no NVML here: nothing to sample
+        self._handle = _nvml_gpu0()
+        if self._handle is None:  # no NVML here: nothing to sample
             return self
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -202,13 +198,23 @@ class GpuSampler:
                 "samples": len(u), "memory_used_max_mib": round(self.memory_used / 2**20)}
 
 
-def gpu_name() -> str | None:
-    """GPU 0's name through NVML, or None."""
+def _nvml_gpu0() -> Any:
+    """NVML's handle of GPU 0, or None (no GPU, no driver, or ``nvidia-ml-py`` missing)."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+        return pynvml.nvmlDeviceGetHandleByIndex(0)
     except Exception:
         return None
+
+
+def gpu_name() -> str | None:
+    """GPU 0's name through NVML, or None."""
+    handle = _nvml_gpu0()
+    if handle is None:
+        return None
+    import pynvml
+
+    name = pynvml.nvmlDeviceGetName(handle)
     return name.decode() if isinstance(name, bytes) else str(name)

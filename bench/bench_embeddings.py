@@ -75,6 +75,11 @@ def ensure_texts(data_dir: Path, count: int, seed: int) -> Path:
     return path
 
 
+def model_option(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--model-path`` option to hand on to a child that loads the model (none when not given)."""
+    return {"model_path": args.model_path} if args.model_path else {}
+
+
 def model_path(override: str | None = None) -> str:
     """``--model-path`` when given (a copy of the model where the package is not installed), else the package's."""
     if override:
@@ -143,7 +148,7 @@ def child_infermill(args: argparse.Namespace) -> dict[str, Any]:
     import sentence_transformers  # noqa: F401 - imported before the sampler starts, as before the clock
 
     with h.GpuSampler() as sampler:
-        result = h.infermill_child(args.job, preimport="sentence_transformers")
+        result = h.infermill_child(args.job)
     result["gpu"] = sampler.summary()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():  # workers = 1: the model ran in this process
@@ -225,14 +230,13 @@ def measure_infermill(runs_dir: Path, dataset: Path, size: int, args: argparse.N
 
 def measure_ray(runs_dir: Path, dataset: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
     run_dir = Path(tempfile.mkdtemp(prefix="ray-", dir=runs_dir))
-    options = {"model_path": args.model_path} if args.model_path else {}
     try:
-        return h.spawn(__file__, "ray", dataset=dataset, batch_sizes=size, out=run_dir / "out", **options)
+        return h.spawn(__file__, "ray", dataset=dataset, batch_sizes=size, out=run_dir / "out", **model_option(args))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-# -- the run ---------------------------------------------------------------------------------------
+# -- the run ----------------------------------------------------------------------------------------
 
 
 def _gpu_cell(r: dict[str, Any]) -> str:
@@ -256,6 +260,7 @@ def report(summary: dict[str, Any]) -> str:
     rows += [(f"(b) infermill, size {a['batch_size']}, {label}", summary[key]) for key, label in summary["labels"]]
     if "ray" in summary:
         rows.append((f"(r) Ray Data, map_batches({a['batch_size']}), 1 actor", summary["ray"]))
+    memory = [("limit", a)] + [(key, summary[key]) for key, _label in summary["labels"]]
     for label, r in rows:
         gpu = f"{_gpu_cell(r):>9}" if on_gpu else ""
         lines.append(f"{label:<60}{r['rows_per_s']:>9.1f}{r['seconds']:>10.2f}"
@@ -273,8 +278,7 @@ def report(summary: dict[str, Any]) -> str:
     if on_gpu:
         lines.append("    GPU busy: mean of NVML's utilisation (share of time a kernel ran) over the timed part, "
                      "sampled every 50 ms; peak GPU memory used: " + ", ".join(
-                         f"{label.split(',')[0]} {r['gpu']['memory_used_max_mib']} MiB"
-                         for label, r in rows if r.get("gpu")))
+                         f"{key} {r['gpu']['memory_used_max_mib']} MiB" for key, r in memory if r.get("gpu")))
     lines.append(f"    output column: {summary['infermill']['embedding_type']}; load average (1 min): "
                  f"{cfg['loadavg_before']} -> {cfg['loadavg_after']}")
     return "\n".join(lines + h.target_lines(summary["targets"]))
@@ -310,7 +314,6 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.data_dir / "runs"
     runs_dir.mkdir(exist_ok=True)
     loadavg_before = h.machine()["loadavg"]
-    device = {"device": args.device}
     limits: list[dict[str, Any]] = []
     ours = contenders(args.device, args.texts, args.gpu_replicas)
     measured: dict[str, list[dict[str, Any]]] = {how.key: [] for how in ours}
@@ -318,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     size = 0
     for i in range(args.repeat):
         print(f"round {i + 1} of {args.repeat}", flush=True)
-        limits.append(h.spawn(__file__, "limit", dataset=dataset, batch_sizes=args.batch_sizes,
-                              **device, **({"model_path": args.model_path} if args.model_path else {})))
+        limits.append(h.spawn(__file__, "limit", dataset=dataset, batch_sizes=args.batch_sizes, device=args.device,
+                              **model_option(args)))
         # The limit's best batch size so far is the size every other contender uses.
         by_size: dict[str, float] = {}
         for r in limits:
