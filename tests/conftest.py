@@ -122,6 +122,32 @@ def predict_callers(monkeypatch: pytest.MonkeyPatch, adapter_cls: type) -> set[s
     return callers
 
 
+def run_lanes_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, adapter_cls: type, texts: list[str], model: str, batch: str,
+    parallel: str,
+) -> pa.Table:
+    """Score ``texts`` (ids 0..n-1) with ``workers = 1, threads_per_worker = 2`` and the ``[model]`` and
+    ``[batch]`` keys given; check every row succeeded, that ``predict`` ran on lanes (``parallel =
+    "batches"``) or on the worker thread, and that the output is in input order; return the output."""
+    import infermill
+
+    callers = predict_callers(monkeypatch, adapter_cls)
+    n = len(texts)
+    pq.write_table(pa.table({"id": np.arange(n), "text": texts}), tmp_path / "docs.parquet")
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[input]\npath = "docs.parquet"\nid_column = "id"\n[model]\n{model}parallel = "{parallel}"\n'
+        f'[batch]\n{batch}[output]\npath = "out"\n[runtime]\nworkers = 1\nthreads_per_worker = 2\n'
+    )
+    result = infermill.run(job, progress="off")
+    assert result.state == "complete" and result.rows_succeeded == n
+    assert callers == ({"infermill-lane"} if parallel == "batches" else {"infermill-worker"})
+    out = read_output(tmp_path / "out")
+    assert out.column("id").to_pylist() == list(range(n))  # input order, whatever order the lanes took
+    monkeypatch.undo()
+    return out
+
+
 def read_output(out_dir: Path, fmt: str = "parquet") -> pa.Table:
     """Read every committed part file listed in the manifest (or on disk) into one table."""
     import json

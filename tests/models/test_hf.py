@@ -25,7 +25,7 @@ from infermill.models.hf import HFModel  # noqa: E402
 from infermill.spec import JobSpec, ModelSpec  # noqa: E402
 from infermill.testing.models import ModelAdapterConformance, model_spec_for  # noqa: E402
 from infermill.testing.tiny_hf import save_tiny_model  # noqa: E402
-from tests.conftest import predict_callers, read_output  # noqa: E402
+from tests.conftest import read_output, run_lanes_job  # noqa: E402
 
 TEXTS = [
     "I love this movie",
@@ -529,21 +529,8 @@ def test_run_with_lanes_matches_one_call(
     save_tiny_model(tmp_path / "model", task)
     texts = masked() if task == "fill-mask" else TEXTS
     texts = [texts[i % len(texts)] for i in range(48)]
-    pq.write_table(pa.table({"id": np.arange(48), "text": texts}), tmp_path / "docs.parquet")
-    callers = predict_callers(monkeypatch, HFModel)
-    job = tmp_path / "job.toml"
-    job.write_text(
-        f'[input]\npath = "docs.parquet"\nid_column = "id"\n'
-        f'[model]\nkind = "hf"\npath = "model"\ntask = "{task}"\nmicro_batch = 2\ndevice = "cpu"\n'
-        f'parallel = "{parallel}"\nall_scores = true\n'
-        f'[batch]\nsize = 3\n[output]\npath = "out"\n[runtime]\nworkers = 1\nthreads_per_worker = 2\n'
-    )
-    result = infermill.run(job, progress="off")
-    assert result.state == "complete" and result.rows_succeeded == 48
-    assert callers == ({"infermill-lane"} if parallel == "batches" else {"infermill-worker"})
-    out = read_output(tmp_path / "out")
-    assert out.column("id").to_pylist() == list(range(48))
-    monkeypatch.undo()
+    model = f'kind = "hf"\npath = "model"\ntask = "{task}"\nmicro_batch = 2\ndevice = "cpu"\nall_scores = true\n'
+    out = run_lanes_job(tmp_path, monkeypatch, HFModel, texts, model, "size = 3\n", parallel)
     direct = score(ready(spec_for(tmp_path, task, parallel="library", all_scores=True)), text_batch(texts))
     first = "token" if task == "fill-mask" else "label"
     assert out.column(first).to_pylist() == direct[first].to_pylist()

@@ -28,7 +28,7 @@ from infermill.models import load_adapter  # noqa: E402
 from infermill.models.sentence_transformers_model import SentenceModel  # noqa: E402
 from infermill.spec import JobSpec, ModelSpec  # noqa: E402
 from infermill.testing.models import ModelAdapterConformance, model_spec_for  # noqa: E402
-from tests.conftest import predict_callers, read_output  # noqa: E402
+from tests.conftest import read_output, run_lanes_job  # noqa: E402
 
 MODEL = str(minilm.get_model_path())
 TEXTS = [
@@ -310,20 +310,10 @@ def test_lanes_run_single_threaded_and_restore_the_thread_count(tmp_path: Path) 
 def test_run_with_lanes_gives_encodes_vectors_in_input_order(
     tmp_path: Path, parallel: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    callers = predict_callers(monkeypatch, SentenceModel)
     texts = [f"{TEXTS[i % len(TEXTS)]} {'word ' * (i % 7)}(copy {i})" for i in range(60)]
-    pq.write_table(pa.table({"id": np.arange(60), "text": texts}), tmp_path / "docs.parquet")
-    job = tmp_path / "embed.toml"
-    job.write_text(
-        f'[input]\npath = "docs.parquet"\nid_column = "id"\n'
-        f'[model]\nkind = "sentence-transformers"\npath = {json.dumps(MODEL)}\nfeatures = ["text"]\n'
-        f'device = "cpu"\nmicro_batch = 4\nparallel = "{parallel}"\n'
-        f'[batch]\nsize = 4\nsort_window = 30\n[output]\npath = "out"\n[runtime]\nworkers = 1\nthreads_per_worker = 2\n'
-    )
-    result = infermill.run(job, progress="off")
-    assert result.state == "complete" and result.rows_succeeded == 60
-    assert callers == ({"infermill-lane"} if parallel == "batches" else {"infermill-worker"})
-    out = read_output(tmp_path / "out")
-    assert out.column("id").to_pylist() == list(range(60))  # input order, though windows were sorted
+    model = (f'kind = "sentence-transformers"\npath = {json.dumps(MODEL)}\nfeatures = ["text"]\n'
+             'device = "cpu"\nmicro_batch = 4\n')
+    # sort_window: the windows go to the lanes longest first; the output is still in input order.
+    out = run_lanes_job(tmp_path, monkeypatch, SentenceModel, texts, model, "size = 4\nsort_window = 30\n", parallel)
     vectors = np.asarray(out.column("embedding").combine_chunks().flatten().to_numpy()).reshape(60, 384)
     np.testing.assert_allclose(vectors, encode(texts), rtol=1e-4, atol=1e-5)
