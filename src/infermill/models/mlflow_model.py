@@ -47,7 +47,7 @@ import pyarrow as pa
 from ..errors import ItemError, ModelLoadError
 from ..spec import JobSpec
 from . import missing_extra
-from ._columns import feature_matrix
+from ._columns import MatrixPool, feature_matrix
 from .base import ModelAdapter, file_digest
 from .outputs import to_array
 
@@ -160,6 +160,8 @@ class MlflowModel(ModelAdapter):
         self._model: Any = None
         self._controller: Any = None
         self._checked: list[str] | None = None
+        self._matrices = MatrixPool()
+        """Memory for the feature matrices, reused across batches."""
 
     # -- locating and reading the model -------------------------------------------------------------
     def _locate(self) -> str:
@@ -291,7 +293,7 @@ class MlflowModel(ModelAdapter):
             self._checked = names
         if self._numpy_input():
             dtype = self.signature.tensor_dtype or np.dtype(np.float64)
-            return feature_matrix(batch, dtype, names)
+            return feature_matrix(batch, dtype, names, self._matrices)
         if self.signature.inputs is not None:
             batch = batch.select(self.signature.inputs)
         return batch.to_pandas()

@@ -45,7 +45,7 @@ import pyarrow as pa
 from ..errors import ModelLoadError
 from ..spec import JobSpec
 from . import missing_extra
-from ._columns import check_numeric, column_values, feature_matrix
+from ._columns import MatrixPool, check_numeric, column_values, feature_matrix
 from ._labels import class_columns, class_index
 from ._onnx_graph import GraphInfo, ValueInfo, check_external_data, read_graph
 from .base import ModelAdapter, file_digest
@@ -87,6 +87,8 @@ class OnnxModel(ModelAdapter):
         self.session: Any = None
         """The onnxruntime InferenceSession, after setup()."""
         self._checked: list[str] | None = None
+        self._matrices = MatrixPool()
+        """Memory for the feature matrices, reused across batches."""
 
     @cached_property
     def graph(self) -> GraphInfo:
@@ -182,7 +184,7 @@ class OnnxModel(ModelAdapter):
             dtype = np.dtype(only.dtype)
             if only.rank == 1:
                 return {only.name: column_values(batch.column(0), names[0], dtype).astype(dtype, copy=False)}
-            return {only.name: feature_matrix(batch, dtype, names)}
+            return {only.name: feature_matrix(batch, dtype, names, self._matrices)}
         feeds = {}
         for info in inputs:
             dtype = np.dtype(info.dtype)

@@ -47,7 +47,7 @@ import pyarrow as pa
 from ..errors import ItemError, ModelLoadError
 from ..spec import JobSpec
 from . import missing_extra
-from ._columns import check_numeric, feature_matrix
+from ._columns import MatrixPool, check_numeric, feature_matrix
 from ._labels import class_columns, class_index
 from .base import ModelAdapter, file_digest
 from .outputs import to_columns
@@ -122,6 +122,8 @@ class SklearnModel(ModelAdapter):
         self._call: Any = None
         self._plan: _Plan | None = None
         self._checked: list[str] | None = None
+        self._matrices = MatrixPool()
+        """Memory for the feature matrices, reused across batches."""
         self._controller: Any = None
         self._pool: ThreadPoolExecutor | None = None
         """With parallel = "rows" and threads > 1: the threads that score a batch's row ranges."""
@@ -302,7 +304,7 @@ class SklearnModel(ModelAdapter):
             self._checked = names
         if self._pandas:
             return batch.to_pandas()
-        return feature_matrix(batch, _FLOAT64, names)
+        return feature_matrix(batch, _FLOAT64, names, self._matrices)
 
     def predict(self, inputs: Any) -> Any:
         if self._controller is None:
