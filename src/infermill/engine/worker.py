@@ -44,6 +44,7 @@ from ..spec import JobSpec
 from .batching import row_bytes
 from .columns import Columns
 from .faults import fault_point
+from .memory import reusing_arrow_memory
 from .policy import classify
 from .scoring import BatchScorer, DeadItem, ScoreStats
 
@@ -168,7 +169,8 @@ def run_worker(
                 hint="run `infermill validate JOB --debug` to see the full traceback",
             ) from exc
         events.put(("ready", wid))
-        _Pipeline(config, source, adapter, sink, events, flags).run(next_shard)
+        with reusing_arrow_memory():
+            _Pipeline(config, source, adapter, sink, events, flags).run(next_shard)
         adapter.close()
     except BaseException as exc:  # noqa: BLE001 - reported to the coordinator, which decides
         events.put(("fatal", wid, _as_fatal(exc)))
