@@ -123,6 +123,35 @@ def test_workers_2_equals_workers_1(parquet_job, job_dir: Path) -> None:
     assert one.equals(two)
 
 
+def test_a_run_does_not_wait_for_its_worker_processes_to_tear_down(parquet_job, job_dir: Path) -> None:
+    """Once a worker has sent its last event, the run finishes without waiting for the process to end:
+    here each worker's exit hook sleeps 60 s. Waiting for it would take 2 x 15 s (join, then terminate,
+    which workers ignore, then join again)."""
+    import multiprocessing
+    import time
+
+    (job_dir / "slow_exit.py").write_text(
+        "import atexit, time\n"
+        "from scorer import Scorer\n"
+        "atexit.register(time.sleep, 60)  # a worker's slow teardown\n"
+        "class SlowExit(Scorer):\n"
+        "    pass\n"
+    )
+    job, table = parquet_job(rows=4_000, files=2, shard_rows=1_000, workers=2)
+    job.write_text(job.read_text().replace("scorer.py:Scorer", "slow_exit.py:SlowExit"))
+    started = time.monotonic()
+    try:
+        result = infermill.run(job, progress="off")
+        elapsed = time.monotonic() - started
+    finally:
+        for child in multiprocessing.active_children():  # the workers, still in their exit hooks
+            child.kill()
+            child.join(10)
+    assert result.state == "complete" and result.rows_succeeded == 4_000
+    assert read_output(job_dir / "out").num_rows == 4_000
+    assert elapsed < 15, f"the run waited {elapsed:.1f}s for its workers' teardown"
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_output_formats(parquet_job, job_dir: Path, fmt: str) -> None:
     job, table = parquet_job(rows=3_000, files=1, shard_rows=1_000, output_format=fmt)
