@@ -52,15 +52,10 @@ def best(results: list[dict[str, Any]]) -> dict[str, Any]:
     return fastest
 
 
-def infermill_child(job: str, preimport: str = "") -> dict[str, Any]:
-    """One ``infermill.engine.run`` of ``job``, timed; ``preimport`` modules are imported before the clock starts.
-
-    As in bench_tabular, a library's import time (the same for every contender) is not what is measured.
+def infermill_child(job: str) -> dict[str, Any]:
+    """One ``infermill.engine.run`` of ``job``, timed. As in bench_tabular, import time (the same for every
+    contender) is not what is measured: ``timed_infermill_run`` imports the run's modules before the clock.
     """
-    import importlib
-
-    for module in filter(None, preimport.split(",")):
-        importlib.import_module(module)
     return tabular.timed_infermill_run(job)
 
 

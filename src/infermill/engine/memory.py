@@ -20,19 +20,18 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+
+import pyarrow as pa
 
 __all__ = ["reusing_arrow_memory"]
 
 _lock = threading.Lock()
 _holders = 0
-_saved: Any = None
+_saved: pa.MemoryPool | None = None
 """The pool to restore, while this module has replaced it; None otherwise."""
 
 
-def _jemalloc() -> Any:
-    import pyarrow as pa
-
+def _jemalloc() -> pa.MemoryPool | None:
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         return None
     if pa.default_memory_pool().backend_name != "mimalloc":
@@ -52,8 +51,6 @@ def reusing_arrow_memory() -> Iterator[None]:
     ...     run_the_worker()
     """
     global _holders, _saved
-    import pyarrow as pa
-
     with _lock:
         if _holders == 0:
             pool = _jemalloc()

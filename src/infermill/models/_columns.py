@@ -8,6 +8,7 @@ pulled through memory once per column (5x the cost at 64k rows x 20 columns).
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 from collections.abc import Sequence
@@ -91,7 +92,7 @@ class MatrixPool:
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype[np.generic]) -> np.ndarray:
         """An uninitialised C-ordered array of ``shape`` and ``dtype`` (not object), like ``np.empty``."""
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         with self._lock:
             fits: int | None = None
             spare: int | None = None
