@@ -18,6 +18,7 @@ from .errors import (
     JobFailedError,
     JobLockedError,
     ModelLoadError,
+    OutputConflictError,
     OutputError,
     SpecError,
     TransientError,
@@ -41,6 +42,7 @@ _LAZY = {
     "status": ("infermill.engine.runner", "status"),
     "RunResult": ("infermill.engine.runner", "RunResult"),
     "validate": ("infermill.engine.validate", "validate"),
+    "verify": ("infermill.engine.outputs", "verify"),
     "retry": ("infermill.engine.retry", "retry"),
     "failures": ("infermill.engine.failures", "failures"),
 }
@@ -70,6 +72,7 @@ __all__ = [
     "JobSpec",
     "ModelLoadError",
     "ModelSpec",
+    "OutputConflictError",
     "OutputError",
     "OutputSpec",
     "RetrySpec",
@@ -84,4 +87,5 @@ __all__ = [
     "run",
     "status",
     "validate",
+    "verify",
 ]

@@ -11,6 +11,8 @@ process exit code the CLI uses for it and whether retrying the same work may suc
     │   ├── ModelLoadError              exit 2  the model cannot be found, trusted or loaded
     │   └── JobChangedError             exit 2  spec, model or input changed since the last run
     ├── OutputError                     exit 1  the output cannot be written (fatal)
+    │   └── OutputConflictError         exit 2  the output location belongs to another job, or holds
+    │                                           files infermill did not write, or lies inside the input
     ├── LedgerError                     exit 1  the ledger is unreadable or belongs to another job
     ├── JobLockedError                  exit 3  another run of the same job holds the lease
     ├── LeaseLostError                  exit 3  this run's lease was taken over (fencing)
@@ -44,6 +46,7 @@ __all__ = [
     "LeaseLostError",
     "LedgerError",
     "ModelLoadError",
+    "OutputConflictError",
     "OutputError",
     "SpecError",
     "TransientError",
@@ -123,6 +126,13 @@ class JobChangedError(SpecError):
 
 class OutputError(InfermillError):
     """The output location cannot be written. Fatal: the run stops, committed work stays."""
+
+
+class OutputConflictError(OutputError):
+    """The output location cannot be used by this job: another job owns it, it holds result files this job
+    did not write, or it lies inside the input. Nothing was written."""
+
+    exit_code = EXIT_USAGE
 
 
 class LedgerError(InfermillError):

@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,9 +23,16 @@ from typing import Any
 from ..errors import JobLockedError, LeaseLostError, LedgerError
 from .states import check_shard_transition
 
-__all__ = ["Ledger", "Lease", "ShardRow", "lease_is_live"]
+__all__ = ["CommittedPart", "Ledger", "Lease", "PartCheck", "ShardRow", "lease_is_live", "move_aside"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_ADDED_COLUMNS = {
+    # version 2: each committed file's size, checksum and mtime, to notice a part that went missing or changed
+    "shards": (
+        ("output_bytes", "INTEGER"), ("output_sha256", "TEXT"), ("output_mtime_ns", "INTEGER"),
+        ("errors_bytes", "INTEGER"), ("errors_sha256", "TEXT"), ("errors_mtime_ns", "INTEGER"),
+    ),
+}
 OPEN_TIMEOUT_S = 30.0
 """How long opening the ledger waits for another process that holds it (or is creating it)."""
 
@@ -62,6 +70,12 @@ CREATE TABLE IF NOT EXISTS shards (
     rows_failed INTEGER NOT NULL DEFAULT 0,
     output_file TEXT,
     errors_file TEXT,
+    output_bytes INTEGER,
+    output_sha256 TEXT,
+    output_mtime_ns INTEGER,
+    errors_bytes INTEGER,
+    errors_sha256 TEXT,
+    errors_mtime_ns INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     run_id INTEGER,
     started_at REAL,
@@ -124,6 +138,30 @@ class ShardRow:
     rows_failed: int
     output_file: str | None
     error: str | None
+    errors_file: str | None = None
+
+
+@dataclass(frozen=True)
+class PartCheck:
+    """What the ledger keeps of a committed file to tell later whether it is still intact."""
+
+    bytes: int
+    sha256: str
+    mtime_ns: int | None
+
+
+@dataclass(frozen=True)
+class CommittedPart:
+    """One committed file of a shard: its result part or its dead-letter part."""
+
+    shard_id: str
+    ordinal: int
+    errors: bool
+    """True for the shard's ``_errors/`` file."""
+    name: str
+    rows: int
+    check: PartCheck | None
+    """None for files committed by a release that did not record checks."""
 
 
 class Ledger:
@@ -157,8 +195,9 @@ class Ledger:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
+            _migrate(conn)
             conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('job_uid', ?)", (uuid.uuid4().hex,)
             )
         except BaseException:
             conn.close()
@@ -168,8 +207,13 @@ class Ledger:
     def _cannot_open(self, exc: Exception) -> LedgerError:
         return LedgerError(
             f"cannot open the ledger {self.path}: {exc}",
-            hint="check '[runtime] ledger'; a corrupt ledger can be moved away and the job rerun with --restart",
+            hint="check '[runtime] ledger' and its permissions; if the file is damaged, `infermill run JOB "
+            "--restart` moves it aside (kept with a timestamp) and starts the job over",
         )
+
+    def job_uid(self) -> str:
+        """This ledger's id for its job, made when the ledger was created (kept by reset())."""
+        return str(self._query("SELECT value FROM meta WHERE key = 'job_uid'")[0][0])
 
     def close(self) -> None:
         with self._lock:
@@ -217,30 +261,23 @@ class Ledger:
             conn.executemany(
                 "INSERT INTO shards (shard_id, ordinal, descriptor, rows_planned) VALUES (?, ?, ?, ?)", shards
             )
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('owned_output', ?)", (output_path,))
 
     def reset(self) -> None:
-        """Forget the job's results (for --restart).
-
-        The output folder is remembered as this ledger's own, so result files left there (the ones just
-        forgotten, if a crash stops the restart before they are deleted) are cleaned up, not refused.
-        """
+        """Forget the job's results (for --restart); its ``job_uid`` stays, so its output stays its own."""
         with self._tx() as conn:
-            row = conn.execute("SELECT output_path FROM job WHERE id = 1").fetchone()
-            if row is not None:
-                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('owned_output', ?)", (row[0],))
             conn.execute("DELETE FROM shards")
             conn.execute("DELETE FROM items")
             conn.execute("DELETE FROM job")
 
-    def owned_output(self) -> str | None:
-        """The output folder of a job this ledger forgot with reset(), if any."""
-        rows = self._query("SELECT value FROM meta WHERE key = 'owned_output'")
-        return str(rows[0][0]) if rows else None
-
     def mark_complete(self) -> None:
         with self._tx() as conn:
             conn.execute("UPDATE job SET completed_at = ? WHERE id = 1", (time.time(),))
+
+    def mark_incomplete(self) -> None:
+        """The job's output is being changed (retry, a damaged part redone): it is not complete until a new
+        manifest is written."""
+        with self._tx() as conn:
+            conn.execute("UPDATE job SET completed_at = NULL WHERE id = 1")
 
     # -- lease -------------------------------------------------------------------------------------
     def lease_holder(self) -> dict[str, Any] | None:
@@ -333,8 +370,8 @@ class Ledger:
     # -- shards ------------------------------------------------------------------------------------
     def shards(self, state: str | None = None) -> list[ShardRow]:
         sql = (
-            "SELECT shard_id, ordinal, descriptor, state, rows_planned, rows_out, rows_failed, output_file, error"
-            " FROM shards"
+            "SELECT shard_id, ordinal, descriptor, state, rows_planned, rows_out, rows_failed, output_file, error,"
+            " errors_file FROM shards"
         )
         params: tuple[Any, ...] = ()
         if state is not None:
@@ -371,6 +408,8 @@ class Ledger:
         stats: dict[str, Any] | None = None,
         retry: bool = False,
         resolved_rows: Sequence[int] = (),
+        output_check: PartCheck | None = None,
+        errors_check: PartCheck | None = None,
     ) -> None:
         """Record a shard's files as committed, only if this run still holds the lease.
 
@@ -392,6 +431,12 @@ class Ledger:
                 "INSERT OR REPLACE INTO items (shard_id, item_id, row_index, attempts, error_class, error_kind,"
                 " message, traceback, run_id, updated_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'dead')",
                 [(shard_id, *item, run_id, now) for item in dead_items],
+            )
+            checks = (*_check_values(output_check), *_check_values(errors_check))
+            conn.execute(
+                "UPDATE shards SET output_bytes = ?, output_sha256 = ?, output_mtime_ns = ?, errors_bytes = ?,"
+                " errors_sha256 = ?, errors_mtime_ns = ? WHERE shard_id = ?",
+                (*checks, shard_id),
             )
             if retry:
                 conn.execute(
@@ -441,6 +486,23 @@ class Ledger:
             self._fence(conn, lease)
             conn.execute("UPDATE shards SET state = 'pending' WHERE shard_id = ? AND state = 'running'", (shard_id,))
 
+    def reopen_shards(self, shard_ids: Sequence[str], lease: Lease, reason: str) -> None:
+        """Committed shards whose files are missing or changed go back to pending, with their dead letters
+        forgotten (they are redone with the shard); the job is no longer complete."""
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            for shard_id in shard_ids:
+                self._transition(conn, shard_id, "pending")
+                conn.execute(
+                    "UPDATE shards SET state = 'pending', output_file = NULL, errors_file = NULL, rows_out = NULL,"
+                    " rows_failed = 0, error = ?, output_bytes = NULL, output_sha256 = NULL,"
+                    " output_mtime_ns = NULL, errors_bytes = NULL, errors_sha256 = NULL, errors_mtime_ns = NULL"
+                    " WHERE shard_id = ?",
+                    (reason, shard_id),
+                )
+                conn.execute("DELETE FROM items WHERE shard_id = ?", (shard_id,))
+            conn.execute("UPDATE job SET completed_at = NULL WHERE id = 1")
+
     def requeue_failed(self, lease: Lease) -> int:
         """Failed shards get another chance in a new run."""
         with self._tx() as conn:
@@ -478,19 +540,44 @@ class Ledger:
         """The per-shard stage timings (JSON) of committed shards."""
         return [r[0] for r in self._query("SELECT stats FROM shards WHERE state = 'committed' ORDER BY ordinal")]
 
-    def committed_files(self) -> list[tuple[str, int]]:
-        rows = self._query(
-            "SELECT output_file, rows_out FROM shards WHERE state = 'committed' AND output_file IS NOT NULL"
-            " ORDER BY ordinal"
-        )
-        return [(r["output_file"], r["rows_out"]) for r in rows]
+    def committed_parts(self) -> list[CommittedPart]:
+        """Every committed file (results, then dead letters, of each shard in order) with its check."""
+        rows = self._query("SELECT * FROM shards WHERE state = 'committed' ORDER BY ordinal")
+        parts: list[CommittedPart] = []
+        for r in rows:
+            for prefix, errors, rows_key in (("output", False, "rows_out"), ("errors", True, "rows_failed")):
+                name = r[f"{prefix}_file"]
+                if name is None:
+                    continue
+                size = r[f"{prefix}_bytes"]
+                check = None if size is None else PartCheck(size, r[f"{prefix}_sha256"], r[f"{prefix}_mtime_ns"])
+                parts.append(CommittedPart(r["shard_id"], r["ordinal"], errors, name, int(r[rows_key] or 0), check))
+        return parts
 
-    def committed_error_files(self) -> list[tuple[str, int]]:
-        rows = self._query(
-            "SELECT errors_file, rows_failed FROM shards WHERE state = 'committed' AND errors_file IS NOT NULL"
-            " ORDER BY ordinal"
-        )
-        return [(r["errors_file"], r["rows_failed"]) for r in rows]
+
+def _check_values(check: PartCheck | None) -> tuple[Any, Any, Any]:
+    return (None, None, None) if check is None else (check.bytes, check.sha256, check.mtime_ns)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a ledger written by an earlier release up to this schema, in place."""
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, sql_type in columns:
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None or row[0] != str(SCHEMA_VERSION):
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+
+def move_aside(path: str) -> str:
+    """Rename a damaged ledger (and its WAL files) to ``<path>.damaged-<UTC time>``; return the new path."""
+    target = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, target + suffix)
+    return target
 
 
 def lease_is_live(holder: dict[str, Any] | None, lease_seconds: float) -> bool:

@@ -2,11 +2,13 @@
 
 Shards::
 
-    pending ──> running ──> committed
+    pending ──> running ──> committed ──> (its file missing or changed) pending
        ^           │
        └───────────┴──> failed ──> (retry) pending
 
 A shard found ``running`` when a run starts belongs to a run that crashed: it goes back to ``pending``.
+A committed shard whose file a later run (or ``status``) finds missing or changed is recomputed: it goes
+back to ``pending`` with a warning.
 
 Runs: ``running -> complete | failed | interrupted``; a ``running`` run whose lease went stale crashed
 and is reported as ``interrupted``. A job's state is derived: the latest run's, or ``pending`` before any.
@@ -22,14 +24,14 @@ __all__ = ["JOB_STATES", "JobState", "RunState", "ShardState", "check_shard_tran
 
 ShardState = Literal["pending", "running", "committed", "failed"]
 RunState = Literal["running", "complete", "failed", "interrupted"]
-JobState = Literal["pending", "running", "complete", "failed", "interrupted"]
-JOB_STATES: tuple[JobState, ...] = ("pending", "running", "complete", "failed", "interrupted")
+JobState = Literal["pending", "running", "complete", "failed", "interrupted", "damaged"]
+JOB_STATES: tuple[JobState, ...] = ("pending", "running", "complete", "failed", "interrupted", "damaged")
 
 _SHARD_TRANSITIONS: dict[str, set[str]] = {
     "pending": {"running", "failed"},
     "running": {"committed", "failed", "pending"},
     "failed": {"pending"},
-    "committed": set(),
+    "committed": {"pending"},
 }
 
 
