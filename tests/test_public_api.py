@@ -14,9 +14,10 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def test_all_is_pinned() -> None:
     assert sorted(infermill.__all__) == sorted([
         "BatchSpec", "ErrorsSpec", "InfermillError", "InputError", "InputSpec", "InterruptedRunError", "ItemError",
-        "JobChangedError", "JobFailedError", "JobLockedError", "JobSpec", "ModelLoadError", "ModelSpec", "OutputError",
+        "JobChangedError", "JobFailedError", "JobLockedError", "JobSpec", "ModelLoadError", "ModelSpec",
+        "OutputConflictError", "OutputError",
         "OutputSpec", "RetrySpec", "RunResult", "RuntimeSpec", "SpecError", "TransientError", "__version__",
-        "failures", "load_spec", "retry", "run", "status", "validate",
+        "failures", "load_spec", "retry", "run", "status", "validate", "verify",
     ])
     for name in infermill.__all__:
         assert getattr(infermill, name) is not None

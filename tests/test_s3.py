@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -98,7 +99,8 @@ storage_options = {{ {toml_options} }}
     result = infermill.run(tmp_path / "job.toml", progress="off")
     assert (result.state, result.rows_succeeded, result.shards_committed) == ("complete", 6_000, 6)
     manifest = json.loads(fs.cat(f"{name}/out/_manifest.json"))
-    assert [f["path"] for f in manifest["files"]] == [f"part-{i:05d}.parquet" for i in range(6)]
+    assert [f["path"] for f in manifest["files"]] == [f"part-{i:05d}-a1.parquet" for i in range(6)]
+    assert all(f["sha256"] == hashlib.sha256(fs.cat(f"{name}/out/{f['path']}")).hexdigest() for f in manifest["files"])
     out = pq.read_table(f"{name}/out/", filesystem=fs).sort_by("customer_id")
     assert out.column("customer_id").to_pylist() == list(range(6_000))
     np.testing.assert_allclose(out.column("score").to_numpy(), expected_score(table))

@@ -3,6 +3,7 @@ resumed each time, and its final output must equal an uninterrupted run's: every
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -109,7 +110,7 @@ def test_random_sigkills_then_resume_equals_clean_run(tmp_path: Path, reference:
     assert final.returncode == 0, err.decode()
     assert b"nothing to do" in out
     assert read_output(tmp_path / "out").sort_by("customer_id").equals(reference)
-    assert not list((tmp_path / "out" / "_staging").iterdir())
+    assert not (tmp_path / "out" / "_staging").exists()  # a finished job leaves no staging folder
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -135,3 +136,22 @@ def test_kill_at_each_commit_step_then_resume(tmp_path: Path, reference: pa.Tabl
     assert out.equals(reference)
     parts = sorted(p.name for p in (tmp_path / "out").glob("part-*.parquet"))
     assert len(parts) == 20
+
+
+@pytest.mark.parametrize("point", ["after_rename", "after_commit"])
+def test_kill_in_the_last_shard_leaves_no_manifest(tmp_path: Path, reference: pa.Table, point: str) -> None:
+    """The last shard's commit is the step just before the manifest: a kill there must leave none (a
+    manifest means every shard is committed), and the resume's manifest lists exactly the parts on disk."""
+    job = _job(tmp_path)
+    proc = _start(job, {"INFERMILL_FAULT": f"{point}:20"})  # 20 shards: the 20th commit is the last one
+    proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "out" / "_manifest.json").exists()
+    final = _start(job)
+    _, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err.decode()
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    on_disk = sorted(p.name for p in (tmp_path / "out").glob("part-*.parquet"))
+    assert [f["path"] for f in manifest["files"]] == on_disk and len(on_disk) == 20
+    assert sum(f["rows"] for f in manifest["files"]) == ROWS
+    assert read_output(tmp_path / "out").sort_by("customer_id").equals(reference)

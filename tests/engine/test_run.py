@@ -38,7 +38,7 @@ def test_manifest_lists_every_file(parquet_job, job_dir: Path) -> None:
     assert [f["path"] for f in manifest["files"]] == on_disk
     for entry in manifest["files"]:
         assert pq.read_metadata(job_dir / "out" / entry["path"]).num_rows == entry["rows"]
-    assert not list((job_dir / "out" / "_staging").iterdir())
+    assert not (job_dir / "out" / "_staging").exists()  # a finished job leaves no staging folder
 
 
 def test_small_files_are_merged_into_shards(parquet_job, job_dir: Path) -> None:
@@ -107,8 +107,12 @@ def test_foreign_files_in_output_are_not_overwritten(parquet_job, job_dir: Path)
     job, _ = parquet_job()
     (job_dir / "out").mkdir()
     (job_dir / "out" / "part-00000.parquet").write_bytes(b"someone else's")
-    with pytest.raises(OutputError, match="already holds result files"):
+    with pytest.raises(OutputError, match="holds result files that job 'scores' did not write: part-00000.parquet"):
         infermill.run(job, progress="off")
+    assert (job_dir / "out" / "part-00000.parquet").read_bytes() == b"someone else's"
+    # --restart does not delete it either: infermill deletes only files it wrote.
+    with pytest.raises(OutputError, match="did not write"):
+        infermill.run(job, restart=True, progress="off")
     assert (job_dir / "out" / "part-00000.parquet").read_bytes() == b"someone else's"
 
 

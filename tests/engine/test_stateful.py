@@ -1,11 +1,17 @@
 """A Hypothesis state machine over {process some batches then crash, crash at a commit step, resume,
 transient errors, retry}, each step a real `infermill` subprocess. After every step the committed output
-holds only input ids, each at most once, and no id is both scored and dead-lettered; at the end, after a
-resume and a retry with the fixed model, the output equals the input exactly."""
+(the files the ledger records as committed) holds only input ids, each at most once, and no id is both
+scored and dead-lettered; any other part file on disk is an attempt-named file of a killed step (debris,
+swept by the next run); a manifest exists only when every shard is committed, and then lists exactly the
+part files on disk with their row counts. At the end, after a resume and a retry with the fixed model, the
+output equals the input exactly."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -111,22 +117,59 @@ class JobMachine(RuleBasedStateMachine):
         env = {"INFERMILL_FAULT": f"{point}:1"} if point else {}
         _run(self.dir, "retry", env)
 
+    def _committed(self) -> tuple[list[Path], list[Path]]:
+        """The files the ledger records as committed: (results, dead letters)."""
+        ledger = self.dir / ".infermill" / "sm.sqlite"
+        if not ledger.exists():
+            return [], []
+        db = sqlite3.connect(ledger)
+        try:
+            rows = db.execute("SELECT output_file, errors_file FROM shards WHERE state = 'committed'").fetchall()
+        except sqlite3.OperationalError:  # the ledger is being created
+            return [], []
+        finally:
+            db.close()
+        out = self.dir / "out"
+        return [out / r[0] for r in rows if r[0]], [out / r[1] for r in rows if r[1]]
+
     @invariant()
     def committed_ids_are_a_subset_without_duplicates(self) -> None:
-        out = self.dir / "out"
-        scored = _ids(sorted(out.glob("part-*.parquet")))
-        dead = _ids(sorted(out.glob("_errors/part-*.parquet")))
+        files, error_files = self._committed()
+        scored = _ids(files)
+        dead = _ids(error_files)
         assert len(scored) == len(set(scored)), "duplicate scored id"
         assert len(dead) == len(set(dead)), "duplicate dead-lettered id"
         assert set(scored) <= set(range(ROWS))
         assert set(scored).isdisjoint(dead)
+        out = self.dir / "out"
+        others = {p for p in [*out.glob("part-*"), *out.glob("_errors/part-*")]} - {*files, *error_files}
+        assert all(re.fullmatch(r"part-\d{5}-a\d+\.parquet", p.name) for p in others), others
+
+    @invariant()
+    def a_manifest_means_complete_and_lists_exactly_the_parts_on_disk(self) -> None:
+        out = self.dir / "out"
+        manifest_path = out / "_manifest.json"
+        if not manifest_path.exists():
+            return
+        manifest = json.loads(manifest_path.read_text())
+        db = sqlite3.connect(self.dir / ".infermill" / "sm.sqlite")
+        try:
+            states = {r[0] for r in db.execute("SELECT DISTINCT state FROM shards")}
+        finally:
+            db.close()
+        assert states == {"committed"}, f"a manifest while shards are {states}"
+        listed = {f["path"]: f["rows"] for f in [*manifest["files"], *manifest["error_files"]]}
+        on_disk = sorted(p.relative_to(out).as_posix() for p in [*out.glob("part-*"), *out.glob("_errors/part-*")])
+        assert sorted(listed) == on_disk
+        for name, rows in listed.items():
+            assert pq.read_metadata(out / name).num_rows == rows
 
     def teardown(self) -> None:
         try:
             assert _run(self.dir, "run", {"SM_POISON": "1"}) == 0
             assert _run(self.dir, "retry", {}) == 0
             out = self.dir / "out"
-            table = pa.concat_tables([pq.read_table(f) for f in sorted(out.glob("part-*.parquet"))])
+            table = pa.concat_tables([pq.read_table(f) for f in self._committed()[0]])
             assert sorted(table.column("customer_id").to_pylist()) == list(range(ROWS))
             table = table.sort_by("customer_id")
             f0 = pq.read_table(self.dir / "data").sort_by("customer_id").column("f0").to_numpy()

@@ -115,17 +115,20 @@ def test_sink_writes_part_files_and_refuses_read_back(tmp_path: Path) -> None:
     sink.prepare()
     writer = sink.open_writer(3)
     writer.write(pa.table({"_row_id": ["a", "b"], "text": ["x", "y"]}))
-    name = sink.commit(writer.close())
-    assert name == "part-00003.jsonl" and sink.list_parts() == ["part-00003.jsonl"]
+    committed = sink.commit(writer.close(), attempt=1)
+    assert committed is not None
+    name = committed.name
+    assert name == "part-00003-a1.jsonl" and sink.list_parts() == ["part-00003-a1.jsonl"]
     lines = (tmp_path / "out" / name).read_text().splitlines()
     bodies = [parse_line(text)[1] for text in lines]
     assert [b.model for b in bodies] == ["my-model", "my-model"] and {b.created for b in bodies} == {1_650_000_000}
     errors = sink.open_writer(3, errors=True)
     errors.write(pa.table({"_row_id": ["c"], "_error_class": ["ValueError"], "_error_message": ["boom"]}))
-    assert sink.commit(errors.close()) == "_errors/part-00003.jsonl"
-    assert parse_line((tmp_path / "out" / "_errors" / "part-00003.jsonl").read_text())[1].code == "value_error"
+    committed_errors = sink.commit(errors.close(), attempt=1)
+    assert committed_errors is not None and committed_errors.name == "_errors/part-00003-a1.jsonl"
+    assert parse_line((tmp_path / "out" / "_errors" / "part-00003-a1.jsonl").read_text())[1].code == "value_error"
     empty = sink.open_writer(4)
-    assert sink.commit(empty.close()) is None and not os.path.exists(empty.path)
+    assert sink.commit(empty.close(), attempt=1) is None and not os.path.exists(empty.path)
     with pytest.raises(OutputError, match="retry cannot merge") as info:
         sink.read_part(name)
     assert "new input file" in str(info.value)

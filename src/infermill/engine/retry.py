@@ -1,13 +1,16 @@
 """``infermill retry``: score only the dead-lettered items again and merge them into the output.
 
 For each shard with dead letters: read the shard, pick the dead rows, score them (same error policy),
-then rewrite the shard's result file as old rows + newly scored rows in input order, and its errors file
-as the rows that still fail. Both files replace the old ones atomically, then one ledger transaction
-records the new counts, marks the scored items resolved and keeps the rest dead.
+then write the shard's result file again as old rows + newly scored rows in input order, and its errors
+file as the rows that still fail. Both are committed under this retry's attempt names (the commit sequence
+of ``run``), one ledger transaction records them with the new counts, marks the scored items resolved and
+keeps the rest dead, and only then are the shard's previous files deleted. The manifest is removed while
+a retry works and written again at its end.
 
 A retry may use a changed model (that is usually the point: the model was fixed); the spec and the input
 must be unchanged. If a retry is killed after a file was replaced but before the ledger update, the next
-retry drops the retried ids from the file before merging, so no id is ever duplicated.
+retry drops the retried ids from the file before merging, so no id is ever duplicated; files of a killed
+retry that the ledger does not name are swept as debris.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InfermillError, JobChangedError, SpecError
-from ..ledger import Lease, Ledger
+from ..ledger import Lease, Ledger, ShardRow
 from ..models import load_adapter
 from ..sinks import Sink, open_sink
 from ..sources import open_source
@@ -32,8 +35,16 @@ from ..spec import JobSpec, default_batch_rows
 from .autosize import cache_key
 from .columns import Columns, resolve_columns
 from .executor import threads_per_worker
-from .faults import fault_point
-from .runner import RunResult, _acquire, _as_spec, _Heartbeat, _input_fingerprint, finish_job, job_result
+from .runner import (
+    RunResult,
+    _acquire,
+    _as_spec,
+    _Heartbeat,
+    _input_fingerprint,
+    commit_shard,
+    finish_job,
+    job_result,
+)
 from .scoring import BatchScorer, DeadItem, ScoreStats
 from .worker import dead_letter_table
 
@@ -93,6 +104,9 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
     if model_fp != record["model_fingerprint"]:
         ledger.set_model_fingerprint(model_fp)
     sink.prepare()
+    # The job's output is about to change: it is not complete again until the new manifest is written.
+    sink.remove_manifest()
+    ledger.mark_incomplete()
     scorer = BatchScorer(
         adapter, columns, spec.retry, spec.batch.rows(),
         max_bytes=spec.batch.max_bytes, max_tokens=spec.batch.max_tokens,
@@ -161,8 +175,9 @@ def _retry_shard(
     fixed_idx = np.array([i for n, i in enumerate(wanted) if n not in dead_rows], dtype=np.int64)
 
     # Old results, minus any retried ids a killed earlier retry may already have merged.
-    rows_total = _shard_rows(ledger, shard.shard_id)
-    old_rows = sink.read_part(sink.part_name(shard.ordinal)) if rows_total > len(wanted) else None
+    row = _committed_row(ledger, shard.shard_id)
+    rows_total = int(row.rows_out or 0) + int(row.rows_failed or 0)
+    old_rows = sink.read_part(row.output_file) if row.output_file and rows_total > len(wanted) else None
     retried_ids = pa.array([str(i["item_id"]) for i in items], pa.string())
     if old_rows is not None:
         keep = pc.invert(pc.is_in(pc.cast(old_rows.column(columns.id), pa.string()), value_set=retried_ids))
@@ -170,7 +185,7 @@ def _retry_shard(
     old_idx = np.setdiff1d(np.arange(rows_total, dtype=np.int64), wanted, assume_unique=True)
     if old_rows is not None and old_rows.num_rows != len(old_idx):
         raise InfermillError(
-            f"shard {shard.shard_id}: its result file {sink.part_name(shard.ordinal)} has {old_rows.num_rows} rows, "
+            f"shard {shard.shard_id}: its result file {row.output_file} has {old_rows.num_rows} rows, "
             f"the ledger expects {len(old_idx)}",
             hint="the output was modified outside infermill; rerun with --restart",
         )
@@ -188,25 +203,19 @@ def _retry_shard(
         error_writer = sink.open_writer(shard.ordinal, errors=True)
         error_writer.write(table)
         staged_errors = error_writer.close()
-    ledger.check_fence(lease)
-    fault_point("before_rename")
-    errors_name = sink.commit(staged_errors) if staged_errors is not None else None
-    if staged_errors is None:
-        sink.remove([sink.part_name(shard.ordinal, errors=True)])
-    name = sink.commit(staged)
-    fault_point("after_rename")
-    ledger.commit_shard(
-        shard.shard_id, lease, output_file=name, rows_out=staged.rows, errors_file=errors_name,
-        dead_items=records, run_id=run_id, retry=True, resolved_rows=[int(i) for i in fixed_idx],
+    output, errors = commit_shard(
+        ledger, lease, sink, shard.shard_id, staged, staged_errors, dead_items=records, run_id=run_id, retry=True,
+        resolved_rows=[int(i) for i in fixed_idx],
     )
-    fault_point("after_commit")
+    new_names = {f.name for f in (output, errors) if f is not None}
+    sink.remove([name for name in (row.output_file, row.errors_file) if name and name not in new_names])
     return len(fixed_idx)
 
 
-def _shard_rows(ledger: Ledger, shard_id: str) -> int:
+def _committed_row(ledger: Ledger, shard_id: str) -> ShardRow:
     for row in ledger.shards("committed"):
         if row.shard_id == shard_id:
-            return int(row.rows_out or 0) + int(row.rows_failed or 0)
+            return row
     raise InfermillError(f"shard {shard_id} is not committed; run the job to finish it before retrying")
 
 

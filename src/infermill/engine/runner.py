@@ -2,11 +2,17 @@
 
 Commit protocol for one shard (the only place results become visible)::
 
-    worker: write staged file, fsync  ─>  coordinator: check lease token
-        ─> atomic rename to part-NNNNN  ─>  ledger: shard committed (same transaction re-checks the token)
+    worker: write staged file, fsync, hash  ─>  coordinator: check lease token
+        ─> atomic rename to part-NNNNN-a<epoch>  ─>  ledger: shard committed with its file's size and
+           checksum (same transaction re-checks the token)
 
-A crash before the ledger update leaves at most a file under the shard's own deterministic name, which
-the redo replaces; a crash after it loses nothing. The manifest is written once every shard is committed.
+The file name carries the lease epoch, so a run fenced out between its token check and its rename can
+only add a file of its own attempt, never replace the part a newer run committed; the ledger refuses its
+commit and its file is swept as debris. A crash before the ledger update leaves such a debris file too;
+a crash after it loses nothing. Before anything is written the output directory is claimed for this job
+(``_infermill.json``). A run first checks that every committed part is still present and intact, and
+recomputes the shards of those that are not. The manifest is written once every shard is committed and
+the debris is gone, so it lists exactly the part files on disk.
 """
 
 from __future__ import annotations
@@ -32,13 +38,14 @@ from ..errors import (
     JobFailedError,
     JobLockedError,
     LeaseLostError,
-    OutputError,
+    LedgerError,
+    OutputConflictError,
 )
 from ..ledger import Lease, Ledger
-from ..ledger.sqlite import lease_is_live
+from ..ledger.sqlite import PartCheck, lease_is_live, move_aside
 from ..models import load_adapter
 from ..observe.progress import Mode, ProgressReporter
-from ..sinks import Sink, StagedFile, open_sink
+from ..sinks import CommittedFile, OwnerRecord, Sink, StagedFile, open_sink
 from ..sources import open_source
 from ..sources.base import Shard
 from ..spec import JobSpec, load_spec
@@ -46,6 +53,7 @@ from .autosize import resolve_batch_size
 from .columns import resolve_columns
 from .executor import make_executor, threads_per_worker
 from .faults import fault_point
+from .outputs import check_output_location, damaged_parts
 
 __all__ = ["RunResult", "finish_job", "job_result", "run", "status"]
 
@@ -157,7 +165,7 @@ def run(
     """
     spec = _as_spec(job)
     started = time.monotonic()
-    ledger = Ledger(spec.ledger_path())
+    ledger = open_ledger(spec, restart=restart, quiet=progress == "off")
     try:
         lease = _acquire(ledger, spec, wait)
         heartbeat = _Heartbeat(spec.ledger_path(), lease, max(0.5, spec.runtime.lease_seconds / 3))
@@ -168,6 +176,25 @@ def run(
             ledger.release_lease(lease)
     finally:
         ledger.close()
+
+
+def open_ledger(spec: JobSpec, *, restart: bool = False, quiet: bool = False) -> Ledger:
+    """The job's ledger. With ``restart``, a ledger that cannot be opened (damaged, not a database) is
+    moved aside, kept with a timestamp, and a new one is started."""
+    try:
+        return Ledger(spec.ledger_path())
+    except LedgerError:
+        if not restart or not os.path.isfile(spec.ledger_path()):
+            raise
+    kept = move_aside(spec.ledger_path())
+    if not quiet:
+        print(f"[{spec.name}] warning: the ledger could not be opened; moved it aside to {kept}", file=sys.stderr)
+    return Ledger(spec.ledger_path())
+
+
+def job_file(spec: JobSpec) -> str:
+    """How hints name the job: its file, or its name for a spec built in Python."""
+    return spec.source_file or spec.name
 
 
 class _Coordinator:
@@ -184,41 +211,26 @@ class _Coordinator:
         self.stop_deadline: float | None = None
 
     # -- setup -------------------------------------------------------------------------------------
+    def _warn(self, text: str) -> None:
+        if self.progress_mode != "off":
+            print(f"[{self.spec.name}] warning: {text}", file=sys.stderr)
+
     def _plan(self, restart: bool) -> tuple[list[Shard], Any, Any, str]:
         spec, ledger, sink = self.spec, self.ledger, self.sink
+        check_output_location(spec)
         source = open_source(spec)
         columns = resolve_columns(spec, source.schema())
         shards = source.plan()
         model_fp = load_adapter(spec).fingerprint()
         input_fp = _input_fingerprint(shards)
         if restart:
-            ledger.reset()
+            # Nothing is deleted before the job is known to work: spec, input and model (setup included).
+            from .validate import validate
+
+            validate(spec)
+        created = sink.claim(OwnerRecord(spec.name, ledger.job_uid(), ledger.path), takeover=restart)
         record = ledger.job()
-        if record is None:
-            sink.prepare()
-            leftovers = sink.list_parts()
-            if leftovers and ledger.owned_output() == sink.display():
-                # Results of this job that a restart forgot: ours to delete.
-                sink.remove(leftovers)
-                sink.remove_manifest()
-                sink.clean_staging()
-                leftovers = []
-            if leftovers:
-                raise OutputError(
-                    f"the output directory {sink.display()} already holds result files ({leftovers[0]}, ...) "
-                    "that this job's ledger does not know",
-                    hint="choose another '[output] path', delete those files, or pass --restart to replace them",
-                )
-            ledger.create_job(
-                name=spec.name,
-                spec_fingerprint=spec.fingerprint(),
-                model_fingerprint=model_fp,
-                input_fingerprint=input_fp,
-                output_path=sink.display(),
-                spec_json=json.dumps(spec.to_dict(redact=True), default=str),
-                shards=[(s.shard_id, s.ordinal, s.to_json(), s.rows) for s in shards],
-            )
-        else:
+        if record is not None and not restart:
             changed = [
                 what
                 for what, old, new in (
@@ -228,26 +240,90 @@ class _Coordinator:
                 )
                 if old != new
             ]
-            if changed:
+            if changed and not ledger.committed_parts() and not ledger.summary()["shards_committed"]:
+                # Fingerprints bind once a shard has committed: before that there is nothing to mix up.
+                ledger.reset()
+                record = None
+            elif changed:
                 raise JobChangedError(
                     f"{' and '.join(changed)} changed since job '{spec.name}' last ran; infermill will not mix "
                     "results from before and after the change",
-                    hint="rerun with --restart to discard the earlier results and start over "
+                    hint=f"`infermill run {job_file(spec)} --restart` discards the earlier results and starts over "
                     "(or undo the change to resume)",
                     job=spec.name,
                 )
+        if restart:
+            self._clear_output(created)
+            ledger.reset()
+            record = None
+        self._check_foreign(created)
+        sink.sweep({p.name for p in ledger.committed_parts()})
+        if record is None:
+            ledger.create_job(
+                name=spec.name,
+                spec_fingerprint=spec.fingerprint(),
+                model_fingerprint=model_fp,
+                input_fingerprint=input_fp,
+                output_path=sink.display(),
+                spec_json=json.dumps(spec.to_dict(redact=True), default=str),
+                shards=[(s.shard_id, s.ordinal, s.to_json(), s.rows) for s in shards],
+            )
         return shards, columns, source, model_fp
+
+    def _clear_output(self, created: bool) -> None:
+        """--restart: delete what this job wrote (files its ledger or its manifest names, its attempt files)
+        and nothing else; the ledger is reset after, so a crash in between only leaves missing parts that
+        the next run recomputes."""
+        sink = self.sink
+        mine = {p.name for p in self.ledger.committed_parts()}
+        manifest = sink.read_manifest()
+        if manifest is not None and manifest.get("job") == self.spec.name:
+            mine |= {str(f.get("path")) for f in [*manifest.get("files", []), *manifest.get("error_files", [])]}
+        present = sink.list_parts()
+        sink.remove([n for n in present if n in mine or (not created and sink.is_own_part(n))])
+        sink.remove_manifest()
+        sink.clean_staging()
+
+    def _check_foreign(self, created: bool) -> None:
+        """Refuse result-like files that this job did not write: the manifest would not list them, but a
+        reader of the folder would read them as results."""
+        sink = self.sink
+        known = {p.name for p in self.ledger.committed_parts()}
+        foreign = [
+            n for n in sink.list_parts() if n not in known and (created or not sink.is_own_part(n))
+        ]
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise OutputConflictError(
+                f"the output directory {sink.display()} holds result files that job '{self.spec.name}' did not "
+                f"write: {shown}",
+                hint=f"move those files away (e.g. `mv {sink.display(foreign[0])} /tmp/`), or set another "
+                f"'[output] path' in {job_file(self.spec)}; infermill never deletes files it did not write",
+                job=self.spec.name,
+            )
+
+    def _recheck(self) -> None:
+        """Send the shards of committed parts that are missing or changed back to pending."""
+        problems = damaged_parts(self.ledger, self.sink)
+        if not problems:
+            return
+        for problem in problems:
+            self._warn(f"{problem.describe()}: its shard will be recomputed")
+        shard_ids = sorted({p.shard_id for p in problems})
+        self.ledger.reopen_shards(shard_ids, self.lease, "its committed file was missing or changed")
+        self.sink.remove_manifest()
 
     # -- main loop ---------------------------------------------------------------------------------
     def run(self, *, restart: bool, started: float) -> RunResult:
         spec, ledger, sink = self.spec, self.ledger, self.sink
         shards, columns, source, model_fp = self._plan(restart)
+        self._recheck()
         summary = ledger.summary()
         if summary["shards_committed"] == summary["shards_total"]:
             budget = self._over_budget(final=True)
             if budget is not None:
                 raise budget
-            if sink.read_manifest() is None:
+            if sink.read_manifest() is None or ledger.job()["completed_at"] is None:  # type: ignore[index]
                 self._finish()
             return self._result("complete", EXIT_COMPLETE, "nothing to do: the job is already complete", started, 0)
 
@@ -340,6 +416,7 @@ class _Coordinator:
             for sid in running:
                 # In flight when the run stopped: not committed, so it is simply done again next time.
                 ledger.requeue_shard(sid, self.lease)
+            sink.remove_staging()
 
         summary = ledger.summary()
         if fatal is not None:
@@ -391,16 +468,10 @@ class _Coordinator:
         stats: dict[str, Any],
         run_id: int,
     ) -> int:
-        self.ledger.check_fence(self.lease)
-        fault_point("before_rename")
-        errors_name = self.sink.commit(staged_errors) if staged_errors is not None else None
-        name = self.sink.commit(staged)
-        fault_point("after_rename")
-        self.ledger.commit_shard(
-            shard_id, self.lease, output_file=name, rows_out=staged.rows, errors_file=errors_name,
-            dead_items=dead, run_id=run_id, stats=stats,
+        commit_shard(
+            self.ledger, self.lease, self.sink, shard_id, staged, staged_errors, dead_items=dead, run_id=run_id,
+            stats=stats,
         )
-        fault_point("after_commit")
         return staged.rows + len(dead)
 
     def _over_budget(self, *, final: bool) -> JobFailedError | None:
@@ -438,28 +509,69 @@ class _Coordinator:
         return job_result(self.spec, self.ledger, self.sink, state, message, started, rows_this_run, code)
 
 
+def _check(committed: CommittedFile | None) -> PartCheck | None:
+    return None if committed is None else PartCheck(committed.bytes, committed.sha256, committed.mtime_ns)
+
+
+def commit_shard(
+    ledger: Ledger,
+    lease: Lease,
+    sink: Sink,
+    shard_id: str,
+    staged: StagedFile,
+    staged_errors: StagedFile | None,
+    *,
+    dead_items: list[tuple[Any, ...]],
+    run_id: int,
+    stats: dict[str, Any] | None = None,
+    retry: bool = False,
+    resolved_rows: list[int] | None = None,
+) -> tuple[CommittedFile | None, CommittedFile | None]:
+    """The one commit sequence (``run`` and ``retry``): fence check, rename both files to this attempt's
+    names, then the ledger transaction that re-checks the fence and records them with their checks."""
+    ledger.check_fence(lease)  # an early way out; placement is safe without it (attempt-named files)
+    fault_point("before_rename")
+    errors = sink.commit(staged_errors, lease.token) if staged_errors is not None else None
+    output = sink.commit(staged, lease.token)
+    fault_point("after_rename")
+    ledger.commit_shard(
+        shard_id, lease, output_file=output.name if output else None, rows_out=staged.rows,
+        errors_file=errors.name if errors else None, dead_items=dead_items, run_id=run_id, stats=stats,
+        retry=retry, resolved_rows=resolved_rows or [], output_check=_check(output), errors_check=_check(errors),
+    )
+    fault_point("after_commit")
+    return output, errors
+
+
 def finish_job(spec: JobSpec, ledger: Ledger, sink: Sink) -> None:
-    """Write the manifest of a job whose shards are all committed, and sweep debris."""
-    files = ledger.committed_files()
-    error_files = ledger.committed_error_files()
+    """Sweep debris, then write the manifest of a job whose shards are all committed: it lists exactly the
+    part files on disk, each with its rows, size and checksum."""
+    parts = ledger.committed_parts()
+    sink.sweep({p.name for p in parts})
+    sink.clean_staging()
+
+    def entry(part: Any) -> dict[str, Any]:
+        check = part.check
+        return {"path": part.name, "rows": part.rows, "bytes": check.bytes if check else None,
+                "sha256": check.sha256 if check else None}
+
+    files = [entry(p) for p in parts if not p.errors]
+    error_files = [entry(p) for p in parts if p.errors]
     manifest = {
         "job": spec.name,
         "complete": True,
         "format": spec.output.format,
-        "files": [{"path": name, "rows": rows} for name, rows in files],
-        "rows_total": sum(rows for _, rows in files),
-        "error_files": [{"path": name, "rows": rows} for name, rows in error_files],
-        "rows_failed": sum(rows for _, rows in error_files),
+        "files": files,
+        "rows_total": sum(f["rows"] for f in files),
+        "error_files": error_files,
+        "rows_failed": sum(f["rows"] for f in error_files),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     fault_point("before_manifest")
     sink.write_manifest(manifest)
     fault_point("after_manifest")
     ledger.mark_complete()
-    # Files under a part name that no committed shard owns can only be debris of a crashed attempt.
-    owned = {name for name, _ in files} | {name for name, _ in error_files}
-    sink.remove([n for n in sink.list_parts() if n not in owned])
-    sink.clean_staging()
+    sink.remove_staging()
 
 
 def _rows_total(summary: dict[str, Any], complete: bool) -> int | None:
@@ -505,7 +617,8 @@ def _discard(*staged: StagedFile | None) -> None:
 def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
     """The job's state from its ledger, without running anything.
 
-    Keys: ``state`` (pending, running, complete, failed, interrupted), ``rows_total``, ``rows_succeeded``,
+    Keys: ``state`` (pending, running, complete, failed, interrupted, damaged: complete but a committed
+    part is missing or changed, see ``damaged_parts``; a rerun recomputes those), ``rows_total``, ``rows_succeeded``,
     ``rows_failed``, ``shards_total``, ``shards_committed``, ``shards_failed``, ``runs``, ``last_run``, ...
     """
     spec = _as_spec(job)
@@ -527,6 +640,7 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
             "runs": 0,
             "last_run": None,
             "failed_shards": [],
+            "damaged_parts": [],
         }
     ledger = Ledger(spec.ledger_path())
     try:
@@ -548,6 +662,9 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
             state = "interrupted"  # its process died without recording an end
         else:
             state = last["state"]
+        damaged = damaged_parts(ledger, open_sink(spec))
+        if damaged and state == "complete":
+            state = "damaged"
         total = _rows_total(summary, state == "complete")
         failed = [
             {"shard": row.shard_id, "error": row.error} for row in ledger.shards("failed")
@@ -571,6 +688,7 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
                 {k: holder[k] for k in ("host", "pid", "acquired_at", "heartbeat_at")} if live and holder else None
             ),
             "failed_shards": failed,
+            "damaged_parts": [p.describe() for p in damaged],
         }
     finally:
         ledger.close()

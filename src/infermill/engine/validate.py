@@ -11,6 +11,7 @@ from ..sources import open_source
 from ..spec import JobSpec, RetrySpec, load_spec
 from .columns import resolve_columns
 from .executor import threads_per_worker
+from .outputs import check_output_location
 from .scoring import BatchScorer
 
 __all__ = ["validate"]
@@ -22,6 +23,7 @@ def validate(job: JobSpec | str | os.PathLike[str]) -> list[str]:
     """Check the spec, the input and the model; return a report (raises an InfermillError on a problem)."""
     spec = job if isinstance(job, JobSpec) else load_spec(job)
     lines = [f"job:      {spec.name} ({spec.source_file or 'python spec'})"]
+    check_output_location(spec)
     source = open_source(spec)
     shards = source.plan()
     rows = sum(s.rows or 0 for s in shards) if all(s.rows is not None for s in shards) else None
