@@ -17,7 +17,7 @@ __all__ = ["main"]
 EXIT_CODES = """\
 exit codes:
   0   the job is complete (or there was nothing left to do)
-  1   the job failed (some shards failed, a fatal error, an internal error)
+  1   the job failed (some shards failed, a fatal error, an internal error); verify: output damaged
   2   invalid job file, input, model or usage
   3   another run of this job is active (see --wait)
   75  interrupted (SIGTERM/SIGINT); committed work is kept, rerun to resume
@@ -114,6 +114,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"last:    {info['last_run']['message']}")
     for row in info["failed_shards"][:10]:
         print(f"failed:  {row['shard']}: {row['error']}")
+    for text in info.get("damaged_parts", [])[:10]:
+        print(f"damaged: {text}")
+    if info.get("damaged_parts"):
+        print(f"         rerun `infermill run {args.job}` to recompute them")
     print(f"output:  {info['output']}")
     print(f"ledger:  {info['ledger']}")
     return 0
@@ -149,6 +153,22 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if result.manifest_path:
         print(f"  manifest: {result.manifest_path}")
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .engine.outputs import verify
+
+    report = verify(args.job)
+    if args.json:
+        print(json.dumps(report.as_dict(), sort_keys=True))
+    else:
+        for line in report.lines():
+            print(line)
+        if report.intact:
+            print("ok: the committed output is intact")
+        else:
+            print(f"damaged: rerun `infermill run {args.job}` to recompute the damaged shards")
+    return 0 if report.intact else EXIT_FAILED
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -258,6 +278,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("job", help="the job file (TOML)")
     p.add_argument("--wait", action="store_true", help="if another run of this job is active, wait for it")
+
+    p = add(
+        "verify",
+        cmd_verify,
+        "check that the committed output is present and intact",
+        """\
+        Check every committed part file of JOB against the size and SHA-256 recorded in the ledger
+        when it was committed, and the manifest against the ledger. Exit 0 when intact, 1 when a part
+        is missing or changed (listed); `infermill run JOB` then recomputes only those shards.
+        Result-like files that no committed shard owns are listed as extra.
+        """,
+    )
+    p.add_argument("job", help="the job file (TOML)")
+    p.add_argument(
+        "--json", action="store_true",
+        help="print one JSON object (keys: intact, parts_checked, problems, manifest, extra_files, ...)",
+    )
 
     p = add(
         "profile",
