@@ -36,8 +36,13 @@ class ParquetWriter(ShardWriter):
                 f.name for f in table.schema
                 if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_binary(f.type)
             ]
+            # Page checksums let a reader (ours included) tell a damaged page from data.
             self._writer = pq.ParquetWriter(
-                self.path, table.schema, compression=self._compression, use_dictionary=text or False
+                self.path,
+                table.schema,
+                compression=self._compression,
+                use_dictionary=text or False,
+                write_page_checksum=True,
             )
         elif table.schema != self._writer.schema:
             table = table.cast(self._writer.schema)
@@ -115,7 +120,7 @@ class ParquetSink(Sink):
     writer_cls = ParquetWriter
 
     def _read(self, source: Any) -> pa.Table:
-        return pq.read_table(source)
+        return pq.read_table(source, page_checksum_verification=True)
 
     def open_writer(self, ordinal: int, *, errors: bool = False) -> ShardWriter:
         writer = super().open_writer(ordinal, errors=errors)
