@@ -114,7 +114,11 @@ class ParquetSource(FileSource):
                     batch = next(batches)
                 except StopIteration:
                     break
-                except (pa.ArrowInvalid, OSError) as exc:
+                except pa.ArrowInvalid as exc:
+                    raise _damaged(where, fragment, exc) from None
+                except OSError as exc:
+                    if type(exc) is not OSError:
+                        raise  # a subclass (lost connection, file removed) is the storage failing, not the bytes
                     raise _damaged(where, fragment, exc) from None
                 yield self.finish(batch, target, where, f"{fragment.relpath}#", row)
                 row += batch.num_rows
