@@ -25,7 +25,7 @@ from infermill.models.hf import HFModel  # noqa: E402
 from infermill.spec import JobSpec, ModelSpec  # noqa: E402
 from infermill.testing.models import ModelAdapterConformance, model_spec_for  # noqa: E402
 from infermill.testing.tiny_hf import save_tiny_model  # noqa: E402
-from tests.conftest import read_output, run_lanes_job  # noqa: E402
+from tests.conftest import read_output, run_cli, run_lanes_job  # noqa: E402
 
 TEXTS = [
     "I love this movie",
@@ -419,6 +419,57 @@ def test_trusted_remote_code_is_passed_on(tmp_path: Path) -> None:
         ),
     )
     assert len(score(ready(spec), text_batch())["label"]) == len(TEXTS)
+
+
+def pickle_weights(folder: Path, payload: Any = None) -> None:
+    """Replace a saved model's model.safetensors by pytorch_model.bin (torch.save: a pickle) holding
+    ``payload``, by default the same weights."""
+    from safetensors.torch import load_file
+
+    weights = folder / "model.safetensors"
+    torch.save(load_file(weights) if payload is None else payload, folder / "pytorch_model.bin")
+    weights.unlink()
+
+
+class _RunsCode:
+    """Unpickling this calls print: what a hostile pickle would do with something worse."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (print, ("unpickled",))
+
+
+def test_pickled_weights_need_trusted(tmp_path: Path) -> None:
+    save_tiny_model(tmp_path / "model", "text-classification")
+    pickle_weights(tmp_path / "model")
+    pq.write_table(pa.table({"id": [1, 2], "text": TEXTS[:2]}), tmp_path / "docs.parquet")
+    job = '[input]\npath = "docs.parquet"\nid_column = "id"\n[model]\nkind = "hf"\npath = "model"\n'
+    job += 'task = "text-classification"\n{trusted}[output]\npath = "out"\n'
+    (tmp_path / "job.toml").write_text(job.format(trusted=""))
+    refused = run_cli("validate", str(tmp_path / "job.toml"))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "its weights (pytorch_model.bin) are pickled" in refused.stderr and "trusted = true" in refused.stderr
+    assert "unexpected" not in refused.stderr
+
+    (tmp_path / "job.toml").write_text(job.format(trusted="trusted = true\n"))
+    accepted = run_cli("validate", str(tmp_path / "job.toml"))
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    trusted = model_spec_for(
+        tmp_path, ModelSpec(kind="hf", path="model", trusted=True, settings={"task": "text-classification"})
+    )
+    save_tiny_model(tmp_path / "safe", "text-classification")
+    np.testing.assert_allclose(
+        score(ready(trusted), text_batch())["score"].to_numpy(),
+        score(ready(spec_for(tmp_path, "text-classification", "safe")), text_batch())["score"].to_numpy(),
+        rtol=1e-6,
+    )
+
+    # Trusted or not, torch reads the pickle with weights_only: an object that runs code is refused, in words.
+    pickle_weights(tmp_path / "safe", {"weight": _RunsCode()})
+    trusted_hostile = model_spec_for(
+        tmp_path, ModelSpec(kind="hf", path="safe", trusted=True, settings={"task": "text-classification"})
+    )
+    with pytest.raises(ModelLoadError, match="pickled weights hold objects other than tensors"):
+        ready(trusted_hostile)
 
 
 def test_missing_transformers_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,7 @@ from infermill.models import load_adapter  # noqa: E402
 from infermill.models.sentence_transformers_model import SentenceModel  # noqa: E402
 from infermill.spec import JobSpec, ModelSpec  # noqa: E402
 from infermill.testing.models import ModelAdapterConformance, model_spec_for  # noqa: E402
-from tests.conftest import read_output, run_lanes_job  # noqa: E402
+from tests.conftest import read_output, run_cli, run_lanes_job  # noqa: E402
 
 MODEL = str(minilm.get_model_path())
 TEXTS = [
@@ -188,6 +188,43 @@ def test_bad_text_and_configuration(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="cannot load"):
         ready(spec_for(tmp_path, path="empty"))
+
+
+def test_pickled_weights_need_trusted(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    folder = mirror(MODEL, tmp_path / "model")
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    # A folder no module loads (an OpenVINO export's weights are .bin too, and not pickles) does not count.
+    (folder / "openvino").mkdir()
+    (folder / "openvino" / "openvino_model.bin").write_bytes(b"\0" * 16)
+    pq.write_table(pa.table({"id": [1, 2], "text": TEXTS[:2]}), tmp_path / "docs.parquet")
+    job = '[input]\npath = "docs.parquet"\nid_column = "id"\n[model]\nkind = "sentence-transformers"\n'
+    job += 'path = "model"\n{trusted}[output]\npath = "out"\n'
+    (tmp_path / "job.toml").write_text(job.format(trusted=""))
+    refused = run_cli("validate", str(tmp_path / "job.toml"))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "its weights (pytorch_model.bin) are pickled" in refused.stderr and "trusted = true" in refused.stderr
+
+    (tmp_path / "job.toml").write_text(job.format(trusted="trusted = true\n"))
+    accepted = run_cli("validate", str(tmp_path / "job.toml"))
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    trusted = model_spec_for(tmp_path, ModelSpec(kind="sentence-transformers", path="model", trusted=True))
+    np.testing.assert_allclose(embed(ready(trusted), TEXTS), encode(TEXTS), rtol=1e-4, atol=1e-5)
+
+
+def test_pickled_weights_of_a_module_need_trusted(tmp_path: Path) -> None:
+    folder = mirror(MODEL, tmp_path / "model")
+    modules = json.loads((folder / "modules.json").read_text())
+    modules.append({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"})
+    (folder / "modules.json").unlink()
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "3_Dense").mkdir()
+    (folder / "3_Dense" / "pytorch_model.bin").write_bytes(b"not read: refused before loading")
+    with pytest.raises(ModelLoadError, match=r"its weights \(3_Dense/pytorch_model.bin\) are pickled"):
+        load_adapter(spec_for(tmp_path, "model"))
 
 
 def test_missing_library_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,3 +42,17 @@ def write_file(path: Path, rows: list[dict[str, Any]], fmt: str, *, row_group_si
     else:
         raise ValueError(fmt)
     return path
+
+
+def damage_page(path: Path, column: str, row_group: int = 0) -> None:
+    """Overwrite 16 bytes in the middle of ``column``'s data in ``row_group``, leaving the footer (and so
+    the schema, row counts and statistics) intact: what a bad disk sector or a torn copy does."""
+    metadata = pq.ParquetFile(path).metadata
+    group = metadata.row_group(row_group)
+    chunk = next(group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema == column)
+    first = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    start = first + chunk.total_compressed_size // 2
+    data = bytearray(path.read_bytes())
+    assert start + 16 < len(data) - metadata.serialized_size, "the damage must stay out of the footer"
+    data[start : start + 16] = bytes(b ^ 0x5A for b in data[start : start + 16])
+    path.write_bytes(bytes(data))

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from infermill.errors import InputError, SpecError
@@ -162,3 +164,61 @@ def test_bad_storage_options_are_masked(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(InputError, match="storage_options") as info:
         list_input(source_spec("s3://bucket/x.csv", storage_options={"key": "AKIASECRET"}), "csv")
     assert "AKIASECRET" not in str(info.value) and "***" in str(info.value)
+
+
+# -- symbolic links ---------------------------------------------------------------------------------
+def test_a_linked_folder_is_walked_like_a_folder(tree: Path, tmp_path: Path) -> None:
+    touch(tmp_path / "elsewhere" / "x.csv")
+    touch(tmp_path / "elsewhere" / "deep" / "y.csv")
+    (tree / "linked").symlink_to(tmp_path / "elsewhere")
+    expected = ["a.csv", "b.csv", "c.tsv", "linked/deep/y.csv", "linked/x.csv", "sub/d.csv", "sub/deeper/e.csv"]
+    assert relpaths(str(tree)) == expected
+    assert relpaths(str(tree / "**" / "*.csv")) == [p for p in expected if p.endswith(".csv")]
+    assert relpaths(str(tree / "*" / "x.csv")) == ["linked/x.csv"]
+    linked = list_input(source_spec(str(tree)), "csv").files[3]
+    # The fingerprint follows the file the link points to (its size, its mtime), not the link.
+    assert linked.path == str(tree / "linked" / "deep" / "y.csv") and linked.size == 4
+
+
+def test_a_linked_folder_named_like_a_file_is_walked_as_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"k": [1, 2]}), tmp_path / "real" / "part-0.parquet")
+    pq.write_table(pa.table({"k": [3]}), tmp_path / "data" / "a.parquet")
+    (tmp_path / "data" / "x.parquet").symlink_to(tmp_path / "real", target_is_directory=True)
+    assert relpaths(str(tmp_path / "data"), "parquet") == ["a.parquet", "x.parquet/part-0.parquet"]
+    source = open_source(source_spec(str(tmp_path / "data")))
+    keys = [k for shard in source.plan() for batch in source.read(shard, 10) for k in batch.column("k").to_pylist()]
+    assert keys == [3, 1, 2]
+
+
+def test_a_link_loop_is_listed_once_and_ends(tree: Path) -> None:
+    (tree / "sub" / "up").symlink_to(tree, target_is_directory=True)
+    (tree / "sub" / "deeper" / "self").symlink_to(tree / "sub" / "deeper", target_is_directory=True)
+    assert relpaths(str(tree)) == ["a.csv", "b.csv", "c.tsv", "sub/d.csv", "sub/deeper/e.csv"]
+    assert relpaths(str(tree / "**" / "*.csv")) == ["a.csv", "b.csv", "sub/d.csv", "sub/deeper/e.csv"]
+
+
+def test_a_file_reached_twice_is_read_once_by_its_shortest_route(tree: Path) -> None:
+    (tree / "0-alias.csv").symlink_to(tree / "b.csv")
+    (tree / "again").symlink_to(tree / "sub", target_is_directory=True)
+    assert relpaths(str(tree)) == ["a.csv", "b.csv", "c.tsv", "sub/d.csv", "sub/deeper/e.csv"]
+    # A file whose own name is not an input file's is read through its link.
+    (tree / "z-link.csv").symlink_to(touch(tree / "notes.txt"))
+    assert relpaths(str(tree))[-1] == "z-link.csv"
+
+
+def test_a_dangling_link_is_named_when_planning(tree: Path) -> None:
+    (tree / "sub" / "gone.csv").symlink_to(tree / "nowhere.csv")
+    (tree / "notes").symlink_to(tree / "nowhere")  # not an input file by its name: not a concern
+    for path in (str(tree), str(tree / "**" / "*.csv")):
+        with pytest.raises(InputError, match=r"sub/gone\.csv is a symbolic link to .*nowhere\.csv, which cannot be"):
+            list_input(source_spec(path), "csv")
+    (tree / "sub" / "gone.csv").unlink()
+    (tree / "loop-a.csv").symlink_to(tree / "loop-b.csv")
+    (tree / "loop-b.csv").symlink_to(tree / "loop-a.csv")
+    with pytest.raises(InputError, match=r"loop-a\.csv is a symbolic link to .*loop-b\.csv, which cannot be read"):
+        list_input(source_spec(str(tree)), "csv")
+    (tree / "single.csv").symlink_to(tree / "nowhere.csv")
+    with pytest.raises(InputError, match=r"single\.csv is a symbolic link to .*nowhere\.csv, which does not exist"):
+        list_input(source_spec(str(tree / "single.csv")), "csv")

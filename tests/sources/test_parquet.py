@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,6 +16,8 @@ from infermill.sources import open_source
 from infermill.sources.base import SYNTHETIC_ID, Shard
 from infermill.sources.parquet import ParquetSource
 from infermill.testing.sources import source_spec
+from tests.conftest import read_output, run_cli, write_job
+from tests.sources.helpers import damage_page
 
 
 def write(path: Path, keys: range, row_group_size: int) -> None:
@@ -155,3 +158,57 @@ def test_a_file_removed_after_planning(tmp_path: Path) -> None:
     (tmp_path / "a.parquet").unlink()
     with pytest.raises(InputError, match="input file not found"):
         list(source.read(shard, 10))
+
+
+def write_checked(path: Path, table: pa.Table, **options: object) -> None:
+    """Write ``table`` with page checksums, uncompressed and without dictionaries, so damaged bytes are
+    plain values that would decode as numbers."""
+    pq.write_table(table, path, write_page_checksum=True, compression="none", use_dictionary=False, **options)
+
+
+def test_a_damaged_data_page_is_an_input_error_naming_the_file(tmp_path: Path) -> None:
+    table = pa.table({"key": list(range(1000)), "x": [float(i) for i in range(1000)]})
+    write_checked(tmp_path / "good.parquet", table)
+    write_checked(tmp_path / "bad.parquet", table, row_group_size=500)
+    damage_page(tmp_path / "bad.parquet", "x", row_group=1)
+    source = ParquetSource(source_spec(str(tmp_path / "bad.parquet"), shard_rows=500))
+    first, second = source.plan()  # the footer is intact: planning cannot tell
+    assert [r["x"] for b in source.read(first, 100) for r in b.to_pylist()] == [float(i) for i in range(500)]
+    with pytest.raises(InputError, match=r"bad\.parquet is damaged: row group 1 cannot be read .*CRC") as info:
+        list(source.read(second, 100))
+    assert "--restart" in str(info.value.hint)
+    good = read_all(ParquetSource(source_spec(str(tmp_path / "good.parquet"))))
+    assert [r["x"] for r in good] == table.column("x").to_pylist()  # checksums that hold read as before
+
+
+def test_a_job_over_a_damaged_file_never_scores_its_garbage(job_dir: Path) -> None:
+    rng = np.random.default_rng(0)
+    table = pa.table(
+        {"customer_id": np.arange(2000), **{f"f{i}": rng.normal(size=2000) for i in range(3)}, "segment": ["a"] * 2000}
+    )
+    (job_dir / "data").mkdir()
+    write_checked(job_dir / "data" / "part-0.parquet", table.slice(0, 1000))
+    write_checked(job_dir / "data" / "part-1.parquet", table.slice(1000))
+    damage_page(job_dir / "data" / "part-1.parquet", "f1")
+    job = write_job(
+        job_dir / "job.toml",
+        """
+        [input]
+        path = "data"
+        id_column = "customer_id"
+        shard_rows = 1000
+        [model]
+        kind = "python"
+        entrypoint = "scorer.py:Scorer"
+        features = ["f0", "f1", "f2"]
+        outputs = ["score"]
+        [output]
+        path = "out"
+        """,
+    )
+    result = run_cli("run", str(job), "--quiet", cwd=job_dir)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "part-1.parquet is damaged" in result.stdout + result.stderr
+    out = read_output(job_dir / "out")
+    assert sorted(out.column("customer_id").to_pylist()) == list(range(1000))
+    assert max(abs(v) for v in out.column("score").to_pylist()) < 100

@@ -27,7 +27,8 @@ reader thread, while the model runs the previous batch; ``predict`` only runs th
 split into ``micro_batch`` rows per forward pass, longest texts first, so similar lengths share
 padding; results are put back in input order.
 
-``trust_remote_code`` (code shipped in the model folder) is allowed only with ``trusted = true``. Nothing
+``trust_remote_code`` (code shipped in the model folder) and pickled weights (``pytorch_model.bin``) are
+allowed only with ``trusted = true``. Nothing
 is downloaded: the folder must hold the config, weights and tokenizer (``local_files_only``). The
 fingerprint covers every file in the folder.
 """
@@ -35,6 +36,7 @@ fingerprint covers every file in the folder.
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -62,6 +64,7 @@ from ._torch_runtime import (
     to_device,
     torch_dtype,
 )
+from ._weights import refuse_pickled_weights, unpickling_refused
 
 if TYPE_CHECKING:
     import torch
@@ -168,6 +171,7 @@ class HFModel(TorchAdapter):
                 hint="save the model and its tokenizer with model.save_pretrained(folder) and "
                 "tokenizer.save_pretrained(folder), and point 'model.path' at the folder",
             )
+        refuse_pickled_weights(self.path, trusted=ms.trusted)
         self.task_cls: type[Task] = TASKS[s.task]
         self.task: Task | None = None
         """The task, with the loaded model and tokenizer (after setup)."""
@@ -226,6 +230,8 @@ class HFModel(TorchAdapter):
             raise ModelLoadError(
                 f"cannot load {self.path} for task '{s.task}': {exc}", hint="install the package it names"
             ) from exc
+        except pickle.UnpicklingError as exc:
+            raise unpickling_refused(self.path, exc) from exc
         except (OSError, ValueError, KeyError, TypeError) as exc:
             hint = "check that the folder holds the model and its tokenizer (save_pretrained), for this task"
             if "trust_remote_code" in str(exc):

@@ -49,6 +49,7 @@ from ..errors import ItemError, ModelLoadError, SpecError
 from ..spec import JobSpec
 from . import missing_extra
 from ._llm_engines import Generation, choose_engine, gpu_available, vllm_installed
+from ._weights import PICKLED_SUFFIXES, refuse_pickled_weights
 from .base import ModelAdapter
 
 __all__ = ["OUTPUTS", "LlmModel", "LlmSettings", "PromptTooLongError"]
@@ -61,7 +62,6 @@ OUTPUTS: dict[str, pa.DataType] = {
 }
 """The outputs the kind can give, with their Arrow types."""
 
-_PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _SMALL_FILE = 32 << 20
 _SAMPLE = 1 << 20
 _NO_LIMIT = 10_000_000  # a tokenizer's model_max_length this large means "unknown"
@@ -210,19 +210,11 @@ class LlmModel(ModelAdapter):
                     hint="set trusted = true in [model] only for a model whose code you trust",
                 )
         names = os.listdir(self.path)
-        if not any(n.endswith(".safetensors") for n in names):
-            pickled = sorted(n for n in names if n.endswith(_PICKLED))
-            if not pickled:
-                raise ModelLoadError(
-                    f"{self.path} holds no weights (*.safetensors)", hint="save the model with save_pretrained"
-                )
-            if not trusted:
-                raise ModelLoadError(
-                    f"refusing to load {self.path}: its weights ({pickled[0]}) are pickled, which can run code "
-                    "when loaded",
-                    hint="convert them to safetensors (model.save_pretrained(folder, safe_serialization=True)), "
-                    "or set trusted = true in [model] only for files you trust",
-                )
+        if not any(n.endswith((".safetensors", *PICKLED_SUFFIXES)) for n in names):
+            raise ModelLoadError(
+                f"{self.path} holds no weights (*.safetensors)", hint="save the model with save_pretrained"
+            )
+        refuse_pickled_weights(self.path, trusted=trusted)
 
     # -- setup ------------------------------------------------------------------------------------
     def setup(self) -> None:

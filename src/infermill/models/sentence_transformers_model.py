@@ -13,13 +13,15 @@ default) scores ``threads_per_worker`` batches at once, one torch thread each (s
 
 Text comes from ``text_column`` (or the only feature); a null, or bytes that are not UTF-8, make that
 row an item error. Texts longer than the model's ``max_seq_length`` are truncated, as ``encode`` does.
-``trust_remote_code`` needs ``trusted = true``. Nothing is downloaded (``local_files_only``); the
+``trust_remote_code`` and pickled weights (``pytorch_model.bin``, in the folder or a module's folder)
+need ``trusted = true``. Nothing is downloaded (``local_files_only``); the
 fingerprint covers every file in the folder.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -46,6 +48,7 @@ from ._torch_runtime import (
     to_numpy,
     torch_dtype,
 )
+from ._weights import module_folders, refuse_pickled_weights, unpickling_refused
 
 if TYPE_CHECKING:
     import torch
@@ -125,6 +128,7 @@ class SentenceModel(TorchAdapter):
                 f"{self.path} is not a folder; kind '{self.kind}' loads a model folder",
                 hint="save the model with SentenceTransformer.save(folder), and point 'model.path' at the folder",
             )
+        refuse_pickled_weights(self.path, trusted=ms.trusted, subfolders=module_folders(self.path))
         self.model: Any = None
         """The SentenceTransformer, after setup()."""
         self.device: torch.device | None = None
@@ -151,6 +155,8 @@ class SentenceModel(TorchAdapter):
                     trust_remote_code=s.trust_remote_code,
                     truncate_dim=s.truncate_dim,
                 )
+        except pickle.UnpicklingError as exc:
+            raise unpickling_refused(self.path, exc) from exc
         except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
             hint = "check that the folder holds a sentence-transformers model (modules.json, weights, tokenizer)"
             if "trust_remote_code" in str(exc):

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..errors import OutputError
 from .base import ShardWriter, Sink
 from .openai_batch import OpenAIBatchSink
 
@@ -36,8 +37,13 @@ class ParquetWriter(ShardWriter):
                 f.name for f in table.schema
                 if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_binary(f.type)
             ]
+            # Page checksums let a reader (ours included) tell a damaged page from data.
             self._writer = pq.ParquetWriter(
-                self.path, table.schema, compression=self._compression, use_dictionary=text or False
+                self.path,
+                table.schema,
+                compression=self._compression,
+                use_dictionary=text or False,
+                write_page_checksum=True,
             )
         elif table.schema != self._writer.schema:
             table = table.cast(self._writer.schema)
@@ -115,7 +121,16 @@ class ParquetSink(Sink):
     writer_cls = ParquetWriter
 
     def _read(self, source: Any) -> pa.Table:
-        return pq.read_table(source)
+        try:
+            return pq.read_table(source, page_checksum_verification=True)
+        except FileNotFoundError:
+            raise
+        except (pa.ArrowInvalid, OSError) as exc:
+            where = source if isinstance(source, str) else "a committed part"
+            raise OutputError(
+                f"{where} is damaged and cannot be read back: {exc}",
+                hint="restore the output folder from a copy, or rerun the job with `infermill run JOB --restart`",
+            ) from None
 
     def open_writer(self, ordinal: int, *, errors: bool = False) -> ShardWriter:
         writer = super().open_writer(ordinal, errors=errors)

@@ -8,12 +8,16 @@ order, so the listing is sorted by path relative to the input root. Each file ca
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
+import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass
 from typing import Any
 
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
 from ..errors import InputError
@@ -24,6 +28,10 @@ __all__ = ["InputFile", "InputListing", "display_path", "infer_format", "list_in
 _MAGIC = re.compile(r"[*?\[]")
 _ETAG_KEYS = ("ETag", "etag", "md5Hash", "md5", "crc32c", "checksum")
 _TIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "modified", "created")
+_BROKEN_LINK = "broken link"
+"""The listing's type for a symbolic link to nothing (or to a loop of links)."""
+_IDENTITY = "infermill_identity"
+_LINKS = "infermill_links"
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,7 @@ def list_input(spec: JobSpec, fmt: str) -> InputListing:
         else:
             root = posixpath.dirname(fspath.rstrip("/"))
             found = [(fspath, info)]
+    found = _resolve_links(found)
     files = [
         InputFile(
             path=fs.unstrip_protocol(p) if url else p,
@@ -153,6 +162,12 @@ def infer_format(spec: JobSpec) -> str | None:
 
 
 def _not_found(spec: JobSpec) -> InputError:
+    target = spec.resolve(spec.input.path)
+    if not is_url(target) and os.path.islink(target):
+        return InputError(
+            f"the input {target} is a symbolic link to {os.readlink(target)}, which does not exist",
+            hint="restore what the link points to, or point [input] path at the data",
+        )
     return InputError(
         f"input not found: {display_path(spec.resolve(spec.input.path))}",
         hint="check [input] path; a relative path is resolved against the job file's folder "
@@ -162,12 +177,116 @@ def _not_found(spec: JobSpec) -> InputError:
 
 def _find(fs: AbstractFileSystem, root: str) -> dict[str, dict[str, Any]]:
     """Every file below ``root`` with its info (a seam: tests shuffle it to prove the order is ours)."""
+    if isinstance(fs, LocalFileSystem):
+        return _walk_local(fs, root)
     return dict(fs.find(root, withdirs=False, detail=True))
 
 
 def _glob(fs: AbstractFileSystem, pattern: str) -> dict[str, dict[str, Any]]:
     """Every path matching ``pattern`` with its info (a seam, like :func:`_find`)."""
+    root = _glob_root(pattern)
+    if isinstance(fs, LocalFileSystem) and root.startswith("/"):
+        parts = pattern[len(root) :].strip("/").split("/")
+        infos = _walk_local(fs, root, depth=None if "**" in parts else len(parts))
+        return {path: info for path, info in infos.items() if _glob_match(_relpath(path, root).split("/"), parts)}
     return dict(fs.glob(pattern, detail=True))
+
+
+def _walk_local(fs: AbstractFileSystem, root: str, depth: int | None = None) -> dict[str, dict[str, Any]]:
+    """Every file below the local folder ``root`` (``depth`` levels at most), following symbolic links,
+    skipping hidden names (see :func:`_hidden`).
+
+    fsspec's own walk lists a link as a file (a link to a folder then fails to open as one) and never
+    enters linked folders, so their rows would be silently missing. Here a link is what it points to:
+    a linked folder is walked (whatever its name, ``x.parquet`` included), and a link back to a folder
+    being walked (a loop) is not entered again. Each file's info records the file it is (``_IDENTITY``)
+    and the links on its route (``_LINKS``), for :func:`_resolve_links`; a link to nothing is returned
+    with type ``_BROKEN_LINK``.
+    """
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(folder: str, level: int, links: int, ancestors: frozenset[tuple[int, int]]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            raise InputError(
+                f"cannot list the input folder {folder}: {exc.strerror or exc}",
+                hint="check the folder's permissions, or point [input] path at a folder without it",
+            ) from None
+        for entry in entries:
+            if entry.name.startswith((".", "_")):
+                continue
+            path = posixpath.join(folder, entry.name)
+            is_link = entry.is_symlink()
+            try:
+                target = entry.stat()  # follows links
+            except OSError as exc:
+                if is_link:  # a link to nothing, or a loop of links
+                    found[path] = {
+                        "name": path,
+                        "type": _BROKEN_LINK,
+                        "size": 0,
+                        "destination": os.readlink(path),
+                        "reason": exc.strerror or str(exc),
+                    }
+                elif not isinstance(exc, FileNotFoundError):  # one removed while listed was as good as gone
+                    raise InputError(
+                        f"cannot read the input file {path}: {exc.strerror or exc}",
+                        hint="check the file's permissions, or remove it from the input",
+                    ) from None
+                continue
+            identity = (target.st_dev, target.st_ino)
+            if stat.S_ISDIR(target.st_mode):
+                if identity not in ancestors and (depth is None or level < depth):
+                    walk(path, level + 1, links + is_link, ancestors | {identity})
+                continue
+            # A link's own info describes the link; the target's size and mtime are what the fingerprint needs.
+            info = dict(fs.info(path) if is_link else fs.info(entry))
+            if target.st_ino:  # 0 where the filesystem has no stable inode numbers: nothing to compare
+                info[_IDENTITY] = identity
+            info[_LINKS] = links + is_link
+            found[path] = info
+
+    try:
+        top = os.stat(root)
+    except OSError:
+        return found  # a glob whose folder does not exist matches nothing
+    walk(root, 1, 0, frozenset({(top.st_dev, top.st_ino)}))
+    return found
+
+
+def _glob_match(parts: list[str], pattern: list[str]) -> bool:
+    """Whether a relative path (split on ``/``) matches a glob (split the same way), as fsspec matches:
+    ``*``, ``?`` and ``[...]`` within one name, ``**`` for any number of folders."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_glob_match(parts[i:], rest) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], head) and _glob_match(parts[1:], rest)
+
+
+def _resolve_links(found: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The input files once each: a link to nothing among them is an :class:`InputError` (at planning,
+    not "the input changed" later), and a file reached by several routes (a link to a file or folder
+    that is also listed directly, or a hard link) is kept under the route with the fewest links, then
+    the first path in order, so no row is scored twice."""
+    for path, info in found:
+        if info.get("type") == _BROKEN_LINK:
+            raise InputError(
+                f"the input file {path} is a symbolic link to {info.get('destination')}, which cannot be read "
+                f"({info.get('reason')})",
+                hint="restore what the link points to, or remove the link; infermill follows links to files "
+                "and folders",
+            )
+    best: dict[Any, tuple[int, str]] = {}
+    for path, info in found:
+        identity = info.get(_IDENTITY)
+        route = (int(info.get(_LINKS, 0)), path)
+        if identity is not None and (identity not in best or route < best[identity]):
+            best[identity] = route
+    keep = {path for _links, path in best.values()}
+    return [(p, i) for p, i in found if i.get(_IDENTITY) is None or p in keep]
 
 
 def _glob_root(pattern: str) -> str:

@@ -1,5 +1,9 @@
 """Parquet input: shards are runs of row groups, planned from the file footers alone.
 
+Pages that carry a CRC (infermill's own output does; ``write_page_checksum`` in pyarrow) are verified
+as they are read: a page that fails the check, or cannot be decoded, fails its shard with an
+:class:`InputError` naming the file, rather than handing the model garbage.
+
 Row groups are the unit Parquet can read independently, so a shard is a run of whole row groups of
 about ``shard_rows`` rows: small files merge into one shard, a shard may span files, and a row group
 larger than ``shard_rows`` is a shard of its own. Synthetic ids are ``"{relpath}#{row index in file}"``,
@@ -105,7 +109,17 @@ class ParquetSource(FileSource):
             batches = reader.iter_batches(
                 batch_size=batch_size, row_groups=range(fragment.start, fragment.stop), columns=names, use_threads=False
             )
-            for batch in batches:
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except pa.ArrowInvalid as exc:
+                    raise _damaged(where, fragment, exc) from None
+                except OSError as exc:
+                    if type(exc) is not OSError:
+                        raise  # a subclass (lost connection, file removed) is the storage failing, not the bytes
+                    raise _damaged(where, fragment, exc) from None
                 yield self.finish(batch, target, where, f"{fragment.relpath}#", row)
                 row += batch.num_rows
 
@@ -120,9 +134,23 @@ class ParquetSource(FileSource):
     @staticmethod
     def _open(handle: object, where: str) -> pq.ParquetFile:
         try:
-            return pq.ParquetFile(handle)
+            # Pages written with a CRC are checked as they are read; pages without one cannot be.
+            return pq.ParquetFile(handle, page_checksum_verification=True)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(
                 f"{where} is not a readable Parquet file: {exc}",
                 hint="check [input] path and format; remove files that are not Parquet from the input",
             ) from None
+
+
+def _damaged(where: str, fragment: Fragment, exc: BaseException) -> InputError:
+    """A data page that fails its checksum or cannot be decoded: the rows of this shard in that file
+    cannot be read, and are never scored as whatever the bytes happen to say."""
+    groups = f"row group {fragment.start}" if fragment.stop == fragment.start + 1 else (
+        f"row groups {fragment.start}-{fragment.stop - 1}"
+    )
+    return InputError(
+        f"{where} is damaged: {groups} cannot be read ({exc})",
+        hint="restore the file from a good copy and rerun `infermill run JOB` (add --restart if it then says "
+        "the input changed)",
+    )
