@@ -55,32 +55,32 @@ def _job(folder: Path, *, data: Path | None = None, fmt: str = "parquet") -> Pat
     return write_job(folder / "job.toml", JOB.format(input_path=str(data) if data else "data/"))
 
 
-def _interrupted(job: Path) -> dict[int, int]:
-    """Run ``job`` until the fault hook kills it after its second commit; the part files then on disk,
-    ordinal -> mtime_ns."""
+def _interrupted(job: Path) -> dict[str, int]:
+    """Run ``job`` until the fault hook kills it after its second commit; the committed result files then
+    on disk, name -> mtime_ns."""
     killed = run_cli("run", str(job), "--quiet", env={"INFERMILL_FAULT": "after_commit:2"})
     assert killed.returncode == -9, killed.stderr
     parts = _committed(job.parent)
     assert len(parts) == 2
-    return {n: (job.parent / "out" / f"part-{n:05d}.parquet").stat().st_mtime_ns for n in parts}
+    return {name: (job.parent / "out" / name).stat().st_mtime_ns for name in parts}
 
 
-def _committed(folder: Path) -> dict[int, int]:
-    """Committed shards in the job's ledger: ordinal -> the run that committed it."""
+def _committed(folder: Path) -> dict[str, int]:
+    """Committed shards in the job's ledger: output file name -> the run that committed it."""
     with sqlite3.connect(folder / ".infermill" / "relocate.sqlite") as conn:
-        rows = conn.execute("SELECT ordinal, run_id FROM shards WHERE state = 'committed'").fetchall()
+        rows = conn.execute("SELECT output_file, run_id FROM shards WHERE state = 'committed'").fetchall()
     return dict(rows)
 
 
-def _resumed(job: Path, before: dict[int, int], reference: pa.Table) -> None:
+def _resumed(job: Path, before: dict[str, int], reference: pa.Table) -> None:
     """Run ``job`` to the end: the shards committed before were not redone and the output is exact."""
     result = run_cli("run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     committed = _committed(job.parent)
     assert len(committed) == 6
-    assert {n for n, run in committed.items() if run == 1} == set(before), "committed shards were redone"
-    for n, mtime in before.items():
-        assert (job.parent / "out" / f"part-{n:05d}.parquet").stat().st_mtime_ns == mtime
+    assert {name for name, run in committed.items() if run == 1} == set(before), "committed shards were redone"
+    for name, mtime in before.items():
+        assert (job.parent / "out" / name).stat().st_mtime_ns == mtime
     assert read_output(job.parent / "out").sort_by("customer_id").equals(reference)
 
 

@@ -242,8 +242,8 @@ class _Coordinator:
                 raise JobChangedError(
                     f"job '{spec.name}' was last run by an earlier infermill, whose fingerprints held absolute "
                     "paths; this version cannot tell whether the job changed since, so it will not resume it",
-                    hint="finish the job with the infermill that started it, or rerun with --restart to "
-                    "discard the earlier results and start over",
+                    hint=f"`infermill run {spec.source_file or spec.name} --restart` discards the earlier "
+                    "results and starts over (or finish the job with the infermill that started it)",
                     job=spec.name,
                 )
             if changed:
