@@ -196,3 +196,24 @@ def test_a_ledger_from_before_relative_ids_says_so(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "earlier infermill" in refused.stderr and "--restart" in refused.stderr, refused.stderr
     assert run_cli("run", str(job), "--quiet", "--restart").returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["sklearn", "onnx"])
+def test_a_model_file_has_the_same_fingerprint_wherever_it_is(tmp_path: Path, kind: str) -> None:
+    from infermill.models import load_adapter
+    from tests.models.helpers import logistic, save, spec_for, write_onnx
+
+    name = "model.joblib" if kind == "sklearn" else "model.onnx"
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        if kind == "sklearn":
+            save(logistic(), tmp_path / folder / name)
+        else:
+            write_onnx(tmp_path / folder / name, "logistic")
+
+    def fingerprint(base: str, path: str) -> str:
+        return load_adapter(spec_for(tmp_path / base, kind=kind, path=path, trusted=True)).fingerprint()
+
+    first = fingerprint("a", name)
+    assert fingerprint("b", name) == first
+    assert fingerprint("a", str(tmp_path / "b" / name)) == first
