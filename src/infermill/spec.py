@@ -312,7 +312,8 @@ class JobSpec:
         return os.path.normpath(os.path.join(self.base_dir, expanded))
 
     def fingerprint(self) -> str:
-        """Hash of everything that affects results (runtime settings excluded)."""
+        """Hash of everything that affects results (runtime settings excluded), free of absolute paths: the
+        same job file in another folder, or naming its input or model at another path, has the same one."""
         data = self.to_dict()
         for key in _neutral_settings(self.model.kind):
             data["model"]["settings"].pop(key, None)
@@ -325,11 +326,14 @@ class JobSpec:
         data["errors"].pop("max_failed_fraction")
         data["input"].pop("storage_options", None)
         data["output"].pop("storage_options", None)
-        # Paths are compared resolved, so moving the job file's cwd does not matter.
-        data["input"]["path"] = self.resolve(self.input.path)
-        data["output"]["path"] = self.resolve(self.output.path)
-        if self.model.path:
-            data["model"]["path"] = self.resolve(self.model.path)
+        # No absolute path may enter the fingerprint, or a moved job folder (or data mounted elsewhere in a
+        # container) would count as a new job. The input and the model are compared by content instead (the
+        # input and model fingerprints: relative paths, sizes, mtimes or etags, digests of model files), so
+        # where they are found does not matter. The output is where committed results already lie, so
+        # its path is kept, as written: relative to the job file, the output moves with it.
+        data["input"].pop("path")
+        data["model"].pop("path")
+        data["output"]["path"] = _as_written(self.output.path)
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -486,6 +490,13 @@ def parse_settings(cls: type | None, settings: dict[str, Any], kind: str, where:
             base = [f.name for f in dataclasses.fields(ModelSpec) if f.name != "settings"]
             _unknown(key, base + own, "model", where)
     return _build(cls, settings, "model", where)
+
+
+def _as_written(path: str) -> str:
+    """A path as the job file spells it, normalised (``./out/`` and ``out`` are one path), never resolved."""
+    if is_url(path):
+        return path.rstrip("/")
+    return os.path.normpath(path)
 
 
 def _neutral_settings(kind: str) -> frozenset[str]:

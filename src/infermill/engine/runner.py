@@ -137,7 +137,17 @@ def _signals(on_signal: Callable[[int], None]) -> Iterator[None]:
 
 
 def _input_fingerprint(shards: list[Shard]) -> str:
+    """A digest of the planned shards' ids. Shard ids hold each file's path relative to the input root and
+    its size and mtime (or etag), never an absolute path: a moved or copied job folder (``mv``, ``cp -a``)
+    and data mounted elsewhere keep the fingerprint, while an edited file changes it."""
     return hashlib.sha256("\n".join(s.shard_id for s in shards).encode()).hexdigest()[:16]
+
+
+def _ledger_has_path_ids(ledger: Ledger) -> bool:
+    """True for a ledger written by an infermill whose shard ids and fingerprints held absolute paths: its
+    shard descriptors carry no ``shard_id``. Its fingerprints can never match this version's."""
+    rows = ledger.shards()
+    return bool(rows) and "shard_id" not in json.loads(rows[0].descriptor)
 
 
 def _acquire(ledger: Ledger, spec: JobSpec, wait: bool) -> Lease:
@@ -240,10 +250,18 @@ class _Coordinator:
                 )
                 if old != new
             ]
-            if changed and not ledger.committed_parts() and not ledger.summary()["shards_committed"]:
+            if changed and not ledger.summary()["shards_committed"]:
                 # Fingerprints bind once a shard has committed: before that there is nothing to mix up.
                 ledger.reset()
                 record = None
+            elif changed and _ledger_has_path_ids(ledger):
+                raise JobChangedError(
+                    f"job '{spec.name}' was last run by an earlier infermill, whose fingerprints held absolute "
+                    "paths; this version cannot tell whether the job changed since, so it will not resume it",
+                    hint=f"`infermill run {job_file(spec)} --restart` discards the earlier "
+                    "results and starts over (or finish the job with the infermill that started it)",
+                    job=spec.name,
+                )
             elif changed:
                 raise JobChangedError(
                     f"{' and '.join(changed)} changed since job '{spec.name}' last ran; infermill will not mix "

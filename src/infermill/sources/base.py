@@ -4,6 +4,8 @@ A :class:`Source` turns an :class:`~infermill.spec.InputSpec` into an ordered li
 objects *before* reading any rows (only file listings and metadata), and later streams a shard as
 ``pyarrow.RecordBatch`` objects of at most ``batch_size`` rows. The same input always gives the same
 shards with the same ids; each shard records the fingerprint (size, mtime or etag) of the files it covers.
+A shard id depends on where the files are only through their paths relative to the input root, so a job
+folder that is moved or copied (``mv``, ``cp -a``), or data mounted elsewhere, keeps its shard ids.
 
 Every batch a source yields carries the row id column: the configured ``id_column``, or the synthetic
 ``_row_id`` string column (``SYNTHETIC_ID``) whose values are stable for the same input and settings.
@@ -15,7 +17,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -37,9 +39,9 @@ class Fragment:
     """
 
     path: str
-    """Full path or URL of the file."""
+    """Full path or URL of the file: how to open it here, and not part of the shard id."""
     relpath: str
-    """Path relative to the input root: used in synthetic ids and messages."""
+    """Path relative to the input root: used in shard ids, synthetic ids and messages."""
     start: int
     stop: int
     row_offset: int = 0
@@ -55,12 +57,12 @@ class Shard:
 
     ordinal: int
     fragments: tuple[Fragment, ...]
+    shard_id: str = field(init=False, repr=False, compare=False)
+    """Stable id derived from the shard's content description (see :func:`_shard_id`); computed once, when
+    the shard is made, since workers and the coordinator read it for every batch and event."""
 
-    @property
-    def shard_id(self) -> str:
-        """Stable id derived from the shard's content description."""
-        blob = json.dumps([asdict(f) for f in self.fragments], sort_keys=True).encode()
-        return f"{self.ordinal:05d}-{hashlib.sha256(blob).hexdigest()[:12]}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shard_id", _shard_id(self.ordinal, self.fragments))
 
     @property
     def rows(self) -> int | None:
@@ -71,12 +73,27 @@ class Shard:
         return sum(c for c in counts if c is not None)
 
     def to_json(self) -> str:
-        return json.dumps({"ordinal": self.ordinal, "fragments": [asdict(f) for f in self.fragments]})
+        # The id is written for people reading a ledger (and to tell this version's descriptors from older
+        # ones); from_json computes it again rather than trust it.
+        return json.dumps(
+            {"ordinal": self.ordinal, "shard_id": self.shard_id, "fragments": [asdict(f) for f in self.fragments]}
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Shard:
         data = json.loads(text)
         return cls(ordinal=data["ordinal"], fragments=tuple(Fragment(**f) for f in data["fragments"]))
+
+
+def _shard_id(ordinal: int, fragments: Sequence[Fragment]) -> str:
+    """``"{ordinal:05d}-{12 hex digits}"``: a hash of each fragment but its ``path``.
+
+    The full path says where the input is now, not what it is: the relpath, offsets and the file's
+    fingerprint (size and mtime or etag) identify the content, so moving the input keeps the id.
+    """
+    described = [{k: v for k, v in asdict(f).items() if k != "path"} for f in fragments]
+    blob = json.dumps(described, sort_keys=True).encode()
+    return f"{ordinal:05d}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
 class Source(ABC):

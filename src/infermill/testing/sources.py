@@ -181,6 +181,34 @@ class SourceConformance(ABC):
             assert again == shard and again.shard_id == shard.shard_id
             assert self._rows([list(source.read(again, 7))]) == self._rows([list(source.read(shard, 7))])
 
+    def test_moved_or_copied_input_keeps_shard_ids(self, tmp_path: Path) -> None:
+        """Shard ids name files by their path below the input root, never by an absolute path: the same
+        files moved (``mv``) or copied with their times (``cp -a``) plan the same ids and rows."""
+        import dataclasses
+        import shutil
+
+        import pytest
+
+        if not self.shuffles_listing:
+            pytest.skip("this source has no files")
+        here, there, copy = tmp_path / "here", tmp_path / "there", tmp_path / "copy"
+        spec = self.make_dataset(here, conformance_rows())
+        before = self.open_source(spec).plan()
+        expected = self._rows(self._read(self.open_source(spec), before))
+
+        def at(folder: Path) -> JobSpec:
+            moved = spec.input.path.replace(str(here), str(folder), 1)
+            return dataclasses.replace(spec, input=dataclasses.replace(spec.input, path=moved))
+
+        shutil.copytree(here, copy, copy_function=shutil.copy2)  # keeps mtimes, as cp -a does
+        here.rename(there)
+        for folder in (there, copy):
+            source = self.open_source(at(folder))
+            shards = source.plan()
+            assert [s.shard_id for s in shards] == [s.shard_id for s in before]
+            assert all(str(folder) in f.path for s in shards for f in s.fragments)
+            assert self._rows(self._read(source, shards)) == expected
+
     # -- reading --------------------------------------------------------------------------------
     def test_reads_every_row_once_in_order(self, tmp_path: Path) -> None:
         spec, rows = self._dataset(tmp_path)
