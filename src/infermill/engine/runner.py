@@ -46,6 +46,7 @@ from .autosize import resolve_batch_size
 from .columns import resolve_columns
 from .executor import make_executor, threads_per_worker
 from .faults import fault_point
+from .validate import no_rows_error
 
 __all__ = ["RunResult", "finish_job", "job_result", "run", "status"]
 
@@ -189,6 +190,8 @@ class _Coordinator:
         source = open_source(spec)
         columns = resolve_columns(spec, source.schema())
         shards = source.plan()
+        if not shards:  # before the ledger exists: a job of nothing would be "complete" for good
+            raise no_rows_error(spec)
         model_fp = load_adapter(spec).fingerprint()
         input_fp = _input_fingerprint(shards)
         if restart:

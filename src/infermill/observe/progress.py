@@ -6,9 +6,14 @@ import sys
 import time
 from typing import Any, Literal, TextIO
 
-__all__ = ["ProgressReporter", "format_rate"]
+__all__ = ["ProgressReporter", "format_rate", "plural"]
 
 Mode = Literal["bar", "log", "off"]
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 shard``, ``5 shards``, ``1,000 rows``."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 def format_rate(rows: float, seconds: float) -> str:
