@@ -37,6 +37,7 @@ from ..errors import (
 from ..ledger import Lease, Ledger
 from ..ledger.sqlite import lease_is_live
 from ..models import load_adapter
+from ..observe.estimate import RowEstimate, sample_rows_per_byte
 from ..observe.progress import Mode, ProgressReporter
 from ..sinks import Sink, StagedFile, open_sink
 from ..sources import open_source
@@ -270,6 +271,11 @@ class _Coordinator:
             shards_done=summary["shards_committed"],
             mode=self.progress_mode,
             interval=spec.runtime.progress_interval,
+            estimate=RowEstimate.of_plan(
+                shards,
+                {row.shard_id: (row.rows_out or 0) + row.rows_failed for row in ledger.shards("committed")},
+                sample=lambda: sample_rows_per_byte(source, pending[0]) if pending else None,
+            ),
         )
         run_spec, note = resolve_batch_size(
             spec,
@@ -323,7 +329,7 @@ class _Coordinator:
                             fatal = exc
                             continue
                         running.discard(sid)
-                        reporter.shard_done()
+                        reporter.shard_done(sid, staged.rows + len(dead))
                         budget = self._over_budget(final=False)
                         if budget and fatal is None:
                             fatal = budget
