@@ -161,7 +161,7 @@ class BatchSpec:
         )
 
     sort_window: int | None = None
-    """Length bucketing: within windows of this many rows, send rows to the model shortest first, so each
+    """Length bucketing: within windows of this many rows, send rows to the model longest first, so each
     batch holds rows of similar length (little padding for text models). Results are still written in
     input order. Lengths are the bytes of the row's feature values (a text's UTF-8 length)."""
 
