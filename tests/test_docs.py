@@ -203,6 +203,16 @@ def _attribute_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def test_format_docstrings_name_every_format() -> None:
+    from infermill.sinks.formats import SINK_FORMATS
+    from infermill.sources import SOURCE_FORMATS
+    from infermill.spec import InputSpec, OutputSpec
+
+    for cls, formats in ((InputSpec, SOURCE_FORMATS), (OutputSpec, SINK_FORMATS)):
+        doc = _attribute_docs(cls)["format"]
+        assert [f for f in formats if f not in doc] == [], f"{cls.__name__}.format: {doc}"
+
+
 def test_sort_window_is_documented_longest_first() -> None:
     # The order itself is pinned by tests/engine/test_bucketing.py and tests/models/test_hf.py.
     doc = _attribute_docs(BatchSpec)["sort_window"]
