@@ -11,7 +11,7 @@ process exit code the CLI uses for it and whether retrying the same work may suc
     │   ├── ModelLoadError              exit 2  the model cannot be found, trusted or loaded
     │   └── JobChangedError             exit 2  spec, model or input changed since the last run
     ├── OutputError                     exit 1  the output cannot be written (fatal)
-    ├── LedgerError                     exit 1  the ledger cannot be opened (not a database, unreadable)
+    ├── LedgerError                     exit 1  the ledger cannot be opened or read, or holds no such shard
     ├── JobLockedError                  exit 3  another run of the same job holds the lease
     ├── LeaseLostError                  exit 3  this run's lease was taken over (fencing)
     ├── JobFailedError                  exit 1  the run ended with failed shards
@@ -126,9 +126,9 @@ class OutputError(InfermillError):
 
 
 class LedgerError(InfermillError):
-    """The ledger cannot be opened (a file that is not an infermill ledger, or one that cannot be read), or
-    it records a shard state change the state machine forbids. A ledger of another job is a
-    :class:`JobChangedError`: its fingerprints do not match."""
+    """The ledger cannot be opened (a file that is not an SQLite database, or one that cannot be read), a
+    shard is not in it, or a shard state change is one the state machine forbids. A ledger of another job
+    is a :class:`JobChangedError` instead: its fingerprints do not match."""
 
 
 class JobLockedError(InfermillError):
