@@ -295,3 +295,16 @@ def test_a_parquet_input_without_rows_is_an_input_error_for_validate_and_run(
     if command == "run":
         assert main(["status", str(job), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["state"] == "pending"  # no empty job was recorded as complete
+
+
+def test_run_help_example_is_a_job_file_indented_under_its_heading(capsys: pytest.CaptureFixture[str]) -> None:
+    import textwrap
+    import tomllib
+
+    assert main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\nRun JOB: plan shards") == 1  # the description starts at the margin
+    example = out.split("example job file (job.toml):\n", 1)[1].split("\n\n", 1)[0]
+    assert all(line.startswith("  ") for line in example.splitlines()), example
+    job = tomllib.loads(textwrap.dedent(example))
+    assert job["model"]["kind"] == "sklearn" and job["output"]["format"] == "parquet"

@@ -206,13 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         cmd_run,
         "run a job (or resume it after a crash)",
-        """\
+        # Dedented on its own: the example's indentation must survive the dedent of the whole text.
+        textwrap.dedent("""\
         Run JOB: plan shards from the input, score them with the model, commit each shard's results
         atomically and record it in the ledger. Rerunning after a crash, kill or preemption resumes
         where it stopped; rerunning a complete job does nothing. If the spec, model or input changed
         since the last run, infermill refuses to mix results: use --restart to start over.
 
-        """
+        """)
         + EXAMPLE_JOB,
     )
     p.add_argument("job", help="the job file (TOML)")
