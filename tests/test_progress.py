@@ -107,3 +107,15 @@ def test_a_csv_run_reports_a_total_and_an_eta(job_dir: Path, capsys) -> None:
     assert all(re.match(r"\[scores\] [\d,]+/~?[\d,]+ rows, ", line) for line in lines), lines
     assert re.search(r"/~[\d,]+ rows, .* ETA \d+:\d\d:\d\d$", lines[0]), lines[0]
     assert lines[-1].startswith(f"[scores] {rows:,}/{rows:,} rows, ")
+
+
+def test_the_bar_gets_the_estimated_total() -> None:
+    stream = io.StringIO()
+    estimate = RowEstimate({"a": 1_000, "b": 1_000}, {}, sample=lambda: 0.5)
+    reporter = ProgressReporter(job="j", rows_total=None, shards_total=2, mode="bar", stream=stream, estimate=estimate)
+    reporter.advance(400)
+    reporter.shard_done("a", 400)
+    reporter.advance(600)
+    reporter.shard_done("b", 600)
+    reporter.close()
+    assert re.search(r"100% 1,000/1,000 rows .* shards 2/2", stream.getvalue())
