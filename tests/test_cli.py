@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,7 +53,7 @@ def test_validate_reports_ok(parquet_job, capsys: pytest.CaptureFixture[str]) ->
     job, _ = parquet_job()
     assert main(["validate", str(job)]) == 0
     out = capsys.readouterr().out
-    assert "input:    parquet, 4 file(s), 5 shard(s), 20,000 rows" in out
+    assert "input:    parquet, 4 files, 5 shards, 20,000 rows" in out
     assert "scored 16 sample rows -> score (double)" in out
     assert "ok: the job is valid" in out
 
@@ -143,3 +146,165 @@ def test_validate_fails_when_every_sample_row_fails(parquet_job, job_dir: Path, 
     assert "the model failed on every one of the first 16 input rows: ValueError: weights are garbage" in (
         capsys.readouterr().err
     )
+
+
+def test_run_help_names_every_model_kind_and_format(capsys: pytest.CaptureFixture[str]) -> None:
+    from infermill.models import MODEL_KINDS
+    from infermill.sinks.formats import SINK_FORMATS
+    from infermill.sources import SOURCE_FORMATS
+
+    assert main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    # The example job's "a | b | c" comments are the lists of choices.
+    choices = {word.strip() for line in out.splitlines() if " | " in line for word in line.split("#", 1)[1].split("|")}
+    choices = {word.split()[-1] if word.split() else word for word in choices}
+    for name in [*MODEL_KINDS, *SOURCE_FORMATS, *SINK_FORMATS]:
+        assert name in choices, f"`infermill run --help` does not list {name!r}: {sorted(choices)}"
+
+
+def test_one_shard_is_not_shards(parquet_job, capsys: pytest.CaptureFixture[str]) -> None:
+    job, _ = parquet_job(rows=1_000, files=1)
+    assert main(["run", str(job), "--quiet"]) == 0
+    assert "scores: complete: 1,000 rows in 1 shard (" in capsys.readouterr().out
+    assert main(["validate", str(job)]) == 0
+    assert "input:    parquet, 1 file, 1 shard, 1,000 rows" in capsys.readouterr().out
+
+
+def test_status_before_the_total_is_known_has_no_question_mark(job_dir: Path, capsys) -> None:
+    (job_dir / "data.csv").write_text("customer_id,f0,f1,f2\n1,0.5,1.0,2.0\n")
+    job = write_job(job_dir / "job.toml", """
+        name = "scores"
+        [input]
+        path = "data.csv"
+        id_column = "customer_id"
+        [model]
+        kind = "python"
+        entrypoint = "scorer.py:Scorer"
+        outputs = ["score"]
+        [output]
+        path = "out"
+        """)
+    assert main(["status", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "rows:    0 succeeded, 0 failed" in out
+    assert "?" not in out
+
+
+def _closed_stdout_run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with a stdout pipe whose reader is already gone, as in `infermill status JOB | head -0`."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "infermill", *args], cwd=cwd, stdout=write_end, stderr=subprocess.PIPE,
+            text=True, timeout=120,
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("command", [["run", "job.toml", "--quiet"], ["status", "job.toml"], ["--help"]])
+def test_a_closed_stdout_ends_the_command_quietly(parquet_job, job_dir: Path, command: list[str]) -> None:
+    parquet_job(rows=2_000)
+    done = _closed_stdout_run(*command, cwd=job_dir)
+    assert done.stderr == ""
+    assert done.returncode == 0
+    if command[0] == "run":  # the job itself ran to the end: only its summary went nowhere
+        assert json.loads((job_dir / "out" / "_manifest.json").read_text())["rows_total"] == 2_000
+
+
+def test_a_failing_setup_says_how_to_see_the_traceback(parquet_job, job_dir: Path, capsys) -> None:
+    job, _ = parquet_job()
+    (job_dir / "scorer.py").write_text(
+        "class Scorer:\n"
+        "    def setup(self):\n"
+        "        self.weights = load()\n"
+        "    def predict(self, batch):\n"
+        "        return batch['f0']\n"
+        "def load():\n"
+        "    raise KeyError('weights')\n"
+    )
+    assert main(["run", str(job)]) == 2
+    err = _error(capsys)
+    assert "Scorer.setup() raised KeyError" in err
+    assert "Traceback" not in err
+    assert "--debug" in err  # the hint names the way to the traceback it talks about
+    assert main(["run", str(job), "--debug"]) == 2
+    err = _error(capsys)
+    assert "Traceback" in err and "in load" in err
+
+
+def test_validate_refuses_an_output_that_cannot_be_written(parquet_job, job_dir: Path, capsys) -> None:
+    job, _ = parquet_job()
+    text = job.read_text()
+    # A folder under a regular file cannot be made, whoever runs the test (root included).
+    job.write_text(text.replace('path = "out"', 'path = "scorer.py/out"'))
+    assert main(["validate", str(job)]) == 1
+    assert "output directory is not writable" in _error(capsys)
+    assert main(["run", str(job)]) == 1  # what validate predicts
+    assert "output directory is not writable" in _error(capsys)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_validate_refuses_an_output_under_proc(parquet_job, capsys) -> None:
+    job, _ = parquet_job()
+    job.write_text(job.read_text().replace('path = "out"', 'path = "/proc/infermill-test-output"'))
+    assert main(["validate", str(job)]) == 1
+    assert "output directory is not writable: /proc/infermill-test-output" in _error(capsys)
+
+
+def test_validate_leaves_no_output_behind(parquet_job, job_dir: Path, capsys) -> None:
+    job, _ = parquet_job()
+    job.write_text(job.read_text().replace('path = "out"', 'path = "results/today/out"'))
+    assert main(["validate", str(job)]) == 0
+    assert "ok: the job is valid" in capsys.readouterr().out
+    assert not (job_dir / "results").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_header_only_csv_is_an_input_error_for_validate_and_run(job_dir: Path, command: str, capsys) -> None:
+    (job_dir / "data.csv").write_text("customer_id,f0,f1,f2\n")
+    job = write_job(job_dir / "job.toml", """
+        [input]
+        path = "data.csv"
+        id_column = "customer_id"
+        [model]
+        kind = "python"
+        entrypoint = "scorer.py:Scorer"
+        outputs = ["score"]
+        [output]
+        path = "out"
+        """)
+    assert main([command, str(job)]) == 2
+    err = _error(capsys)
+    assert err.startswith("error: the input (data.csv) has no rows: ")
+    assert "holds only a header or blank lines" in err
+    assert "infermill validate JOB" in err
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_parquet_input_without_rows_is_an_input_error_for_validate_and_run(
+    parquet_job, job_dir: Path, command: str, capsys
+) -> None:
+    job, table = parquet_job(rows=100, files=1)
+    import pyarrow.parquet as pq
+
+    pq.write_table(table.slice(0, 0), job_dir / "data" / "part-000.parquet")
+    assert main([command, str(job)]) == 2
+    assert _error(capsys).startswith("error: the input (data/*.parquet) has no rows")
+    if command == "run":
+        assert main(["status", str(job), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["state"] == "pending"  # no empty job was recorded as complete
+
+
+def test_run_help_example_is_a_job_file_indented_under_its_heading(capsys: pytest.CaptureFixture[str]) -> None:
+    import textwrap
+    import tomllib
+
+    assert main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\nRun JOB: plan shards") == 1  # the description starts at the margin
+    example = out.split("example job file (job.toml):\n", 1)[1].split("\n\n", 1)[0]
+    assert all(line.startswith("  ") for line in example.splitlines()), example
+    job = tomllib.loads(textwrap.dedent(example))
+    assert job["model"]["kind"] == "sklearn" and job["output"]["format"] == "parquet"

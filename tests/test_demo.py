@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +116,55 @@ def test_closing_text_names_the_places(demo: Path) -> None:
     assert f"Scored {ROWS:,} customers in 2.0 s" in text and "rows/s" in text
     for expected in ("_manifest.json", "churn.sqlite", f"infermill status {demo}", "--restart"):
         assert expected in text
+
+
+CLOSING = """
+from infermill.demo import closing_text
+from infermill.engine import RunResult
+
+result = RunResult(
+    job="churn", state="complete", exit_code=0, message="complete", rows_total=10, rows_succeeded=10,
+    rows_failed=0, shards_total=1, shards_committed=1, rows_this_run=10, seconds=1.0,
+    output_path="out/churn", manifest_path="out/churn/_manifest.json", ledger_path=".infermill/churn.sqlite",
+)
+print(closing_text(result, {job!r}))
+"""
+
+
+def _closing_text(job: Path, path: str) -> str:
+    env = {**os.environ, "PATH": path}
+    done = subprocess.run(
+        [sys.executable, "-c", CLOSING.format(job=str(job))], env=env, capture_output=True, text=True,
+        cwd=job.parent, check=True, timeout=60,
+    )
+    return done.stdout
+
+
+def _section(text: str, title: str) -> list[str]:
+    lines = text.split(f"\n{title}\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    return [line.strip().split("  #", 1)[0].strip() for line in lines]
+
+
+def test_try_next_works_in_a_shell_that_never_activated_the_environment(demo: Path) -> None:
+    # `make demo` runs .venv/bin/infermill from a shell whose PATH does not hold .venv/bin.
+    bare_path = os.pathsep.join(p for p in ("/usr/bin", "/bin") if os.path.isdir(p))
+    text = _closing_text(demo, bare_path)
+    commands = _section(text, "Try next:") + _section(text, "Read the results:")
+    assert len(commands) == 4
+    for command in commands:
+        assert not command.startswith(("infermill ", "python ")), command
+    status = next(c for c in commands if " status " in c)
+    done = subprocess.run(status, shell=True, env={**os.environ, "PATH": bare_path}, cwd=demo.parent,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "state:   pending" in done.stdout
+    assert "source " in text and "activate" in text
+
+
+def test_try_next_uses_plain_names_where_they_are_this_environment(demo: Path) -> None:
+    active = os.pathsep.join([os.path.dirname(os.path.abspath(sys.executable)), "/usr/bin", "/bin"])
+    text = _closing_text(demo, active)
+    if not shutil.which("infermill", path=active):
+        pytest.skip("infermill is not installed as a console script in this environment")
+    assert _section(text, "Try next:")[0] == "infermill status churn.toml"
+    assert _section(text, "Read the results:")[0].startswith("python -c ")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import sys
 import textwrap
 import traceback
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TextIO, cast
 
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, InfermillError
+from .observe.progress import plural
 
 __all__ = ["main"]
 
@@ -29,15 +33,18 @@ example job file (job.toml):
   [input]
   path = "data/customers/*.parquet"     # file, directory, glob or fsspec URL
   id_column = "customer_id"             # optional: else a stable synthetic _row_id
+  format = "parquet"                    # parquet | csv | jsonl | openai-batch (default: from the extension)
   [model]
-  kind = "sklearn"                      # python | sklearn | onnx
+  kind = "sklearn"                      # python | sklearn | onnx | torch | hf | sentence-transformers
+                                        # | llm | http | mlflow
   path = "models/churn.joblib"
   trusted = true                        # joblib/pickle can run code: only for files you trust
   outputs = ["score"]
   [batch]
   size = 65536                          # rows per call; default by kind (sklearn/onnx 65,536, else 8,192)
   [output]
-  path = "out/churn/"                   # parquet | jsonl | csv
+  path = "out/churn/"
+  format = "parquet"                    # parquet | jsonl | csv | openai-batch
   [runtime]
   workers = 1
 """
@@ -63,12 +70,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = run(args.job, restart=args.restart, wait=args.wait, progress=_progress_mode(args))
     if result.message.startswith("nothing to do"):
-        print(f"{result.job}: {result.message} ({result.rows_succeeded:,} rows in {result.output_path})")
+        print(f"{result.job}: {result.message} ({plural(result.rows_succeeded, 'row')} in {result.output_path})")
         return 0
     rate = result.rows_this_run / result.seconds if result.seconds > 0 else 0.0
     failed = f", {result.rows_failed:,} dead-lettered (see `infermill failures`)" if result.rows_failed else ""
     print(
-        f"{result.job}: complete: {result.rows_succeeded:,} rows in {result.shards_committed} shards{failed}"
+        f"{result.job}: complete: {plural(result.rows_succeeded, 'row')} in {plural(result.shards_committed, 'shard')}"
+        f"{failed}"
         f" ({result.rows_this_run:,} this run, {result.seconds:.1f}s, {rate:,.0f} rows/s)"
     )
     print(f"  output:   {result.output_path}")
@@ -101,10 +109,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, default=str, sort_keys=True))
         return 0
-    total = f"{info['rows_total']:,}" if info["rows_total"] is not None else "?"
+    # Until a CSV or JSONL job completes its row count is unknown: say so rather than "N of ?".
+    total = f" of {info['rows_total']:,}" if info["rows_total"] is not None else ""
     print(f"job:     {info['job']}")
     print(f"state:   {info['state']}")
-    print(f"rows:    {info['rows_succeeded']:,} of {total} succeeded, {info['rows_failed']:,} failed")
+    print(f"rows:    {info['rows_succeeded']:,}{total} succeeded, {info['rows_failed']:,} failed")
     print(f"shards:  {info['shards_committed']} of {info['shards_total']} committed, {info['shards_failed']} failed")
     print(f"runs:    {info['runs']}")
     if info.get("holder"):
@@ -133,7 +142,7 @@ def cmd_failures(args: argparse.Namespace) -> int:
     if not info["rows_failed"]:
         print(f"{info['job']}: no dead-lettered items")
         return 0
-    print(f"{info['job']}: {info['rows_failed']:,} dead-lettered items (files in {info['errors_dir']})")
+    print(f"{info['job']}: {plural(info['rows_failed'], 'dead-lettered item')} (files in {info['errors_dir']})")
     width = max(len(g["error_class"]) for g in info["groups"])
     for group in info["groups"]:
         example = group["example"].splitlines()[0] if group["example"] else ""
@@ -217,13 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         cmd_run,
         "run a job (or resume it after a crash)",
-        """\
+        # Dedented on its own: the example's indentation must survive the dedent of the whole text.
+        textwrap.dedent("""\
         Run JOB: plan shards from the input, score them with the model, commit each shard's results
         atomically and record it in the ledger. Rerunning after a crash, kill or preemption resumes
         where it stopped; rerunning a complete job does nothing. If the spec, model or input changed
         since the last run, infermill refuses to mix results: use --restart to start over.
 
-        """
+        """)
         + EXAMPLE_JOB,
     )
     p.add_argument("job", help="the job file (TOML)")
@@ -315,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check a job without running it",
         """\
         Check JOB without running it: the spec, the input (files, shards, schema against
-        id_column/features/keep), and the model (loads it and scores a few rows).
+        id_column/features/keep, at least one row), the model (loads it and scores a few rows), and
+        that the output can be written.
         """,
     )
     p.add_argument("job", help="the job file (TOML)")
@@ -337,7 +348,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ReaderGoneStdout(io.TextIOBase):
+    """Stands in for ``sys.stdout`` while a command runs. When the reader of a pipe goes away early
+    (``infermill status JOB | head -1``) the rest of the output is dropped: the command's work is done,
+    and neither a BrokenPipeError traceback nor a failing exit code would tell the user anything."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def isatty(self) -> bool:
+        return not self.gone and self.stream.isatty()
+
+    def _drop(self) -> None:
+        self.gone = True
+        # The real stdout's buffer still holds text that the interpreter flushes at exit, which would
+        # fail again ("Exception ignored ... BrokenPipeError", exit 120): point its descriptor at devnull.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self.stream.fileno())
+            finally:
+                os.close(devnull)
+
+
+@contextlib.contextmanager
+def _tolerate_closed_stdout() -> Iterator[None]:
+    original = sys.stdout
+    guard = _ReaderGoneStdout(original)
+    sys.stdout = cast(TextIO, guard)
+    try:
+        yield
+        guard.flush()  # while still guarded: a closed pipe shows up here at the latest
+    finally:
+        sys.stdout = original
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``infermill`` command line; returns the exit code."""
+    with _tolerate_closed_stdout():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

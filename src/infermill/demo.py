@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .engine import RunResult
     from .observe.progress import Mode
 
-__all__ = ["FEATURES", "closing_text", "generate_customers", "make_demo", "run_demo"]
+__all__ = ["FEATURES", "closing_text", "command_paths", "generate_customers", "make_demo", "run_demo"]
 
 FEATURES: list[str] = [
     "age",
@@ -274,8 +274,9 @@ def _show(path: str | os.PathLike[str] | None) -> str:
 
 def closing_text(result: RunResult, job: str | os.PathLike[str]) -> str:
     """What ``infermill demo`` prints after the run: where things are and what to try next."""
-    from .observe.progress import format_rate
+    from .observe.progress import format_rate, plural
 
+    infermill, python = command_paths()
     job_arg = _show(job)
     output = _show(result.output_path).rstrip("/") + "/"
     total = result.rows_total or result.rows_succeeded
@@ -287,8 +288,8 @@ def closing_text(result: RunResult, job: str | os.PathLike[str]) -> str:
     else:
         head = (
             f"Scored {result.rows_this_run:,} customers in {result.seconds:.1f} s "
-            f"({format_rate(result.rows_this_run, result.seconds)}): {result.rows_succeeded:,} of {total:,} "
-            f"rows done in {result.shards_committed} of {result.shards_total} shards, "
+            f"({format_rate(result.rows_this_run, result.seconds)}): {result.rows_succeeded:,} of "
+            f"{plural(total, 'row')} done in {result.shards_committed} of {plural(result.shards_total, 'shard')}, "
             f"{result.rows_failed:,} failed."
         )
     places = [
@@ -302,15 +303,37 @@ def closing_text(result: RunResult, job: str | os.PathLike[str]) -> str:
     if top:
         lines += ["", "  Highest churn risk: customers " + ", ".join(f"{cid} ({p:.2f})" for cid, p in top)]
     commands = [
-        (f"infermill status {job_arg}", "the job's state, read from the ledger"),
-        (f"infermill run {job_arg}", "run it again: nothing to do, the job is complete"),
-        (f"infermill run {job_arg} --restart", "discard the results and score everything again"),
+        (f"{infermill} status {job_arg}", "the job's state, read from the ledger"),
+        (f"{infermill} run {job_arg}", "run it again: nothing to do, the job is complete"),
+        (f"{infermill} run {job_arg} --restart", "discard the results and score everything again"),
     ]
     width = max(len(command) for command, _ in commands)
     lines += ["", "Try next:"] + [f"  {command:<{width}}  # {note}" for command, note in commands]
-    read = f"python -c \"import pandas as pd; print(pd.read_parquet('{output}'))\""
+    read = f"{python} -c \"import pandas as pd; print(pd.read_parquet('{output}'))\""
     lines += ["", "Read the results:", f"  {read}"]
+    activate = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "activate")
+    if infermill != "infermill" and os.path.exists(activate):
+        lines += ["", f"Or run `source {_show(activate)}` first: then plain `infermill` and `python` work."]
     return "\n".join(lines)
+
+
+def command_paths() -> tuple[str, str]:
+    """How to call ``infermill`` and ``python`` from a fresh shell: the bare names when they are this
+    environment's (an activated virtual environment, or an install on PATH), else their paths, such as
+    ``.venv/bin/infermill`` after ``make demo``, whose shell never activated anything."""
+    bin_dir = os.path.dirname(os.path.abspath(sys.executable))
+
+    def on_path(name: str) -> bool:
+        found = shutil.which(name)
+        return found is not None and os.path.dirname(os.path.abspath(found)) == bin_dir
+
+    python = "python" if on_path("python") else _show(sys.executable)
+    if on_path("infermill"):
+        return "infermill", python
+    script = os.path.join(bin_dir, "infermill")
+    if not os.path.exists(script):  # no console script (e.g. run from a source checkout): the module
+        return f"{_show(sys.executable)} -m infermill", python
+    return _show(script), python
 
 
 def _riskiest(output_path: str, count: int = 3) -> list[tuple[int, float]]:

@@ -13,7 +13,7 @@ process exit code the CLI uses for it and whether retrying the same work may suc
     ├── OutputError                     exit 1  the output cannot be written (fatal)
     │   └── OutputConflictError         exit 2  the output location belongs to another job, or holds
     │                                           files infermill did not write, or lies inside the input
-    ├── LedgerError                     exit 1  the ledger is unreadable or belongs to another job
+    ├── LedgerError                     exit 1  the ledger cannot be opened or read, or holds no such shard
     ├── JobLockedError                  exit 3  another run of the same job holds the lease
     ├── LeaseLostError                  exit 3  this run's lease was taken over (fencing)
     ├── JobFailedError                  exit 1  the run ended with failed shards
@@ -136,7 +136,9 @@ class OutputConflictError(OutputError):
 
 
 class LedgerError(InfermillError):
-    """The ledger cannot be opened or does not belong to this job."""
+    """The ledger cannot be opened (a file that is not an SQLite database, or one that cannot be read), a
+    shard is not in it, or a shard state change is one the state machine forbids. A ledger of another job
+    is a :class:`JobChangedError` instead: its fingerprints do not match."""
 
 
 class JobLockedError(InfermillError):

@@ -70,7 +70,7 @@ class InputSpec:
     path: str
     """A file, a directory, a glob, or an fsspec URL (``s3://...``, ``memory://...``)."""
     format: InputFormat | None = None
-    """parquet, csv or jsonl; inferred from the file extension when omitted."""
+    """parquet, csv, jsonl or openai-batch; inferred from the file extension when omitted."""
     id_column: str | None = None
     """Column holding each row's unique id; without it each row gets a stable synthetic ``_row_id``."""
     columns: list[str] | None = None
@@ -161,7 +161,7 @@ class BatchSpec:
         )
 
     sort_window: int | None = None
-    """Length bucketing: within windows of this many rows, send rows to the model shortest first, so each
+    """Length bucketing: within windows of this many rows, send rows to the model longest first, so each
     batch holds rows of similar length (little padding for text models). Results are still written in
     input order. Lengths are the bytes of the row's feature values (a text's UTF-8 length)."""
 
@@ -197,7 +197,7 @@ class OutputSpec:
     path: str
     """Output directory, local or an fsspec URL."""
     format: OutputFormat = "parquet"
-    """parquet, jsonl or csv."""
+    """parquet, jsonl, csv or openai-batch."""
     keep: list[str] = field(default_factory=list)
     """Input columns written next to the predictions (the id is always kept)."""
     compression: str | None = None
@@ -353,7 +353,7 @@ class JobSpec:
                 return fmt
         raise SpecError(
             f"cannot infer the input format from '{self.input.path}'",
-            hint='set [input] format = "parquet", "csv" or "jsonl"',
+            hint='set [input] format = "parquet", "csv", "jsonl" or "openai-batch"',
         )
 
 

@@ -44,6 +44,7 @@ from ..errors import (
 from ..ledger import Lease, Ledger
 from ..ledger.sqlite import PartCheck, lease_is_live, move_aside
 from ..models import load_adapter
+from ..observe.estimate import RowEstimate, sample_rows_per_byte
 from ..observe.progress import Mode, ProgressReporter
 from ..sinks import CommittedFile, OwnerRecord, Sink, StagedFile, open_sink
 from ..sources import open_source
@@ -54,6 +55,7 @@ from .columns import resolve_columns
 from .executor import make_executor, threads_per_worker
 from .faults import fault_point
 from .outputs import check_output_location, damaged_parts
+from .validate import no_rows_error
 
 __all__ = ["RunResult", "finish_job", "job_result", "run", "status"]
 
@@ -231,6 +233,8 @@ class _Coordinator:
         source = open_source(spec)
         columns = resolve_columns(spec, source.schema())
         shards = source.plan()
+        if not shards:  # before the ledger exists: a job of nothing would be "complete" for good
+            raise no_rows_error(spec)
         model_fp = load_adapter(spec).fingerprint()
         input_fp = _input_fingerprint(shards)
         if restart:
@@ -361,6 +365,11 @@ class _Coordinator:
             shards_done=summary["shards_committed"],
             mode=self.progress_mode,
             interval=spec.runtime.progress_interval,
+            estimate=RowEstimate.of_plan(
+                shards,
+                {row.shard_id: (row.rows_out or 0) + row.rows_failed for row in ledger.shards("committed")},
+                sample=lambda: sample_rows_per_byte(source, pending[0]) if pending else None,
+            ),
         )
         run_spec, note = resolve_batch_size(
             spec,
@@ -414,7 +423,7 @@ class _Coordinator:
                             fatal = exc
                             continue
                         running.discard(sid)
-                        reporter.shard_done()
+                        reporter.shard_done(sid, staged.rows + len(dead))
                         budget = self._over_budget(final=False)
                         if budget and fatal is None:
                             fatal = budget

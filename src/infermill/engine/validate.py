@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ..errors import InputError, ModelLoadError
 from ..models import load_adapter
-from ..sinks import open_sink
+from ..observe.progress import plural
+from ..sinks import Sink, open_sink
 from ..sources import open_source
 from ..spec import JobSpec, RetrySpec, load_spec
 from .columns import resolve_columns
@@ -14,7 +16,7 @@ from .executor import threads_per_worker
 from .outputs import check_output_location
 from .scoring import BatchScorer
 
-__all__ = ["validate"]
+__all__ = ["no_rows_error", "validate"]
 
 SAMPLE_ROWS = 16
 
@@ -26,11 +28,13 @@ def validate(job: JobSpec | str | os.PathLike[str]) -> list[str]:
     check_output_location(spec)
     source = open_source(spec)
     shards = source.plan()
+    if not shards:
+        raise no_rows_error(spec)
     rows = sum(s.rows or 0 for s in shards) if all(s.rows is not None for s in shards) else None
     files = len({f.path for s in shards for f in s.fragments})
     lines.append(
-        f"input:    {source.format}, {files} file(s), {len(shards)} shard(s)"
-        + (f", {rows:,} rows" if rows is not None else "")
+        f"input:    {source.format}, {plural(files, 'file')}, {plural(len(shards), 'shard')}"
+        + (f", {plural(rows, 'row')}" if rows is not None else "")
     )
     columns = resolve_columns(spec, source.schema())
     lines.append(f"columns:  id {columns.id}; features {', '.join(columns.features)}")
@@ -46,7 +50,7 @@ def validate(job: JobSpec | str | os.PathLike[str]) -> list[str]:
         if sample is not None:
             break
     if sample is None:
-        raise InputError(f"the input ({spec.input.path}) has no rows", hint="check [input] path")
+        raise no_rows_error(spec)
     scorer = BatchScorer(adapter, columns, RetrySpec(max_attempts=1), SAMPLE_ROWS)
     try:
         tables, dead = scorer.score(sample)
@@ -73,7 +77,34 @@ def validate(job: JobSpec | str | os.PathLike[str]) -> list[str]:
             f"e.g. {dead[0].error_class}: {dead[0].message.splitlines()[0] if dead[0].message else ''}"
         )
     sink = open_sink(spec)
+    _check_output(sink)
     lines.append(f"output:   {spec.output.format} in {sink.display()}")
     lines.append(f"ledger:   {spec.ledger_path()}")
     lines.append("ok: the job is valid")
     return lines
+
+
+def no_rows_error(spec: JobSpec) -> InputError:
+    """What ``validate`` and ``run`` both say about an input without a single row."""
+    return InputError(
+        f"the input ({spec.input.path}) has no rows",
+        hint="point [input] path at files that hold data rows, then check with `infermill validate JOB`",
+    )
+
+
+def _check_output(sink: Sink) -> None:
+    """Probe the output the way a run does first (:meth:`Sink.prepare`), then remove the folders the probe
+    made: validating a job must not leave an output behind."""
+    made: list[str] = []
+    for path in (sink.staging,) if sink.remote else (sink.staging, sink.root):
+        path = os.path.abspath(path)
+        while path and not os.path.exists(path) and path not in made:
+            made.append(path)
+            parent = os.path.dirname(path)
+            path = "" if parent == path else parent
+    try:
+        sink.prepare()
+    finally:
+        for path in sorted(made, key=len, reverse=True):  # deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(path)

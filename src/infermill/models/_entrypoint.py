@@ -167,7 +167,7 @@ def _not_importable(entry: EntryPoint, exc: BaseException) -> ModelLoadError:
     elif isinstance(exc, SyntaxError):
         hint = f"fix the syntax error at {exc.filename}, line {exc.lineno}"
     else:
-        hint = "the module raised while being imported; fix the error shown (the traceback has details)"
+        hint = "the module raised while being imported; fix the error shown (rerun with --debug for the traceback)"
     return ModelLoadError(f"cannot import {what}: {type(exc).__name__}: {exc}", hint=hint)
 
 

@@ -94,7 +94,7 @@ class PythonModel(ModelAdapter):
         except Exception as exc:  # noqa: BLE001 - user code
             raise ModelLoadError(
                 f"{cls.__name__}(**options) raised {type(exc).__name__}: {exc} (from '{text}')",
-                hint="fix the constructor or [model.options]; the traceback shows where it failed",
+                hint="fix the constructor or [model.options]; rerun with --debug to see the traceback",
             ) from exc
         _run_setup(model, cls.__name__, text)
         return model
@@ -136,7 +136,7 @@ def _run_setup(model: Any, name: str, text: str) -> None:
     except Exception as exc:  # noqa: BLE001 - user code
         raise ModelLoadError(
             f"{name}.setup() raised {type(exc).__name__}: {exc} (from '{text}')",
-            hint="fix the error in the model's setup(); the traceback shows where it failed",
+            hint="fix the error in the model's setup(); rerun with --debug to see the traceback",
         ) from exc
 
 

@@ -240,7 +240,7 @@ class TorchModel(TorchAdapter):
             except Exception as exc:  # noqa: BLE001 - user code
                 raise ModelLoadError(
                     f"the factory '{entry.text}' raised {type(exc).__name__}: {exc}",
-                    hint="fix the factory or [model.options]; the traceback shows where it failed",
+                    hint="fix the factory or [model.options]; rerun with --debug to see the traceback",
                 ) from exc
         if not isinstance(module, torch.nn.Module):
             raise ModelLoadError(

@@ -87,6 +87,14 @@ class TextSource(FileSource):
             if table.num_rows:
                 break
         assert chosen is not None
+        if not chosen[1].num_rows:
+            # A header (or blank lines) alone: `validate` and `run` both stop here, with the same words.
+            more = len(candidates) - 1
+            shown = display_path(candidates[0].path) + (f" and {more} more hold" if more else " holds")
+            raise InputError(
+                f"the input ({self.spec.input.path}) has no rows: {shown} only a header or blank lines",
+                hint="point [input] path at files that hold data rows, then check with `infermill validate JOB`",
+            )
         self._schema_file = display_path(chosen[0].path)
         # A column that is empty in the sample says nothing of its type; string holds most values.
         fields = [
