@@ -28,7 +28,10 @@ SLOW = SCORER.replace("import numpy as np", "import time\nimport numpy as np").r
 )
 
 
-def _job(directory: Path, name: str, data: str, *, out: str = "out", model: str = "scorer.py:Scorer") -> Path:
+def _job(
+    directory: Path, name: str, data: str, *, out: str = "out", model: str = "scorer.py:Scorer",
+    features: str = '"f0", "f1", "f2"',
+) -> Path:
     return write_job(
         directory / f"{name}.toml",
         f"""
@@ -40,7 +43,7 @@ def _job(directory: Path, name: str, data: str, *, out: str = "out", model: str 
         [model]
         kind = "python"
         entrypoint = "{model}"
-        features = ["f0", "f1", "f2"]
+        features = [{features}]
         outputs = ["score"]
         [batch]
         size = 250
@@ -215,13 +218,19 @@ def test_restart_with_a_broken_model_keeps_the_finished_results(parquet_job, job
 
 
 # -- 7. dead ends --------------------------------------------------------------------------------------------
-def test_an_empty_ledger_names_restart_and_restart_works(parquet_job, job_dir: Path) -> None:
+def _finished_job_with_ledger(parquet_job, job_dir: Path, content: bytes) -> Path:  # type: ignore[no-untyped-def]
+    """A complete job whose ledger file is then replaced by ``content`` (its WAL files gone)."""
     job, _ = parquet_job(rows=2_000, files=1, shard_rows=1_000)
     infermill.run(job, progress="off")
     ledger = job_dir / ".infermill" / "scores.sqlite"
     for suffix in ("-wal", "-shm"):
         Path(f"{ledger}{suffix}").unlink(missing_ok=True)
-    ledger.write_bytes(b"")
+    ledger.write_bytes(content)
+    return job
+
+
+def test_an_empty_ledger_names_restart_and_restart_works(parquet_job, job_dir: Path) -> None:
+    job = _finished_job_with_ledger(parquet_job, job_dir, b"")
     proc = run_cli("run", str(job), "-q")
     assert proc.returncode == 2
     assert f"`infermill run {job} --restart`" in proc.stderr
@@ -232,12 +241,7 @@ def test_an_empty_ledger_names_restart_and_restart_works(parquet_job, job_dir: P
 
 
 def test_a_corrupt_ledger_is_moved_aside_by_restart(parquet_job, job_dir: Path) -> None:
-    job, _ = parquet_job(rows=2_000, files=1, shard_rows=1_000)
-    infermill.run(job, progress="off")
-    ledger = job_dir / ".infermill" / "scores.sqlite"
-    for suffix in ("-wal", "-shm"):
-        Path(f"{ledger}{suffix}").unlink(missing_ok=True)
-    ledger.write_bytes(b"this is not a database" * 100)
+    job = _finished_job_with_ledger(parquet_job, job_dir, b"this is not a database" * 100)
     for command in (["run", str(job), "-q"], ["status", str(job)]):
         proc = run_cli(*command)
         assert proc.returncode == 1 and "--restart` moves it aside" in proc.stderr, proc.stderr
@@ -373,3 +377,32 @@ def test_a_ledger_of_the_previous_release_is_migrated(parquet_job, job_dir: Path
     db = sqlite3.connect(path)
     assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
     assert "output_sha256" in {r[1] for r in db.execute("PRAGMA table_info(shards)")}
+
+
+def test_retry_refuses_to_merge_into_a_missing_part(tmp_path: Path) -> None:
+    """Retry rewrites a shard's part as old rows + fixed rows: with the part gone it would drop the old rows."""
+    (tmp_path / "model.py").write_text(FLAKY)
+    write_parquet_files(tmp_path / "data", 2_000, files=1)
+    job = _job(tmp_path, "flaky", "data/", model="model.py:Model", features='"customer_id", "f0"')
+    assert infermill.run(job, progress="off").rows_failed == 20
+    victim = sorted((tmp_path / "out").glob("part-*.parquet"))[0]
+    victim.unlink()
+    proc = run_cli("retry", str(job), env={"FLAKY_FIXED": "1"})
+    assert proc.returncode == 1 and f"{victim.name}" in proc.stderr and f"`infermill run {job}`" in proc.stderr
+    assert run_cli("run", str(job), "-q").returncode == 0
+    assert run_cli("retry", str(job), env={"FLAKY_FIXED": "1"}).returncode == 0
+    assert _ids(tmp_path / "out") == list(range(2_000))
+
+
+FLAKY = '''
+import os
+import numpy as np
+from infermill import ItemError
+
+
+class Model:
+    def predict(self, batch):
+        if os.environ.get("FLAKY_FIXED") != "1" and (batch["customer_id"] % 100 == 0).any():
+            raise ItemError("row ends in 00")
+        return {"score": batch["f0"]}
+'''

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import InfermillError, JobChangedError, SpecError
+from ..errors import InfermillError, JobChangedError, OutputError, SpecError
 from ..ledger import Lease, Ledger, ShardRow
 from ..models import load_adapter
 from ..sinks import Sink, open_sink
@@ -35,6 +35,7 @@ from ..spec import JobSpec, default_batch_rows
 from .autosize import cache_key
 from .columns import Columns, resolve_columns
 from .executor import threads_per_worker
+from .outputs import damaged_parts
 from .runner import (
     RunResult,
     _acquire,
@@ -88,6 +89,15 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
         )
     dead = ledger.dead_items()
     sink = open_sink(spec)
+    damaged = damaged_parts(ledger, sink)
+    if damaged:
+        # Retry merges into the committed files: with one missing or changed it would lose rows.
+        raise OutputError(
+            f"job '{spec.name}': {damaged[0].describe()}"
+            + (f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""),
+            hint=f"`infermill run {spec.source_file or spec.name}` recomputes the damaged shards; retry after it",
+            job=spec.name,
+        )
     if not dead:
         return job_result(spec, ledger, sink, "complete", "nothing to retry: no dead-lettered items", started, 0)
     adapter = load_adapter(spec, threads=threads_per_worker(spec))
