@@ -33,7 +33,16 @@ from .autosize import cache_key
 from .columns import Columns, resolve_columns
 from .executor import threads_per_worker
 from .faults import fault_point
-from .runner import RunResult, _acquire, _as_spec, _Heartbeat, _input_fingerprint, finish_job, job_result
+from .runner import (
+    RunResult,
+    _acquire,
+    _as_spec,
+    _Heartbeat,
+    _input_fingerprint,
+    finish_job,
+    job_result,
+    nothing_scored,
+)
 from .scoring import BatchScorer, DeadItem, ScoreStats
 from .worker import dead_letter_table
 
@@ -113,6 +122,10 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
         adapter.close()
     summary = ledger.summary()
     if summary["shards_committed"] == summary["shards_total"]:
+        failed = nothing_scored(spec, ledger)
+        if failed is not None:
+            ledger.end_run(run_id, "failed", str(failed))
+            raise failed
         finish_job(spec, ledger, sink)
     still = len(dead) - rows_fixed
     message = f"retry: {rows_fixed:,} of {len(dead):,} dead-lettered items scored; {still:,} still fail"

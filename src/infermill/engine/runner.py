@@ -47,7 +47,7 @@ from .columns import resolve_columns
 from .executor import make_executor, threads_per_worker
 from .faults import fault_point
 
-__all__ = ["RunResult", "finish_job", "job_result", "run", "status"]
+__all__ = ["RunResult", "finish_job", "job_result", "nothing_scored", "run", "status"]
 
 
 @dataclass(frozen=True)
@@ -404,10 +404,11 @@ class _Coordinator:
         return staged.rows + len(dead)
 
     def _over_budget(self, *, final: bool) -> JobFailedError | None:
-        """The error to stop with when dead letters exceed ``[errors]``'s budget."""
+        """The error to stop with when dead letters exceed ``[errors]``'s budget, or (``final``, no budget set)
+        when not one row of the job was scored."""
         errors = self.spec.errors
         if errors.max_failed_rows is None and errors.max_failed_fraction is None:
-            return None
+            return nothing_scored(self.spec, self.ledger) if final else None
         summary = self.ledger.summary()
         failed = summary["rows_failed"]
         reason = None
@@ -436,6 +437,32 @@ class _Coordinator:
 
     def _result(self, state: str, code: int, message: str, started: float, rows_this_run: int) -> RunResult:
         return job_result(self.spec, self.ledger, self.sink, state, message, started, rows_this_run, code)
+
+
+def nothing_scored(spec: JobSpec, ledger: Ledger) -> JobFailedError | None:
+    """The error for a job whose every row was dead-lettered and that set no ``[errors]`` budget: such a job
+    failed (no manifest), whatever the reason. A budget says how many failures are acceptable, so with one
+    set only the budget decides."""
+    if spec.errors.max_failed_rows is not None or spec.errors.max_failed_fraction is not None:
+        return None
+    summary = ledger.summary()
+    failed = summary["rows_failed"]
+    if summary["rows_succeeded"] or not failed:
+        return None
+    groups = ledger.failure_groups()
+    cause = ""
+    if groups:
+        top = groups[0]
+        example = (top["example"] or "").splitlines()
+        cause = f"; {top['count']:,} with {top['error_class']}" + (f", e.g. {example[0]}" if example else "")
+    ref = spec.source_file or spec.name
+    return JobFailedError(
+        f"no row was scored: all {failed:,} rows failed{cause}",
+        hint=f"fix the model or data, then run `infermill retry {ref}` to score the failed rows again "
+        f"(`infermill failures {ref}` lists them); to accept such a job, set an [errors] budget "
+        "(max_failed_fraction = 1.0)",
+        job=spec.name,
+    )
 
 
 def finish_job(spec: JobSpec, ledger: Ledger, sink: Sink) -> None:
