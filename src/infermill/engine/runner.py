@@ -110,13 +110,21 @@ class _Heartbeat:
 
 @contextmanager
 def _signals(on_signal: Callable[[int], None]) -> Iterator[None]:
-    """Route SIGINT/SIGTERM to ``on_signal`` while a run is active (main thread only)."""
+    """Route SIGINT/SIGTERM to ``on_signal`` while a run is active (main thread only).
+
+    Once a signal has arrived the process is on its way out, and a further signal must still mean "exit 75
+    now" after the run loop returned (closing up, interpreter teardown): restoring the default action there
+    would kill the process with -15 instead. So the handler that exits 75 stays until the process ends,
+    unless the embedding program had installed a handler of its own, which gets its signals back."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    received = False
 
     def handler(signum: int, _frame: Any) -> None:
+        nonlocal received
+        received = True
         on_signal(signum)
 
     for sig in previous:
@@ -125,7 +133,16 @@ def _signals(on_signal: Callable[[int], None]) -> Iterator[None]:
         yield
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            default = old in (signal.SIG_DFL, signal.default_int_handler, None)
+            signal.signal(sig, _exit_interrupted if received and default else old)
+
+
+def _exit_interrupted(signum: int, _frame: Any) -> None:
+    """A signal after the first: exit at once. Everything committed is durable; a rerun resumes."""
+    # os.write, not print: a handler may run in the middle of another write to stderr.
+    with suppress(OSError):
+        os.write(2, f"{signal.Signals(signum).name} again: exiting at once (75); rerun to resume\n".encode())
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _input_fingerprint(shards: list[Shard]) -> str:
@@ -373,11 +390,17 @@ class _Coordinator:
 
     def _on_signal(self, signum: int) -> None:
         self.signals += 1
-        if self.signals == 1:
-            self.stop_deadline = time.monotonic() + self.spec.runtime.grace_seconds
-        else:
-            # A second signal means now. Everything committed is durable; a rerun resumes.
-            os._exit(EXIT_INTERRUPTED)
+        if self.signals > 1:
+            _exit_interrupted(signum, None)  # a second signal means now
+        grace = self.spec.runtime.grace_seconds
+        self.stop_deadline = time.monotonic() + grace
+        if self.progress_mode != "off":
+            notice = (
+                f"[{self.spec.name}] {signal.Signals(signum).name}: stopping; in-flight shards get up to {grace:g} s "
+                "to finish, then it exits 75 (send the signal again to exit at once)\n"
+            )
+            with suppress(OSError):
+                os.write(2, notice.encode())
 
     def _past_grace(self) -> bool:
         return self.stop_deadline is not None and time.monotonic() > self.stop_deadline
