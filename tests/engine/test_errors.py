@@ -18,6 +18,7 @@ from infermill.cli import main
 from infermill.engine.breaker import FailureStreak
 from infermill.engine.scoring import DeadItem
 from infermill.errors import JobFailedError, ModelFailedError, SpecError
+from infermill.models.python import PythonModel
 from tests.conftest import read_output, write_job
 
 ROWS = 10_000
@@ -357,13 +358,14 @@ def broken_job(parquet_job, job_dir: Path, model: str, extra: str = "", workers:
     return job
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["inline", "processes"])
+@pytest.mark.parametrize(("workers", "lanes"), [(1, 1), (1, 3), (2, 1)], ids=["inline", "lanes", "processes"])
 @pytest.mark.parametrize("model", sorted(BROKEN_MODELS))
 def test_a_model_failing_every_row_stops_early_as_a_model_failure(
-    parquet_job, job_dir: Path, monkeypatch: pytest.MonkeyPatch, model: str, workers: int
+    parquet_job, job_dir: Path, monkeypatch: pytest.MonkeyPatch, model: str, workers: int, lanes: int
 ) -> None:
     calls = job_dir / "calls.txt"
     monkeypatch.setenv("CALLS_FILE", str(calls))
+    monkeypatch.setattr(PythonModel, "lanes", lambda self: lanes)  # batches scored side by side, handed on in order
     job = broken_job(parquet_job, job_dir, model, workers=workers)
     with pytest.raises(ModelFailedError) as info:
         infermill.run(job, progress="off")
@@ -374,9 +376,10 @@ def test_a_model_failing_every_row_stops_early_as_a_model_failure(
         str(info.value)
     )
     assert isinstance(info.value, JobFailedError) and info.value.exit_code == 1
-    # Stopped after about 3 batches per worker, not after bisecting all 40 (39,960 calls) or retrying them (80).
+    # Stopped after about 3 batches per worker (and the batches its other lanes had in hand), not after
+    # bisecting all 40 (39,960 calls) or retrying them (80).
     per_batch = 999 if model == "import" else 2
-    assert len(calls.read_text()) <= 5 * per_batch * workers
+    assert len(calls.read_text()) <= (4 + lanes) * per_batch * workers
     assert not (job_dir / "out" / "_manifest.json").exists()
     status = infermill.status(job)
     assert status["state"] == "failed"

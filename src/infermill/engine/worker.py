@@ -426,10 +426,7 @@ class _Pipeline:
             stats.scoring.merge(calls)
         broken = self.streak.observe(batch.num_rows, dead)
         if broken is not None:
-            # Fatal: the coordinator stops the run, keeps what is committed and writes no manifest. Failing
-            # now, not once the lanes drain, stops the reader and writer at once.
-            self._fail(broken)
-            raise broken
+            raise broken  # fatal, as any: the coordinator stops the run, keeps what is committed, no manifest
         fault_point("after_batch")
         if sid in self.failed:
             return True
