@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import (
     EXIT_COMPLETE,
@@ -137,7 +137,7 @@ def _signals(on_signal: Callable[[int], None]) -> Iterator[None]:
             signal.signal(sig, _exit_interrupted if received and default else old)
 
 
-def _exit_interrupted(signum: int, _frame: Any) -> None:
+def _exit_interrupted(signum: int, _frame: Any) -> NoReturn:
     """A signal after the first: exit at once. Everything committed is durable; a rerun resumes."""
     # os.write, not print: a handler may run in the middle of another write to stderr.
     with suppress(OSError):
