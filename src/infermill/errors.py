@@ -16,7 +16,8 @@ process exit code the CLI uses for it and whether retrying the same work may suc
     ├── LedgerError                     exit 1  the ledger cannot be opened or read, or holds no such shard
     ├── JobLockedError                  exit 3  another run of the same job holds the lease
     ├── LeaseLostError                  exit 3  this run's lease was taken over (fencing)
-    ├── JobFailedError                  exit 1  the run ended with failed shards
+    ├── JobFailedError                  exit 1  the run ended with failed shards, over budget, or no row scored
+    │   └── ModelFailedError            exit 1  every row of several batches in a row failed the same way
     ├── InterruptedRunError             exit 75 stopped by a signal; rerun to resume
     ├── ItemError                       per item: the model cannot score this item (never retried)
     └── TransientError                  per call: may succeed when retried (``transient = True``)
@@ -45,6 +46,7 @@ __all__ = [
     "JobLockedError",
     "LeaseLostError",
     "LedgerError",
+    "ModelFailedError",
     "ModelLoadError",
     "OutputConflictError",
     "OutputError",
@@ -154,7 +156,52 @@ class LeaseLostError(InfermillError):
 
 
 class JobFailedError(InfermillError):
-    """The run finished but some shards failed."""
+    """The run ended without completing the job: shards failed, the error budget was exceeded, or (with no
+    budget set) not one row was scored."""
+
+
+class ModelFailedError(JobFailedError):
+    """The model failed on every row of several consecutive batches with the same error: the model (its code,
+    its environment or its server), not the data, is broken. The run stops; committed work is kept.
+
+    ``error_class`` and ``error_message`` are the model's error, as the dead letters would have recorded it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_class: str = "",
+        error_message: str = "",
+        hint: str | None = None,
+        job: str | None = None,
+        shard: str | None = None,
+        item: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, job=job, shard=shard, item=item)
+        self.error_class = error_class
+        self.error_message = error_message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The model's error class and message cross the worker process boundary with the rest.
+        return (
+            _rebuild_model_failed,
+            (self.message, self.error_class, self.error_message, self.hint, self.job, self.shard, self.item),
+        )
+
+
+def _rebuild_model_failed(
+    message: str,
+    error_class: str,
+    error_message: str,
+    hint: str | None,
+    job: str | None,
+    shard: str | None,
+    item: str | None,
+) -> ModelFailedError:
+    return ModelFailedError(
+        message, error_class=error_class, error_message=error_message, hint=hint, job=job, shard=shard, item=item
+    )
 
 
 class InterruptedRunError(InfermillError):

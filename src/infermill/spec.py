@@ -188,6 +188,10 @@ class ErrorsSpec:
     """Stop the job once this fraction of the input rows is dead-lettered (0.0 to 1.0)."""
     include_input: bool = True
     """Write each dead-lettered item's input values next to its error."""
+    stop_after_identical_batch_failures: int = 3
+    """Stop the job as a model failure (exit 1, committed work kept) once every row of this many consecutive
+    batches failed with the same error class and message: the model, not the data, is broken. 0: never
+    (every such row is dead-lettered)."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +328,7 @@ class JobSpec:
         data.pop("retry")
         data["errors"].pop("max_failed_rows")
         data["errors"].pop("max_failed_fraction")
+        data["errors"].pop("stop_after_identical_batch_failures")
         data["input"].pop("storage_options", None)
         data["output"].pop("storage_options", None)
         # No absolute path may enter the fingerprint, or a moved job folder (or data mounted elsewhere in a
@@ -574,6 +579,11 @@ def _validate(spec: JobSpec) -> None:
         raise SpecError(f"{where}: 'errors.max_failed_fraction' must be between 0.0 and 1.0, not {fraction}")
     if spec.errors.max_failed_rows is not None and spec.errors.max_failed_rows < 0:
         raise SpecError(f"{where}: 'errors.max_failed_rows' must not be negative")
+    if spec.errors.stop_after_identical_batch_failures < 0:
+        raise SpecError(
+            f"{where}: 'errors.stop_after_identical_batch_failures' must not be negative",
+            hint="set a number of batches, or 0 to never stop for identical failures",
+        )
     if spec.runtime.prefetch < 1:
         raise SpecError(f"{where}: 'runtime.prefetch' must be at least 1")
     if not spec.name or any(c in spec.name for c in "/\\\0") or spec.name in (".", ".."):

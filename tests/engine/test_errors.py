@@ -15,7 +15,10 @@ import pytest
 
 import infermill
 from infermill.cli import main
-from infermill.errors import JobFailedError
+from infermill.engine.breaker import FailureStreak
+from infermill.engine.scoring import DeadItem
+from infermill.errors import JobFailedError, ModelFailedError, SpecError
+from infermill.models.python import PythonModel
 from tests.conftest import read_output, write_job
 
 ROWS = 10_000
@@ -269,8 +272,11 @@ def test_transient_errors_past_max_attempts_are_dead_lettered(parquet_job, job_d
     job, _ = parquet_job(rows=2_000, files=1, shard_rows=1_000,
                          extra="[retry]\nmax_attempts = 2\nbackoff_seconds = 0.001\n")
     job.write_text(job.read_text().replace("scorer.py:Scorer", "down.py:predict"))
-    result = infermill.run(job, progress="off")
-    assert (result.rows_succeeded, result.rows_failed) == (0, 2_000)
+    # Two batches: too few to stop early as a model failure, so every row is dead-lettered; then, no row
+    # having been scored and no budget set, the job is failed rather than complete.
+    with pytest.raises(JobFailedError, match="no row was scored: all 2,000 rows failed"):
+        infermill.run(job, progress="off")
+    assert infermill.status(job)["rows_failed"] == 2_000
     errors = dead_letters(job_dir / "out")
     assert set(errors.column("_error_kind").to_pylist()) == {"transient"}
     assert set(errors.column("_attempts").to_pylist()) == {2}
@@ -322,3 +328,206 @@ def test_fatal_model_error_stops_the_job(parquet_job, job_dir: Path, capsys: pyt
     assert "credentials refused by the feature store" in capsys.readouterr().err
     assert infermill.status(job)["state"] == "failed"
     assert not list((job_dir / "out").glob("_errors/*"))
+
+
+BROKEN_MODELS = {
+    # An environment problem: every call fails the same way, and as an item error each batch is bisected.
+    "import": (
+        "def predict(batch):\n"
+        "    _count()\n"
+        "    import not_installed_lib  # noqa: F401\n",
+        "ModuleNotFoundError", "No module named 'not_installed_lib'",
+    ),
+    # A model server answering 503 to everything: retried, then the whole batch is dead-lettered.
+    "server": (
+        "from infermill import TransientError\n"
+        "def predict(batch):\n"
+        "    _count()\n"
+        "    raise TransientError('model server answered 503 Service Unavailable')\n",
+        "TransientError", "model server answered 503 Service Unavailable",
+    ),
+}
+COUNTING = "import os\ndef _count():\n    with open(os.environ['CALLS_FILE'], 'a') as f:\n        f.write('.')\n"
+
+
+def broken_job(parquet_job, job_dir: Path, model: str, extra: str = "", workers: int = 1) -> Path:
+    """20,000 rows in 40 batches of 500 (5 shards of 4,000 rows), scored by a model that fails every call."""
+    job, _ = parquet_job(rows=20_000, files=4, shard_rows=4_000, batch=500, workers=workers,
+                         extra="[retry]\nmax_attempts = 2\nbackoff_seconds = 0.001\n" + extra)
+    (job_dir / "broken.py").write_text(COUNTING + BROKEN_MODELS[model][0])
+    job.write_text(job.read_text().replace("scorer.py:Scorer", "broken.py:predict"))
+    return job
+
+
+@pytest.mark.parametrize(("workers", "lanes"), [(1, 1), (1, 3), (2, 1)], ids=["inline", "lanes", "processes"])
+@pytest.mark.parametrize("model", sorted(BROKEN_MODELS))
+def test_a_model_failing_every_row_stops_early_as_a_model_failure(
+    parquet_job, job_dir: Path, monkeypatch: pytest.MonkeyPatch, model: str, workers: int, lanes: int
+) -> None:
+    calls = job_dir / "calls.txt"
+    monkeypatch.setenv("CALLS_FILE", str(calls))
+    monkeypatch.setattr(PythonModel, "lanes", lambda self: lanes)  # batches scored side by side, handed on in order
+    job = broken_job(parquet_job, job_dir, model, workers=workers)
+    with pytest.raises(ModelFailedError) as info:
+        infermill.run(job, progress="off")
+    _, error_class, message = BROKEN_MODELS[model]
+    # The model's error crosses the worker process boundary with its class and message.
+    assert (info.value.error_class, info.value.error_message) == (error_class, message)
+    assert f"every row of 3 consecutive batches (1,500 rows) failed with the same error, {error_class}: {message}" in (
+        str(info.value)
+    )
+    assert isinstance(info.value, JobFailedError) and info.value.exit_code == 1
+    # Stopped after about 3 batches per worker (and the batches its other lanes had in hand), not after
+    # bisecting all 40 (39,960 calls) or retrying them (80).
+    per_batch = 999 if model == "import" else 2
+    assert len(calls.read_text()) <= (4 + lanes) * per_batch * workers
+    assert not (job_dir / "out" / "_manifest.json").exists()
+    status = infermill.status(job)
+    assert status["state"] == "failed"
+    assert "model failure" in status["last_run"]["message"]
+
+
+def test_model_failure_keeps_committed_shards_and_a_rerun_resumes(
+    parquet_job, job_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job, table = parquet_job(rows=20_000, files=4, shard_rows=4_000, batch=500)
+    # The model's server goes down after the first two shards (ids 0-7,999) were scored.
+    (job_dir / "down.py").write_text(
+        "import os\n"
+        "def predict(batch):\n"
+        "    if os.environ.get('SERVER_UP') != '1' and batch['customer_id'].max() >= 8_000:\n"
+        "        raise RuntimeError('model server returned HTTP 500: internal error')\n"
+        "    return {'score': batch['f0'] * 0.5 + batch['f1'] - batch['f2'] * 0.25}\n"
+    )
+    job.write_text(
+        job.read_text()
+        .replace("scorer.py:Scorer", "down.py:predict")
+        .replace('features = ["f0", "f1", "f2"]', 'features = ["customer_id", "f0", "f1", "f2"]')
+    )
+    assert main(["run", str(job), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "error: model failure: every row of 3 consecutive batches (1,500 rows) failed with the same error, "
+        "RuntimeError: model server returned HTTP 500: internal error"
+    ) in err
+    assert f"hint: fix the model and rerun the same command: committed shards are kept (`infermill validate {job}`" \
+        in err
+    status = infermill.status(job)
+    assert (status["state"], status["shards_committed"], status["rows_succeeded"]) == ("failed", 2, 8_000)
+    assert status["rows_failed"] == 0  # the broken shard's dead letters were not committed
+    assert not (job_dir / "out" / "_manifest.json").exists()
+    monkeypatch.setenv("SERVER_UP", "1")  # the fix
+    assert main(["run", str(job), "-q"]) == 0
+    out = read_output(job_dir / "out").sort_by("customer_id")
+    assert out.column("customer_id").to_pylist() == list(range(20_000))
+    assert infermill.status(job)["rows_failed"] == 0
+
+
+def test_model_failure_message_names_the_error_and_a_command_that_reproduces_it(
+    parquet_job, job_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CALLS_FILE", str(job_dir / "calls.txt"))
+    job = broken_job(parquet_job, job_dir, "import")
+    assert main(["run", str(job), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "error: model failure: every row of 3 consecutive batches (1,500 rows) failed with the same error, "
+        "ModuleNotFoundError: No module named 'not_installed_lib'; stopped rather than dead-letter the whole input"
+    ) in err
+    assert f"hint: fix the model and rerun the same command: committed shards are kept (`infermill validate {job}`" \
+        in err
+    assert "stop_after_identical_batch_failures = 0" in err
+    assert main(["validate", str(job)]) == 2
+    assert "ModuleNotFoundError: No module named 'not_installed_lib'" in capsys.readouterr().err
+
+
+def test_zero_disables_the_model_failure_stop(parquet_job, job_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALLS_FILE", str(job_dir / "calls.txt"))
+    job = broken_job(
+        parquet_job, job_dir, "server",
+        extra="[errors]\nstop_after_identical_batch_failures = 0\nmax_failed_fraction = 1.0\n",
+    )
+    result = infermill.run(job, progress="off")
+    assert (result.state, result.rows_succeeded, result.rows_failed) == ("complete", 0, 20_000)
+    assert (job_dir / "out" / "_manifest.json").exists()  # a budget that accepts every failure was set
+
+
+def test_a_job_in_which_no_row_succeeded_fails(
+    parquet_job, job_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each row fails with its own message: bad data as far as the engine can tell, so no early stop.
+    (job_dir / "strict.py").write_text(
+        "import os\n"
+        "from infermill import ItemError\n"
+        "def predict(batch):\n"
+        "    if os.environ.get('STRICT_FIXED') != '1':\n"
+        "        raise ItemError(f'customer {batch[\"customer_id\"][0]} has no contract')\n"
+        "    return {'score': batch['f0'] * 0.5 + batch['f1'] - batch['f2'] * 0.25}\n"
+    )
+    job, _ = parquet_job(rows=2_000, files=2, shard_rows=1_000, batch=250)
+    job.write_text(
+        job.read_text()
+        .replace("scorer.py:Scorer", "strict.py:predict")
+        .replace('features = ["f0", "f1", "f2"]', 'features = ["customer_id", "f0", "f1", "f2"]')
+    )
+    assert main(["run", str(job), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "error: no row was scored: all 2,000 rows failed; 2,000 with ItemError, e.g. customer 0 has no " \
+        "contract" in err
+    assert f"hint: fix the model or data, then run `infermill retry {job}`" in err
+    assert not (job_dir / "out" / "_manifest.json").exists()
+    status = infermill.status(job)
+    assert (status["state"], status["shards_committed"], status["rows_failed"]) == ("failed", 2, 2_000)
+    # Nothing changed, so a rerun fails the same way rather than claiming success.
+    assert main(["run", str(job), "-q"]) == 1
+    assert "no row was scored" in capsys.readouterr().err
+    # So does a retry with the model still broken...
+    assert main(["retry", str(job)]) == 1
+    assert "no row was scored" in capsys.readouterr().err
+    assert not (job_dir / "out" / "_manifest.json").exists()
+    # ...and the hint's command, once the model is fixed, completes the job.
+    monkeypatch.setenv("STRICT_FIXED", "1")
+    assert main(["retry", str(job)]) == 0
+    assert read_output(job_dir / "out").num_rows == 2_000
+    assert infermill.status(job)["state"] == "complete"
+
+
+def _dead(rows: int, message: str = "boom", error_class: str = "RuntimeError") -> list[DeadItem]:
+    return [DeadItem(row, "item", error_class, message, "", 1) for row in range(rows)]
+
+
+def test_failure_streak_counts_only_identical_whole_batch_failures() -> None:
+    streak = FailureStreak(limit=3)
+    assert streak.observe(100, _dead(100)) is None
+    assert streak.observe(100, _dead(99)) is None  # one row scored: the streak starts over
+    assert streak.observe(100, _dead(100)) is None
+    assert streak.observe(100, _dead(100)) is None
+    assert streak.observe(100, _dead(100, "other message")) is None  # another error: a new streak
+    assert streak.observe(100, _dead(100, "other message")) is None
+    assert streak.observe(0, []) is None  # an empty batch neither counts nor breaks the streak
+    mixed = _dead(50) + [DeadItem(row, "item", "RuntimeError", "bang", "", 1) for row in range(50, 100)]
+    assert streak.observe(100, mixed) is None  # bad rows failing in different ways: data, not the model
+    assert streak.observe(10, _dead(10)) is None
+    assert streak.observe(10, _dead(10)) is None
+    error = streak.observe(10, _dead(10))
+    assert isinstance(error, ModelFailedError)
+    assert (error.error_class, error.error_message) == ("RuntimeError", "boom")
+    assert "every row of 3 consecutive batches (30 rows)" in error.message
+    disabled = FailureStreak(limit=0)
+    assert all(disabled.observe(10, _dead(10)) is None for _ in range(10))
+
+
+def test_stop_after_identical_batch_failures_key(tmp_path: Path) -> None:
+    base = {"input": {"path": "in.parquet"}, "model": {"kind": "python", "entrypoint": "m.py:f"},
+            "output": {"path": "out"}}
+    spec = infermill.JobSpec.from_dict(base, base_dir=str(tmp_path))
+    assert spec.errors.stop_after_identical_batch_failures == 3
+    tuned = infermill.JobSpec.from_dict(
+        {**base, "errors": {"stop_after_identical_batch_failures": 0}}, base_dir=str(tmp_path)
+    )
+    # Like the budgets, it decides when to give up, not what a row's result is: editing it never forces
+    # a restart.
+    assert tuned.fingerprint() == spec.fingerprint()
+    with pytest.raises(SpecError, match="'errors.stop_after_identical_batch_failures' must not be negative"):
+        infermill.JobSpec.from_dict({**base, "errors": {"stop_after_identical_batch_failures": -1}},
+                                    base_dir=str(tmp_path))

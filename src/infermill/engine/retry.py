@@ -45,6 +45,7 @@ from .runner import (
     commit_shard,
     finish_job,
     job_result,
+    nothing_scored,
 )
 from .scoring import BatchScorer, DeadItem, ScoreStats
 from .worker import dead_letter_table
@@ -137,6 +138,10 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
         adapter.close()
     summary = ledger.summary()
     if summary["shards_committed"] == summary["shards_total"]:
+        failed = nothing_scored(spec, ledger)
+        if failed is not None:
+            ledger.end_run(run_id, "failed", str(failed))
+            raise failed
         finish_job(spec, ledger, sink)
     still = len(dead) - rows_fixed
     message = f"retry: {rows_fixed:,} of {len(dead):,} dead-lettered items scored; {still:,} still fail"

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import (
     EXIT_COMPLETE,
@@ -57,7 +57,7 @@ from .faults import fault_point
 from .outputs import check_output_location, damaged_parts
 from .validate import no_rows_error
 
-__all__ = ["RunResult", "finish_job", "job_result", "run", "status"]
+__all__ = ["RunResult", "finish_job", "job_result", "nothing_scored", "run", "status"]
 
 
 @dataclass(frozen=True)
@@ -120,13 +120,21 @@ class _Heartbeat:
 
 @contextmanager
 def _signals(on_signal: Callable[[int], None]) -> Iterator[None]:
-    """Route SIGINT/SIGTERM to ``on_signal`` while a run is active (main thread only)."""
+    """Route SIGINT/SIGTERM to ``on_signal`` while a run is active (main thread only).
+
+    Once a signal has arrived the process is on its way out, and a further signal must still mean "exit 75
+    now" after the run loop returned (closing up, interpreter teardown): restoring the default action there
+    would kill the process with -15 instead. So the handler that exits 75 stays until the process ends,
+    unless the embedding program had installed a handler of its own, which gets its signals back."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    received = False
 
     def handler(signum: int, _frame: Any) -> None:
+        nonlocal received
+        received = True
         on_signal(signum)
 
     for sig in previous:
@@ -135,7 +143,16 @@ def _signals(on_signal: Callable[[int], None]) -> Iterator[None]:
         yield
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            default = old in (signal.SIG_DFL, signal.default_int_handler, None)
+            signal.signal(sig, _exit_interrupted if received and default else old)
+
+
+def _exit_interrupted(signum: int, _frame: Any) -> NoReturn:
+    """A signal after the first: exit at once. Everything committed is durable; a rerun resumes."""
+    # os.write, not print: a handler may run in the middle of another write to stderr.
+    with suppress(OSError):
+        os.write(2, f"{signal.Signals(signum).name} again: exiting at once (75); rerun to resume\n".encode())
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _input_fingerprint(shards: list[Shard]) -> str:
@@ -477,11 +494,17 @@ class _Coordinator:
 
     def _on_signal(self, signum: int) -> None:
         self.signals += 1
-        if self.signals == 1:
-            self.stop_deadline = time.monotonic() + self.spec.runtime.grace_seconds
-        else:
-            # A second signal means now. Everything committed is durable; a rerun resumes.
-            os._exit(EXIT_INTERRUPTED)
+        if self.signals > 1:
+            _exit_interrupted(signum, None)  # a second signal means now
+        grace = self.spec.runtime.grace_seconds
+        self.stop_deadline = time.monotonic() + grace
+        if self.progress_mode != "off":
+            notice = (
+                f"[{self.spec.name}] {signal.Signals(signum).name}: stopping; in-flight shards get up to {grace:g} s "
+                "to finish, then it exits 75 (send the signal again to exit at once)\n"
+            )
+            with suppress(OSError):
+                os.write(2, notice.encode())
 
     def _past_grace(self) -> bool:
         return self.stop_deadline is not None and time.monotonic() > self.stop_deadline
@@ -502,10 +525,11 @@ class _Coordinator:
         return staged.rows + len(dead)
 
     def _over_budget(self, *, final: bool) -> JobFailedError | None:
-        """The error to stop with when dead letters exceed ``[errors]``'s budget."""
+        """The error to stop with when dead letters exceed ``[errors]``'s budget, or (``final``, no budget set)
+        when not one row of the job was scored."""
         errors = self.spec.errors
         if errors.max_failed_rows is None and errors.max_failed_fraction is None:
-            return None
+            return nothing_scored(self.spec, self.ledger) if final else None
         summary = self.ledger.summary()
         failed = summary["rows_failed"]
         reason = None
@@ -568,6 +592,32 @@ def commit_shard(
     )
     fault_point("after_commit")
     return output, errors
+
+
+def nothing_scored(spec: JobSpec, ledger: Ledger) -> JobFailedError | None:
+    """The error for a job whose every row was dead-lettered and that set no ``[errors]`` budget: such a job
+    failed (no manifest), whatever the reason. A budget says how many failures are acceptable, so with one
+    set only the budget decides."""
+    if spec.errors.max_failed_rows is not None or spec.errors.max_failed_fraction is not None:
+        return None
+    summary = ledger.summary()
+    failed = summary["rows_failed"]
+    if summary["rows_succeeded"] or not failed:
+        return None
+    groups = ledger.failure_groups()
+    cause = ""
+    if groups:
+        top = groups[0]
+        example = (top["example"] or "").splitlines()
+        cause = f"; {top['count']:,} with {top['error_class']}" + (f", e.g. {example[0]}" if example else "")
+    ref = spec.source_file or spec.name
+    return JobFailedError(
+        f"no row was scored: all {failed:,} rows failed{cause}",
+        hint=f"fix the model or data, then run `infermill retry {ref}` to score the failed rows again "
+        f"(`infermill failures {ref}` lists them); to accept such a job, set an [errors] budget "
+        "(max_failed_fraction = 1.0)",
+        job=spec.name,
+    )
 
 
 def finish_job(spec: JobSpec, ledger: Ledger, sink: Sink) -> None:

@@ -42,6 +42,7 @@ from ..sources import open_source
 from ..sources.base import Shard
 from ..spec import JobSpec
 from .batching import row_bytes
+from .breaker import FailureStreak
 from .columns import Columns
 from .faults import fault_point
 from .memory import reusing_arrow_memory
@@ -203,6 +204,8 @@ class _Pipeline:
         self.failed: set[str] = set()
         self.error: BaseException | None = None
         self._parent = os.getppid()
+        # Across shards: a broken model fails every batch, whichever shard it belongs to.
+        self.streak = FailureStreak.for_spec(self.spec)
 
     # -- threads -----------------------------------------------------------------------------------
     def run(self, next_shard: Callable[[], Shard | None]) -> None:
@@ -421,6 +424,9 @@ class _Pipeline:
             stats.model_s += seconds / self._lanes  # lanes overlap: busy time, not the sum of calls
             stats.batches += 1
             stats.scoring.merge(calls)
+        broken = self.streak.observe(batch.num_rows, dead)
+        if broken is not None:
+            raise broken  # fatal, as any: the coordinator stops the run, keeps what is committed, no manifest
         fault_point("after_batch")
         if sid in self.failed:
             return True
