@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from ...errors import InfermillError, ItemError, ModelLoadError, TransientError
+from ...errors import InfermillError, ItemError, ModelLoadError, PartialBatchError
 from ...spec import JobSpec
 from ..base import ModelAdapter
 from .client import HttpClient, Redactor, expand_env
@@ -203,17 +203,26 @@ class HttpModel(ModelAdapter):
                 values[i] = known
         if pending:
             self._send_all(pending, atoms, values, errors)
-        if errors:
-            first = min(errors)
-            if len(items) == 1:
-                raise self._clean(errors[first])
-            raise ItemError(
-                f"{len(errors)} of {len(items)} rows failed; row {first}: {self._redact(errors[first].message)}"
-            )
-        for item in items:
-            if isinstance(item, Atom):
-                self._answers.drop(item.key)
-        return values
+        for i, item in enumerate(items):
+            if isinstance(item, Atom) and i not in errors:
+                self._answers.drop(item.key)  # handed to the engine: it will not ask again
+        if not errors:
+            return values
+        first = min(errors)
+        if len(items) == 1:
+            raise self._clean(errors[first])
+        # Answers received are kept: the engine writes them and deals with each failed row by its own error.
+        cleaned: dict[int, InfermillError] = {}
+        own: dict[int, InfermillError] = {}
+        for i, error in errors.items():
+            if id(error) not in cleaned:
+                cleaned[id(error)] = self._clean(error)
+            own[i] = cleaned[id(error)]
+        raise PartialBatchError(
+            f"{len(errors)} of {len(items)} rows failed; row {first}: {own[first].message}",
+            result=[v for i, v in enumerate(values) if i not in errors],
+            errors=own,
+        )
 
     def _send_all(
         self,
@@ -228,38 +237,31 @@ class HttpModel(ModelAdapter):
         size = self.protocol.group_size
         groups = [keys[j : j + size] for j in range(0, len(keys), size)]
         futures = [(g, self._pool.submit(self._send, [atoms[k] for k in g])) for g in groups]
-        transient: list[tuple[list[str], InfermillError]] = []
         fatal: InfermillError | None = None
         for group, future in futures:
+            if future.cancelled():  # after a fatal error
+                continue
             rows, error = future.result()
             if error is None:
                 for key, value in zip(group, rows, strict=True):
                     self._answers.put(key, value)
                     for i in pending[key]:
                         values[i] = value
-            elif error.transient:
-                transient.append((group, error))
-            elif isinstance(error, ItemError):
-                if len(group) == 1:  # a request of several rows is split by the engine's bisection
-                    self._answers.put(group[0], error)
-                for key in group:
-                    for i in pending[key]:
-                        errors[i] = error
-            elif fatal is None:
+                continue
+            if fatal is None and not error.transient and not isinstance(error, ItemError):
                 fatal = error
                 for _, other in futures:
                     other.cancel()
+                continue
+            # A transient error is not kept: the engine's retry sends the request again. An item error of a
+            # one-row request is that row's verdict; a request of several rows is split by the engine.
+            if isinstance(error, ItemError) and len(group) == 1:
+                self._answers.put(group[0], error)
+            for key in group:
+                for i in pending[key]:
+                    errors[i] = error
         if fatal is not None:
             raise self._clean(fatal)
-        if transient:
-            rows_failed = sum(len(pending[k]) for g, _ in transient for k in g)
-            total = sum(len(v) for v in pending.values())
-            raise TransientError(
-                f"{rows_failed} of {total} rows sent got no answer after {self.settings.max_retries} "
-                f"retries: {self._redact(transient[0][1].message)}",
-                hint="the server is overloaded or down; the engine retries the batch ([retry]), "
-                "lower concurrency or requests_per_minute if this persists",
-            )
 
     def _send(self, group: list[Atom]) -> tuple[list[Any], InfermillError | None]:
         """Runs on a pool thread; returns the rows' values, or the error (never raises)."""
