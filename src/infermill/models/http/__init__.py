@@ -19,8 +19,9 @@ rows of a batch fail, ``predict`` raises PartialBatchError with the answers of t
 row's own error: the engine writes the answers and retries, bisects or dead-letters only the failed rows.
 Item errors of one-row requests are kept, so bisection does not send them again.
 
-The API key is read from the environment variable named by ``api_key_env`` at setup and never appears in
-messages, dead letters or reports. The fingerprint covers the protocol, endpoint, model and
+The API key is read from the environment variable named by ``api_key_env`` at setup (surrounding
+whitespace dropped) and never appears in messages, dead letters or reports, not even echoed back by a
+server escaped or encoded (see ``client.Redactor``). The fingerprint covers the protocol, endpoint, model and
 ``revision``: the server's weights are invisible, so change ``revision`` when the served model changes.
 """
 

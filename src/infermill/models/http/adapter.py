@@ -113,10 +113,11 @@ class HttpModel(ModelAdapter):
         headers: dict[str, str] = {}
         secrets: list[str] = []
         if s.api_key_env:
-            key = os.environ.get(s.api_key_env)
+            # A key mounted from a file usually ends with a newline: it is not part of the key.
+            key = (os.environ.get(s.api_key_env) or "").strip()
             if not key:
                 raise ModelLoadError(
-                    f"the environment variable {s.api_key_env} (from 'model.api_key_env') is not set or empty",
+                    f"the environment variable {s.api_key_env} (from 'model.api_key_env') is not set or blank",
                     hint=f"export {s.api_key_env}=<the API key> before running the job",
                 )
             headers["authorization"] = f"Bearer {key}"
