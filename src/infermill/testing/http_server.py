@@ -44,10 +44,11 @@ __all__ = ["ECHO_FORMS", "FakeModelServer", "RequestRecord", "echo_body", "embed
 
 FILLER = "lorem ipsum dolor sit amet "
 """Text around an echoed header: every 8 characters of it hold a space."""
-ECHO_FORMS = ("raw", "json", "json-slash", "json-unicode", "url", "url-plus", "base64", "base64-url")
+ECHO_FORMS = ("raw", "json", "json-slash", "json-unicode", "url", "url-plus", "base64", "base64-url", "json-body")
 """How ``echo:`` writes the header: as is, JSON (``json.dumps``), JSON with ``/`` as ``\\/`` (PHP), JSON
 with every character as ``\\uXXXX``, URL-encoded (``%2F``), form-encoded (``+`` for a space), base64 and
-URL-safe base64."""
+URL-safe base64 (all between filler text), or ``json-body``: a whole JSON body whose fields hold the
+filler and the header (valid JSON, so a 200 answer of it is parsed)."""
 
 KSERVE_WEIGHTS = (0.5, 1.0, -0.25)
 """The KServe model: score = x @ KSERVE_WEIGHTS (features beyond three are ignored)."""
@@ -304,6 +305,8 @@ def echo_body(header: str, form: str, before: int, after: int) -> str:
     from urllib.parse import quote, quote_plus
 
     text = f"authorization: {header}"
+    if form == "json-body":
+        return json.dumps({"filler": _filler(before), "you_sent": {"authorization": header}, "more": _filler(after)})
     if form.startswith("base64"):
         blob = (_filler(before) + text + _filler(after)).encode()
         encoded = base64.urlsafe_b64encode(blob) if form == "base64-url" else base64.b64encode(blob)

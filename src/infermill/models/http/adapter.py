@@ -20,7 +20,7 @@ from .client import HttpClient, Redactor, expand_env
 from .jsonbody import JsonProtocol
 from .kserve import KServeProtocol
 from .openai import ChatProtocol, EmbeddingsProtocol
-from .protocol import Atom, HttpProtocol, digest, dumps
+from .protocol import EXCERPT_CHARS, Atom, HttpProtocol, digest, dumps
 from .ratelimit import RateLimiter
 from .settings import HttpSettings, misplaced_keys
 
@@ -275,7 +275,15 @@ class HttpModel(ModelAdapter):
         try:
             reply = self._client.post(self.protocol.endpoint, body, tokens)
             self._client.limiter.used(tokens, self.protocol.usage(reply.data))
-            return self.protocol.parse(reply.data, reply.text, len(group)), None
+            if self.settings.keep_response:  # the answer is written out: a server may have echoed a secret
+                return self.protocol.parse(reply.data, self._redact(reply.text), len(group)), None
+            try:
+                return self.protocol.parse(reply.data, reply.text, len(group)), None
+            except InfermillError:
+                pass
+            # The message quotes the answer, cut short: parse again (it is pure) to cut it from a redacted text.
+            text = self._redact.head(reply.text, 2 * EXCERPT_CHARS)
+            return self.protocol.parse(reply.data, text, len(group)), None
         except InfermillError as exc:
             log.debug("request of %d row(s) failed: %s", len(group), exc.message)
             return [], exc

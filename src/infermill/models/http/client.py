@@ -102,11 +102,27 @@ class Redactor:
         self._pattern = (
             re.compile("|".join("".join(_char_pattern(c) for c in s) for s in self._secrets)) if forms else None
         )
+        # Room for one escaped or encoded secret (up to 16 characters for each of its own).
+        self._margin = 16 * max((len(s) for s in self._secrets), default=0)
 
     def __call__(self, text: str) -> str:
         if self._pattern is None:
             return text
         return self._pattern.sub("***", text)
+
+    def head(self, text: str, chars: int) -> str:
+        """At least the first ``chars`` characters of the redacted ``text`` (all of it when shorter), without
+        redacting all of a long text (a megabyte takes a good part of a second)."""
+        if self._pattern is None:
+            return text[:chars]
+        window = chars + 2 * self._margin
+        while True:
+            redacted = self(text[:window])
+            if window >= len(text):
+                return redacted
+            if len(redacted) >= chars + self._margin:
+                return redacted[: len(redacted) - self._margin]  # the end may hold a secret cut by the window
+            window *= 2
 
     def __repr__(self) -> str:
         return f"Redactor({len(self._secrets)} secret forms)"
@@ -217,11 +233,12 @@ class HttpClient:
         return full_jitter(attempt, self.backoff, self.max_backoff, self._rng)
 
     def _body_excerpt(self, text: str) -> str:
-        # Redacted whole before it is cut: a cut through a secret would leave the rest of it unredacted.
-        text = self.redact(text.strip())
-        if len(text) > BODY_CHARS:
-            text = text[:BODY_CHARS] + f"... ({len(text)} chars)"
-        return text
+        # Redacted before it is cut: a cut through a secret would leave the rest of it unredacted.
+        text = text.strip()
+        excerpt = self.redact.head(text, BODY_CHARS + 1)
+        if len(excerpt) > BODY_CHARS:
+            excerpt = excerpt[:BODY_CHARS] + f"... ({len(text)} chars)"
+        return excerpt
 
     def post(self, url: str, body: bytes, tokens: float = 0.0) -> Reply:
         """POST ``body`` (JSON) to ``url``, retrying transient failures; ``tokens`` is the request's
@@ -249,7 +266,7 @@ class HttpClient:
                     raise ItemError(
                         f"HTTP {status} from {url} is not JSON: {self._body_excerpt(response.text)}"
                     ) from None
-                return Reply(status, self.redact(response.text), data)
+                return Reply(status, response.text, data)
             excerpt = self._body_excerpt(response.text)
             message = f"HTTP {status} from {url}: {excerpt}"
             if _retryable(status):
