@@ -35,8 +35,9 @@ _MISS = object()
 
 
 class _Answers:
-    """Answers (values, or a one-row ItemError) by request key, least recently used dropped first. The
-    engine retries and bisects failed batches; rows already answered are then not sent again."""
+    """Answers (values, or a one-row ItemError) by request key, least recently used dropped first. Values
+    are dropped once handed to the engine (in the result, or in a PartialBatchError); the item errors of
+    one-row requests stay, so the engine's bisection of failed rows does not send them again."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
