@@ -20,15 +20,19 @@ process exit code the CLI uses for it and whether retrying the same work may suc
     │   └── ModelFailedError            exit 1  every row of several batches in a row failed the same way
     ├── InterruptedRunError             exit 75 stopped by a signal; rerun to resume
     ├── ItemError                       per item: the model cannot score this item (never retried)
+    │   └── PartialBatchError           per call: some rows answered, the others failed, each its own way
     └── TransientError                  per call: may succeed when retried (``transient = True``)
 
 User model code may raise :class:`ItemError` or :class:`TransientError` (or subclass them) to tell the
-engine how to treat a failure. Errors carry context (job, shard, item) in attributes, and survive pickling
+engine how to treat a failure. A call that answered some rows of its batch and not others raises
+:class:`PartialBatchError` with the answers and one error per failed row: the engine keeps the answers and
+treats each failed row by its own error. Errors carry context (job, shard, item) in attributes, and survive pickling
 across worker processes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
@@ -50,6 +54,7 @@ __all__ = [
     "ModelLoadError",
     "OutputConflictError",
     "OutputError",
+    "PartialBatchError",
     "SpecError",
     "TransientError",
 ]
@@ -218,3 +223,30 @@ class TransientError(InfermillError):
     """A failure that may succeed when retried (timeouts, throttling, flaky servers)."""
 
     transient = True
+
+
+class PartialBatchError(ItemError):
+    """A call (``predict``) that answered some rows of its batch and failed the others, each with its own error.
+
+    ``result`` is what ``predict`` would return for the answered rows alone, in their order (the adapter's
+    ``postprocess`` makes their columns); ``errors`` maps the index of each failed row in the call's batch
+    to its error. The engine (``BatchScorer``) keeps the answers and treats the failed rows by their own
+    errors' classes: transient ones are retried together, item errors bisected, what is left dead-lettered
+    with its own message. An engine that does not know this class sees an ItemError and bisects the batch.
+    ``result`` and ``errors`` stay in the process that raised it (they are not pickled).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        result: Any = None,
+        errors: Mapping[int, BaseException] | None = None,
+        hint: str | None = None,
+        job: str | None = None,
+        shard: str | None = None,
+        item: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, job=job, shard=shard, item=item)
+        self.result = result
+        self.errors: dict[int, BaseException] = dict(errors or {})

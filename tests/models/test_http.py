@@ -21,7 +21,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import infermill
-from infermill.errors import InfermillError, ItemError, ModelLoadError, SpecError, TransientError
+from infermill.errors import (
+    InfermillError,
+    ItemError,
+    ModelLoadError,
+    PartialBatchError,
+    SpecError,
+    TransientError,
+)
 from infermill.models import load_adapter
 from infermill.models.http import HttpModel
 from infermill.models.http.client import parse_retry_after
@@ -288,13 +295,17 @@ def test_5xx_and_slow_answers_are_retried(tmp_path: Path, serve: Any) -> None:
     assert time.monotonic() - started < 2.0  # the slow answer was abandoned, not awaited
 
 
-def test_transient_after_retries_raises_transient_and_keeps_answers(tmp_path: Path, serve: Any) -> None:
+def test_transient_after_retries_hands_over_the_answers_and_the_row_s_own_error(tmp_path: Path, serve: Any) -> None:
     server = serve(schedule={"row 1": ["500", "500", "ok"]})
     adapter = ready(http_spec(tmp_path, server.url, max_retries=1))
-    with pytest.raises(TransientError, match="1 of 4 rows"):
+    with pytest.raises(PartialBatchError, match="1 of 4 rows failed; row 1: HTTP 500") as info:
         score(adapter, prompts(4))
-    out = score(adapter, prompts(4))  # the engine's retry: only row 1 is sent again
-    assert out["text"].to_pylist()[1] == "echo: row 1"
+    assert [r["text"] for r in info.value.result] == ["echo: row 0", "echo: row 2", "echo: row 3"]
+    assert list(info.value.errors) == [1]
+    own = info.value.errors[1]
+    assert isinstance(own, TransientError) and "(after 2 attempts)" in own.message and "rows" not in own.message
+    out = score(adapter, prompts(1, 1))  # the engine's retry: only row 1 is sent again
+    assert out["text"].to_pylist() == ["echo: row 1"]
     assert [server.count(f"row {i}") for i in range(4)] == [1, 3, 1, 1]
 
 
@@ -302,11 +313,13 @@ def test_4xx_is_an_item_error_with_status_and_body_and_bisection_resends_nothing
     server = serve(schedule={"row 2": ["422"]})
     adapter = ready(http_spec(tmp_path, server.url))
     batch = prompts(4)
-    with pytest.raises(ItemError, match="1 of 4 rows failed; row 2: HTTP 422"):
+    with pytest.raises(ItemError, match="1 of 4 rows failed; row 2: HTTP 422") as info:
         score(adapter, batch)
+    assert isinstance(info.value, PartialBatchError)
+    assert [r["text"] for r in info.value.result] == ["echo: row 0", "echo: row 1", "echo: row 3"]
+    assert list(info.value.errors) == [2] and isinstance(info.value.errors[2], ItemError)
     with pytest.raises(ItemError, match=r"HTTP 422 from http://127\.0\.0\.1:\d+/v1/chat/completions: .*scheduled 422"):
         score(adapter, batch.slice(2, 1))
-    assert score(adapter, batch.slice(0, 2))["text"].to_pylist() == ["echo: row 0", "echo: row 1"]
     assert [server.count(f"row {i}") for i in range(4)] == [1, 1, 1, 1]
 
 
@@ -393,9 +406,9 @@ def test_requests_per_minute_is_respected(tmp_path: Path, serve: Any) -> None:
     score(adapter, prompts(14))
     elapsed = time.monotonic() - started
     times = [r.t for r in server.records("/v1/chat/completions")]
-    # 4 per second with a burst of 4: 14 requests take at least (14 - 4) / 4 = 2.5 s.
-    assert elapsed >= 2.4
-    assert _max_in_window(times, 1.0) <= 4 + 4 + 1
+    # 4 per second, paced from the first request: 14 requests take at least (14 - 1) / 4 = 3.25 s.
+    assert elapsed >= 3.2
+    assert _max_in_window(times, 1.0) <= 4 + 1
 
 
 def test_tokens_per_minute_is_respected(tmp_path: Path, serve: Any) -> None:
@@ -407,8 +420,8 @@ def test_tokens_per_minute_is_respected(tmp_path: Path, serve: Any) -> None:
     started = time.monotonic()
     score(adapter, batch)
     elapsed = time.monotonic() - started
-    assert 1.9 <= elapsed < 4.0  # (12 - 4) / 4 seconds
-    assert _max_in_window([r.t for r in server.log], 1.0) <= 4 + 4 + 1
+    assert 2.8 <= elapsed < 4.0  # 120 tokens less the bucket's 2, at 40 per second
+    assert _max_in_window([r.t for r in server.log], 1.0) <= 4 + 1
 
 
 def test_token_bucket_with_a_fake_clock() -> None:
@@ -417,11 +430,11 @@ def test_token_bucket_with_a_fake_clock() -> None:
     def sleep(s: float) -> None:
         now[0] += s
 
-    bucket = TokenBucket(120, clock=lambda: now[0], sleep=sleep)  # 2 per second, burst 2
+    bucket = TokenBucket(120, clock=lambda: now[0], sleep=sleep)  # 2 per second, paced from the first
     for _ in range(6):
         bucket.acquire()
-    assert now[0] == pytest.approx(2.0)
-    big = TokenBucket(60, clock=lambda: now[0], sleep=sleep)  # capacity 1; a request of 5 goes into debt
+    assert now[0] == pytest.approx(2.5)
+    big = TokenBucket(60, clock=lambda: now[0], sleep=sleep)  # capacity 1; a request of 5 waits for 4 more
     start = now[0]
     big.acquire(5)
     big.acquire(1)
@@ -467,9 +480,9 @@ def test_the_api_key_never_appears_anywhere(
         path = "out"
     """)
     result = infermill.run(job, progress="off")
-    # Rows 0-3 share a batch with row 3, whose 500s outlast every retry: the engine dead-letters that
-    # batch (transient). Rows 4-7: row 5's 422 is bisected out, the other three are scored.
-    assert (result.rows_succeeded, result.rows_failed) == (3, 5)
+    # Row 1's echoed 400 and row 5's echoed 422 are item errors, row 3's 500s outlast every retry
+    # (transient); the five other rows are answered and kept.
+    assert (result.rows_succeeded, result.rows_failed) == (5, 3)
     texts: list[str] = [repr(result), str(result.__dict__), capsys.readouterr().out, caplog.text]
     for path in (tmp_path / "out").rglob("*"):
         if path.suffix == ".parquet":

@@ -4,6 +4,11 @@ A batch is scored in calls of at most ``limit`` rows (shrunk on OOM, grown back 
 with ``[batch] max_bytes`` / ``max_tokens``, of at most that many bytes / tokens (``batching``).
 ``BatchScorer.score`` never raises for a bad item: it returns the scored rows (in input order, as output
 tables) and the rows it gave up on, each with its error. It raises only for fatal errors.
+
+A call that raises :class:`~infermill.errors.PartialBatchError` (a remote model that answered some rows
+and not others) keeps its answered rows; the failed rows are then handled by their own errors, grouped
+by class, as if a call of just those rows had failed: transient ones retried together, item errors
+bisected, and each row that is given up on dead-lettered with its own message.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..backoff import full_jitter
+from ..errors import PartialBatchError
 from ..models.base import ModelAdapter
 from ..spec import RetrySpec
 from .batching import budget_end, cumulative, row_bytes, token_estimate
@@ -84,6 +90,25 @@ def _short_traceback(exc: BaseException) -> str:
     return text if len(text) <= TRACEBACK_CHARS else "..." + text[-TRACEBACK_CHARS:]
 
 
+def _rows_of(batch: pa.RecordBatch, rows: np.ndarray) -> pa.RecordBatch:
+    """The rows ``rows`` (ascending indexes) of ``batch``: a zero-copy slice when they are contiguous."""
+    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
+        return batch.slice(int(rows[0]), len(rows))
+    return batch.take(pa.array(rows, pa.int64()))
+
+
+def _in_input_order(pieces: list[tuple[np.ndarray, pa.Table]]) -> list[pa.Table]:
+    """The scored tables in input order (rows kept from a partial call come before retried ones)."""
+    tables = [t for _, t in pieces]
+    if len(pieces) < 2:
+        return tables
+    order = np.concatenate([rows for rows, _ in pieces])
+    if bool(np.all(np.diff(order) > 0)):
+        return tables
+    merged = pa.concat_tables(tables, promote_options="default")
+    return [merged.take(pa.array(np.argsort(order, kind="stable")))]
+
+
 class BatchScorer:
     """Scores batches with one adapter, adapting the call size after out-of-memory errors."""
 
@@ -115,7 +140,9 @@ class BatchScorer:
     def _call(self, batch: pa.RecordBatch, inputs: Any) -> pa.Table:
         if inputs is None:
             inputs = self.adapter.preprocess(batch.select(self.columns.features))
-        result = self.adapter.predict(inputs)
+        return self._table(batch, self.adapter.predict(inputs))
+
+    def _table(self, batch: pa.RecordBatch, result: Any) -> pa.Table:
         outputs = self.adapter.postprocess(result, batch.num_rows)
         names = [self.columns.id, *self.columns.keep]
         arrays = [batch.column(n) for n in names]
@@ -152,7 +179,7 @@ class BatchScorer:
         """Score ``batch`` (``inputs``: its preprocessed features, if already done)."""
         stats = stats if stats is not None else ScoreStats()
         n = batch.num_rows
-        tables: list[pa.Table] = []
+        pieces: list[tuple[np.ndarray, pa.Table]] = []
         dead: list[DeadItem] = []
         budgets = self._budgets(batch)
         cursor = 0
@@ -163,9 +190,9 @@ class BatchScorer:
             for cum, budget in budgets:
                 end = budget_end(cum, cursor, end, budget)
             whole = (cursor, end) == (0, n)
-            self._score_range(batch, cursor, end, inputs if whole else None, stats, tables, dead, end < stop)
+            self._score_range(batch, cursor, end, inputs if whole else None, stats, pieces, dead, end < stop)
             cursor = end
-        return tables, dead
+        return _in_input_order(pieces), dead
 
     def _score_range(
         self,
@@ -174,44 +201,91 @@ class BatchScorer:
         end: int,
         inputs: Any,
         stats: ScoreStats,
-        tables: list[pa.Table],
+        pieces: list[tuple[np.ndarray, pa.Table]],
         dead: list[DeadItem],
         budget_cut: bool = False,
     ) -> None:
-        stack = [(start, end, 1)]
+        first = np.arange(start, end, dtype=np.int64)
+        # Rows to call with (ascending indexes into batch) and the attempt; a retry pushes the same array,
+        # so `rows is first` tells the whole range (whose preprocessed inputs are reused).
+        stack: list[tuple[np.ndarray, int]] = [(first, 1)]
         while stack:
-            lo, hi, attempt = stack.pop()
-            sub = batch.slice(lo, hi - lo)
+            rows, attempt = stack.pop()
+            sub = _rows_of(batch, rows)
             try:
-                table = self._call(sub, inputs if (lo, hi) == (start, end) else None)
-            except Exception as exc:  # noqa: BLE001 - every failure is classified below
-                kind = classify(exc, self.adapter)
-                if kind == "fatal":
-                    raise
-                size = hi - lo
-                if kind == "transient" and attempt < self.retry.max_attempts:
-                    stats.retries += 1
-                    if self._wait(self._backoff(attempt)):
-                        raise
-                    stack.append((lo, hi, attempt + 1))
+                table = self._call(sub, inputs if rows is first else None)
+            except PartialBatchError as exc:
+                try:
+                    self._keep_answered(exc, sub, rows, stats, pieces)
+                except Exception as unusable:  # noqa: BLE001 - the answers cannot be used: the call failed
+                    self._failed(rows, [unusable] * len(rows), attempt, stats, stack, dead)
                     continue
-                if kind in ("item", "oom") and size > 1:
-                    mid = lo + size // 2
-                    if kind == "oom":
-                        stats.oom_splits += 1
-                        self.limit = max(1, min(self.limit, size // 2))
-                        self._good_calls = 0
-                        stats.min_batch = min(stats.min_batch or self.limit, self.limit)
-                    else:
-                        stats.bisections += 1
-                    stack.append((mid, hi, 1))
-                    stack.append((lo, mid, 1))
-                    continue
-                text = _short_traceback(exc)
-                message = str(exc) or type(exc).__name__
-                dead.extend(
-                    DeadItem(row, kind, type(exc).__name__, message, text, attempt) for row in range(lo, hi)
-                )
+                by_kind: dict[ErrorKind, list[int]] = {}
+                for i in sorted(exc.errors):
+                    by_kind.setdefault(classify(exc.errors[i], self.adapter), []).append(i)
+                for idx in by_kind.values():
+                    group = rows if len(idx) == len(rows) else rows[idx]
+                    self._failed(group, [exc.errors[i] for i in idx], attempt, stats, stack, dead)
                 continue
-            self._succeeded(hi - lo, stats, budget_cut and (lo, hi) == (start, end))
-            tables.append(table)
+            except Exception as exc:  # noqa: BLE001 - every failure is classified in _failed
+                self._failed(rows, [exc] * len(rows), attempt, stats, stack, dead)
+                continue
+            self._succeeded(len(rows), stats, budget_cut and rows is first)
+            pieces.append((rows, table))
+
+    def _keep_answered(
+        self,
+        exc: PartialBatchError,
+        sub: pa.RecordBatch,
+        rows: np.ndarray,
+        stats: ScoreStats,
+        pieces: list[tuple[np.ndarray, pa.Table]],
+    ) -> None:
+        """Keep the rows a partial call answered."""
+        bad = sorted(exc.errors)
+        if not bad or bad[0] < 0 or bad[-1] >= len(rows):
+            raise TypeError(f"PartialBatchError.errors must name failed rows 0..{len(rows) - 1}, got {bad[:5]}")
+        answered = np.setdiff1d(np.arange(len(rows), dtype=np.int64), np.array(bad, dtype=np.int64))
+        if len(answered):
+            pieces.append((rows[answered], self._table(_rows_of(sub, answered), exc.result)))
+            stats.calls += 1
+
+    def _failed(
+        self,
+        rows: np.ndarray,
+        errors: list[BaseException],
+        attempt: int,
+        stats: ScoreStats,
+        stack: list[tuple[np.ndarray, int]],
+        dead: list[DeadItem],
+    ) -> None:
+        """Apply the error policy to a call of ``rows`` that failed (``errors``: one per row, all of one
+        class): retry, bisect, split, or dead-letter each row with its own error. Raises when fatal."""
+        kind = classify(errors[0], self.adapter)
+        if kind == "fatal":
+            raise errors[0]
+        size = len(rows)
+        if kind == "transient" and attempt < self.retry.max_attempts:
+            stats.retries += 1
+            if self._wait(self._backoff(attempt)):
+                raise errors[0]
+            stack.append((rows, attempt + 1))
+            return
+        if kind in ("item", "oom") and size > 1:
+            mid = size // 2
+            if kind == "oom":
+                stats.oom_splits += 1
+                self.limit = max(1, min(self.limit, size // 2))
+                self._good_calls = 0
+                stats.min_batch = min(stats.min_batch or self.limit, self.limit)
+            else:
+                stats.bisections += 1
+            stack.append((rows[mid:], 1))
+            stack.append((rows[:mid], 1))
+            return
+        texts: dict[int, tuple[str, str]] = {}
+        for row, error in zip(rows, errors, strict=True):
+            if id(error) not in texts:
+                texts[id(error)] = (str(error) or type(error).__name__, _short_traceback(error))
+            message, text = texts[id(error)]
+            dead.append(DeadItem(int(row), kind, type(error).__name__, message, text, attempt))

@@ -17,7 +17,10 @@ A request's tags are its content (chat: the last message; embeddings: each input
 the first tag with a schedule entry picks the action. Actions: ``ok``; an HTTP status (``400``, ``500``,
 ...); ``429:S`` (429 with ``Retry-After: S`` seconds); ``429:date:S`` (Retry-After as an HTTP-date S
 seconds ahead); ``slow:S`` (answer after S seconds); ``echo-auth:400`` (a 400 whose body repeats the
-request's headers, as a careless server might).
+request's headers, as a careless server might); ``echo:STATUS:FORM:BEFORE:AFTER`` (a STATUS answer, not
+JSON, whose body carries the request's Authorization header in one of the ``ECHO_FORMS`` between BEFORE
+and AFTER characters of filler text; the base64 forms encode the filler too, so the header starts at any
+offset of the encoded blob).
 
 The server answers only on 127.0.0.1, refuses more than ``max_requests`` requests (503, no retry hint) and
 stops by itself after ``lifetime`` seconds.
@@ -37,7 +40,15 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["FakeModelServer", "RequestRecord", "embed_text", "kserve_score"]
+__all__ = ["ECHO_FORMS", "FakeModelServer", "RequestRecord", "echo_body", "embed_text", "kserve_score"]
+
+FILLER = "lorem ipsum dolor sit amet "
+"""Text around an echoed header: every 8 characters of it hold a space."""
+ECHO_FORMS = ("raw", "json", "json-slash", "json-unicode", "url", "url-plus", "base64", "base64-url", "json-body")
+"""How ``echo:`` writes the header: as is, JSON (``json.dumps``), JSON with ``/`` as ``\\/`` (PHP), JSON
+with every character as ``\\uXXXX``, URL-encoded (``%2F``), form-encoded (``+`` for a space), base64 and
+URL-safe base64 (all between filler text), or ``json-body``: a whole JSON body whose fields hold the
+filler and the header (valid JSON, so a 200 answer of it is parsed)."""
 
 KSERVE_WEIGHTS = (0.5, 1.0, -0.25)
 """The KServe model: score = x @ KSERVE_WEIGHTS (features beyond three are ignored)."""
@@ -272,12 +283,43 @@ class _Handler(BaseHTTPRequestHandler):
         if action.startswith("429:"):
             self._send(429, {"error": "slow down"}, {"retry-after": action.split(":", 1)[1]})
             return True
+        if action.startswith("echo:"):
+            _, code, form, before, after = action.split(":")
+            header = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+            self._send(int(code), echo_body(header, form, int(before), int(after)).encode())
+            return True
         if action.startswith("echo-auth:"):
             self._send(int(action.split(":", 1)[1]), {"error": "bad request", "you_sent": headers})
             return True
         status = int(action)
         self._send(status, {"error": {"message": f"scheduled {status}"}})
         return True
+
+
+def _filler(n: int) -> str:
+    return (FILLER * (n // len(FILLER) + 1))[:n]
+
+
+def echo_body(header: str, form: str, before: int, after: int) -> str:
+    """The body of an ``echo:`` answer: ``header`` written as ``form``, between filler text."""
+    from urllib.parse import quote, quote_plus
+
+    text = f"authorization: {header}"
+    if form == "json-body":
+        return json.dumps({"filler": _filler(before), "you_sent": {"authorization": header}, "more": _filler(after)})
+    if form.startswith("base64"):
+        blob = (_filler(before) + text + _filler(after)).encode()
+        encoded = base64.urlsafe_b64encode(blob) if form == "base64-url" else base64.b64encode(blob)
+        return encoded.decode()
+    written = {
+        "raw": lambda: text,
+        "json": lambda: json.dumps({"you_sent": {"authorization": header}}),
+        "json-slash": lambda: json.dumps({"you_sent": {"authorization": header}}).replace("/", "\\/"),
+        "json-unicode": lambda: '{"you_sent": "' + "".join(f"\\u{ord(c):04x}" for c in text) + '"}',
+        "url": lambda: "sent=" + quote(text, safe=""),
+        "url-plus": lambda: "sent=" + quote_plus(text),
+    }[form]()
+    return _filler(before) + written + _filler(after)
 
 
 def _classify(path: str, body: Any, kserve_models: dict[str, list[str]]) -> tuple[str | None, list[str], int]:

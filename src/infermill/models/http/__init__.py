@@ -12,13 +12,16 @@ Protocols (``protocol = ...``):
 
 Requests of one batch are sent concurrently (``concurrency``), under client-side ``requests_per_minute``
 and ``tokens_per_minute`` limits. Each request is retried (``max_retries``, exponential backoff with
-jitter, honouring Retry-After) after 408/425/429, 5xx, timeouts and connection errors; still failing, the
-batch raises TransientError and the engine's [retry] takes over. Other 4xx answers are ItemErrors for the
-rows of that request; 401/403/404/405 stop the job (the key, URL or model is wrong). Answers are kept
-while the engine retries or bisects a batch, so answered rows are not sent twice.
+jitter, honouring Retry-After) after 408/425/429, 5xx, timeouts and connection errors; still failing, its
+rows get a TransientError and the engine's [retry] takes over for them. Other 4xx answers are ItemErrors
+for the rows of that request; 401/403/404/405 stop the job (the key, URL or model is wrong). When some
+rows of a batch fail, ``predict`` raises PartialBatchError with the answers of the others and each failed
+row's own error: the engine writes the answers and retries, bisects or dead-letters only the failed rows.
+Item errors of one-row requests are kept, so bisection does not send them again.
 
-The API key is read from the environment variable named by ``api_key_env`` at setup and never appears in
-messages, dead letters or reports. The fingerprint covers the protocol, endpoint, model and
+The API key is read from the environment variable named by ``api_key_env`` at setup (surrounding
+whitespace dropped) and never appears in messages, dead letters or reports, not even echoed back by a
+server escaped or encoded (see ``client.Redactor``). The fingerprint covers the protocol, endpoint, model and
 ``revision``: the server's weights are invisible, so change ``revision`` when the served model changes.
 """
 

@@ -13,14 +13,14 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from ...errors import InfermillError, ItemError, ModelLoadError, TransientError
+from ...errors import InfermillError, ItemError, ModelLoadError, PartialBatchError
 from ...spec import JobSpec
 from ..base import ModelAdapter
 from .client import HttpClient, Redactor, expand_env
 from .jsonbody import JsonProtocol
 from .kserve import KServeProtocol
 from .openai import ChatProtocol, EmbeddingsProtocol
-from .protocol import Atom, HttpProtocol, digest, dumps
+from .protocol import EXCERPT_CHARS, Atom, HttpProtocol, digest, dumps
 from .ratelimit import RateLimiter
 from .settings import HttpSettings, misplaced_keys
 
@@ -35,8 +35,9 @@ _MISS = object()
 
 
 class _Answers:
-    """Answers (values, or a one-row ItemError) by request key, least recently used dropped first. The
-    engine retries and bisects failed batches; rows already answered are then not sent again."""
+    """Answers (values, or a one-row ItemError) by request key, least recently used dropped first. Values
+    are dropped once handed to the engine (in the result, or in a PartialBatchError); the item errors of
+    one-row requests stay, so the engine's bisection of failed rows does not send them again."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -113,10 +114,11 @@ class HttpModel(ModelAdapter):
         headers: dict[str, str] = {}
         secrets: list[str] = []
         if s.api_key_env:
-            key = os.environ.get(s.api_key_env)
+            # A key mounted from a file usually ends with a newline: it is not part of the key.
+            key = (os.environ.get(s.api_key_env) or "").strip()
             if not key:
                 raise ModelLoadError(
-                    f"the environment variable {s.api_key_env} (from 'model.api_key_env') is not set or empty",
+                    f"the environment variable {s.api_key_env} (from 'model.api_key_env') is not set or blank",
                     hint=f"export {s.api_key_env}=<the API key> before running the job",
                 )
             headers["authorization"] = f"Bearer {key}"
@@ -203,17 +205,26 @@ class HttpModel(ModelAdapter):
                 values[i] = known
         if pending:
             self._send_all(pending, atoms, values, errors)
-        if errors:
-            first = min(errors)
-            if len(items) == 1:
-                raise self._clean(errors[first])
-            raise ItemError(
-                f"{len(errors)} of {len(items)} rows failed; row {first}: {self._redact(errors[first].message)}"
-            )
-        for item in items:
-            if isinstance(item, Atom):
-                self._answers.drop(item.key)
-        return values
+        for i, item in enumerate(items):
+            if isinstance(item, Atom) and i not in errors:
+                self._answers.drop(item.key)  # handed to the engine: it will not ask again
+        if not errors:
+            return values
+        first = min(errors)
+        if len(items) == 1:
+            raise self._clean(errors[first])
+        # Answers received are kept: the engine writes them and deals with each failed row by its own error.
+        cleaned: dict[int, InfermillError] = {}
+        own: dict[int, InfermillError] = {}
+        for i, error in errors.items():
+            if id(error) not in cleaned:
+                cleaned[id(error)] = self._clean(error)
+            own[i] = cleaned[id(error)]
+        raise PartialBatchError(
+            f"{len(errors)} of {len(items)} rows failed; row {first}: {own[first].message}",
+            result=[v for i, v in enumerate(values) if i not in errors],
+            errors=own,
+        )
 
     def _send_all(
         self,
@@ -228,38 +239,31 @@ class HttpModel(ModelAdapter):
         size = self.protocol.group_size
         groups = [keys[j : j + size] for j in range(0, len(keys), size)]
         futures = [(g, self._pool.submit(self._send, [atoms[k] for k in g])) for g in groups]
-        transient: list[tuple[list[str], InfermillError]] = []
         fatal: InfermillError | None = None
         for group, future in futures:
+            if future.cancelled():  # after a fatal error
+                continue
             rows, error = future.result()
             if error is None:
                 for key, value in zip(group, rows, strict=True):
                     self._answers.put(key, value)
                     for i in pending[key]:
                         values[i] = value
-            elif error.transient:
-                transient.append((group, error))
-            elif isinstance(error, ItemError):
-                if len(group) == 1:  # a request of several rows is split by the engine's bisection
-                    self._answers.put(group[0], error)
-                for key in group:
-                    for i in pending[key]:
-                        errors[i] = error
-            elif fatal is None:
+                continue
+            if fatal is None and not error.transient and not isinstance(error, ItemError):
                 fatal = error
                 for _, other in futures:
                     other.cancel()
+                continue
+            # A transient error is not kept: the engine's retry sends the request again. An item error of a
+            # one-row request is that row's verdict; a request of several rows is split by the engine.
+            if isinstance(error, ItemError) and len(group) == 1:
+                self._answers.put(group[0], error)
+            for key in group:
+                for i in pending[key]:
+                    errors[i] = error
         if fatal is not None:
             raise self._clean(fatal)
-        if transient:
-            rows_failed = sum(len(pending[k]) for g, _ in transient for k in g)
-            total = sum(len(v) for v in pending.values())
-            raise TransientError(
-                f"{rows_failed} of {total} rows sent got no answer after {self.settings.max_retries} "
-                f"retries: {self._redact(transient[0][1].message)}",
-                hint="the server is overloaded or down; the engine retries the batch ([retry]), "
-                "lower concurrency or requests_per_minute if this persists",
-            )
 
     def _send(self, group: list[Atom]) -> tuple[list[Any], InfermillError | None]:
         """Runs on a pool thread; returns the rows' values, or the error (never raises)."""
@@ -272,7 +276,15 @@ class HttpModel(ModelAdapter):
         try:
             reply = self._client.post(self.protocol.endpoint, body, tokens)
             self._client.limiter.used(tokens, self.protocol.usage(reply.data))
-            return self.protocol.parse(reply.data, reply.text, len(group)), None
+            if self.settings.keep_response:  # the answer is written out: a server may have echoed a secret
+                return self.protocol.parse(reply.data, self._redact(reply.text), len(group)), None
+            try:
+                return self.protocol.parse(reply.data, reply.text, len(group)), None
+            except InfermillError:
+                pass
+            # The message quotes the answer, cut short: parse again (it is pure) to cut it from a redacted text.
+            text = self._redact.head(reply.text, 2 * EXCERPT_CHARS)
+            return self.protocol.parse(reply.data, text, len(group)), None
         except InfermillError as exc:
             log.debug("request of %d row(s) failed: %s", len(group), exc.message)
             return [], exc

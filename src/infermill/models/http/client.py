@@ -10,11 +10,15 @@ What a response means::
     any other 4xx               ItemError for the rows of that request (status and a truncated body)
 
 Messages carry the status, the URL and at most ``BODY_CHARS`` of the body, never headers, and every
-secret value (the API key, headers that reference environment variables) is replaced by ``***``.
+secret value (the API key, headers that reference environment variables) is replaced by ``***``: also
+when a server echoes it escaped or encoded (JSON escapes such as ``\\/`` and ``\\u002f``, URL encoding,
+HTML character references, base64 at any offset of an encoded blob). A body is redacted whole before it
+is cut to ``BODY_CHARS``.
 """
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import random
 import re
@@ -39,20 +43,89 @@ def _retryable(status: int) -> bool:
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+_SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
+_HTML_NAMES = {'"': ["quot"], "&": ["amp"], "<": ["lt"], ">": ["gt"], "'": ["apos"]}
+BASE64_MIN_CHARS = 6
+"""Secrets of fewer characters are not looked for in base64 (their encoded core would match by chance)."""
+
+
+def _hex(digits: str) -> str:
+    """A pattern for hex ``digits`` in either case."""
+    return "".join(f"[{d.lower()}{d.upper()}]" if d.isalpha() else d for d in digits)
+
+
+def _char_pattern(char: str) -> str:
+    """Every form one character of a secret takes when a server writes it escaped or encoded: as is,
+    JSON-escaped (``\\/``, ``\\u002f``, ``\\n``, escaped again any number of times), URL-encoded (also
+    twice: ``%252F``), ``+`` for a space, an HTML character reference."""
+    code = ord(char)
+    units = [code] if code < 0x10000 else [0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)]
+    # After any run of backslashes (a string escaped again): the character, its \u escape, its short escape.
+    json_forms = [re.escape(char), r"\\u" + r"\\+u".join(_hex(f"{u:04x}") for u in units)]
+    if char in _SHORT_ESCAPES:
+        json_forms.append(r"\\" + re.escape(_SHORT_ESCAPES[char]))
+    forms = [r"\\*(?:" + "|".join(json_forms) + ")"]
+    forms.append("".join("%(?:25)*" + _hex(f"{b:02x}") for b in char.encode()))
+    if char == " ":
+        forms.append(r"\+")
+    forms.append(f"&#0*{code};")
+    forms.append("&#[xX]0*" + _hex(f"{code:x}") + ";")
+    forms.extend(f"&{name};" for name in _HTML_NAMES.get(char, []))
+    return "(?:" + "|".join(forms) + ")"
+
+
+def base64_cores(secret: str) -> list[str]:
+    """The base64 text that encodes ``secret`` wherever it starts in an encoded blob (three alignments),
+    without the characters shared with its neighbours; standard and URL-safe alphabets."""
+    raw = secret.encode()
+    cores: list[str] = []
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw).decode()
+        core = encoded[(8 * offset + 5) // 6 : (8 * (offset + len(raw))) // 6]
+        if len(core) >= BASE64_MIN_CHARS:
+            cores += [core, core.translate(str.maketrans("+/", "-_"))]
+    return cores
+
+
 class Redactor:
-    """Replaces secret values in text with ``***``."""
+    """Replaces secret values in text with ``***``, in the forms a server may echo them (see the module
+    docstring)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
+        values = {s for s in secrets if s}
+        forms = set(values)
+        for value in values:
+            if len(value) >= BASE64_MIN_CHARS:
+                forms.update(base64_cores(value))
         # Longest first, so a secret that contains another is replaced whole.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._secrets = sorted(forms, key=len, reverse=True)
+        self._pattern = (
+            re.compile("|".join("".join(_char_pattern(c) for c in s) for s in self._secrets)) if forms else None
+        )
+        # Room for one escaped or encoded secret (up to 16 characters for each of its own).
+        self._margin = 16 * max((len(s) for s in self._secrets), default=0)
 
     def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        if self._pattern is None:
+            return text
+        return self._pattern.sub("***", text)
+
+    def head(self, text: str, chars: int) -> str:
+        """At least the first ``chars`` characters of the redacted ``text`` (all of it when shorter), without
+        redacting all of a long text (a megabyte takes a good part of a second)."""
+        if self._pattern is None:
+            return text[:chars]
+        window = chars + 2 * self._margin
+        while True:
+            redacted = self(text[:window])
+            if window >= len(text):
+                return redacted
+            if len(redacted) >= chars + self._margin:
+                return redacted[: len(redacted) - self._margin]  # the end may hold a secret cut by the window
+            window *= 2
 
     def __repr__(self) -> str:
-        return f"Redactor({len(self._secrets)} secrets)"
+        return f"Redactor({len(self._secrets)} secret forms)"
 
 
 def expand_env(value: str, environ: dict[str, str], where: str) -> tuple[str, list[str]]:
@@ -66,8 +139,10 @@ def expand_env(value: str, environ: dict[str, str], where: str) -> tuple[str, li
                 f"environment variable {name} is not set (referenced by {where})",
                 hint=f"export {name}=... before running the job",
             )
-        used.append(environ[name])
-        return environ[name]
+        # Surrounding whitespace (a secret mounted from a file ends with a newline) is not part of a value.
+        value = environ[name].strip()
+        used.append(value)
+        return value
 
     return _ENV_REF.sub(sub, value), used
 
@@ -158,10 +233,12 @@ class HttpClient:
         return full_jitter(attempt, self.backoff, self.max_backoff, self._rng)
 
     def _body_excerpt(self, text: str) -> str:
+        # Redacted before it is cut: a cut through a secret would leave the rest of it unredacted.
         text = text.strip()
-        if len(text) > BODY_CHARS:
-            text = text[:BODY_CHARS] + f"... ({len(text)} chars)"
-        return self.redact(text)
+        excerpt = self.redact.head(text, BODY_CHARS + 1)
+        if len(excerpt) > BODY_CHARS:
+            excerpt = excerpt[:BODY_CHARS] + f"... ({len(text)} chars)"
+        return excerpt
 
     def post(self, url: str, body: bytes, tokens: float = 0.0) -> Reply:
         """POST ``body`` (JSON) to ``url``, retrying transient failures; ``tokens`` is the request's

@@ -22,7 +22,7 @@ from ...errors import ItemError, ModelLoadError
 from ..outputs import to_array
 from .settings import HttpSettings
 
-__all__ = ["JSON_TYPE", "Atom", "HttpProtocol", "arrow_type", "digest", "dumps", "with_path"]
+__all__ = ["EXCERPT_CHARS", "JSON_TYPE", "Atom", "HttpProtocol", "arrow_type", "digest", "dumps", "with_path"]
 
 JSON_TYPE = "json"
 """The output type that writes a value as JSON text."""
@@ -160,5 +160,9 @@ def _root(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
 
 
-def response_excerpt(text: str, limit: int = 200) -> str:
+EXCERPT_CHARS = 200
+"""Characters of an answer quoted in an error message."""
+
+
+def response_excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + "..."

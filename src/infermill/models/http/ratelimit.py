@@ -1,8 +1,16 @@
-"""Client-side rate limits: token buckets for requests and tokens, and a pause after a 429.
+"""Client-side rate limits: paced token buckets for requests and tokens, and a pause after a 429.
 
-A bucket holds at most one second's worth of its rate (at least one request), so a job starts with a
-short burst and then keeps to the rate. A request larger than the bucket waits until the bucket is full
-and then takes it into debt, so big prompts neither deadlock nor exceed the average rate.
+Requests are paced from the very first one: the request bucket holds a single request, so requests
+leave ``60 / requests_per_minute`` seconds apart and no window of any length sees more than
+``rate x window + 1`` of them. (A bucket that starts with a second's worth lets the first second carry
+twice the rate, which a provider enforcing per-second or per-window limits answers with 429s.) The token
+bucket holds a twentieth of a second's worth (at least one token), so it adds at most 5% to a
+one-second window.
+
+Each caller reserves its amount at once, in arrival order (the level may go below zero), and sleeps
+until the reservation is covered. A thread that wakes late therefore keeps its turn (no throughput lost
+to scheduling jitter), and a request larger than the bucket just waits longer: big prompts neither
+deadlock nor exceed the average rate.
 """
 
 from __future__ import annotations
@@ -11,11 +19,15 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["RateLimiter", "TokenBucket"]
+__all__ = ["BURST_SECONDS", "RateLimiter", "TokenBucket"]
+
+BURST_SECONDS = 0.05
+"""A token bucket's default capacity, in seconds of its rate (at least one unit)."""
 
 
 class TokenBucket:
-    """A thread-safe token bucket refilled at ``per_minute / 60`` per second."""
+    """A thread-safe token bucket refilled at ``per_minute / 60`` per second, holding at most ``capacity``
+    (default: ``BURST_SECONDS`` of the rate, at least 1), full at the start."""
 
     def __init__(
         self,
@@ -28,7 +40,7 @@ class TokenBucket:
         if per_minute <= 0:
             raise ValueError("per_minute must be positive")
         self.rate = per_minute / 60.0
-        self.capacity = capacity if capacity is not None else max(1.0, self.rate)
+        self.capacity = capacity if capacity is not None else max(1.0, self.rate * BURST_SECONDS)
         self.level = self.capacity
         self._clock = clock
         self._sleep = sleep
@@ -40,19 +52,19 @@ class TokenBucket:
         self.level = min(self.capacity, self.level + (now - self._updated) * self.rate)
         self._updated = now
 
+    def reserve(self, amount: float = 1.0) -> float:
+        """Spend ``amount`` now (into debt if need be) and return the seconds until it is covered."""
+        with self._lock:
+            self._refill()
+            self.level -= amount
+            return max(0.0, -self.level / self.rate)
+
     def acquire(self, amount: float = 1.0) -> float:
         """Wait until ``amount`` may be spent, spend it, and return the seconds waited."""
-        need = min(amount, self.capacity)
-        waited = 0.0
-        while True:
-            with self._lock:
-                self._refill()
-                if self.level >= need:
-                    self.level -= amount
-                    return waited
-                wait = (need - self.level) / self.rate
+        wait = self.reserve(amount)
+        if wait > 0:
             self._sleep(wait)
-            waited += wait
+        return wait
 
     def adjust(self, amount: float) -> None:
         """Spend ``amount`` more (or give back a negative amount) after the fact, e.g. reported usage."""
@@ -72,7 +84,9 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.requests = TokenBucket(requests_per_minute, clock=clock, sleep=sleep) if requests_per_minute else None
+        self.requests = (
+            TokenBucket(requests_per_minute, capacity=1.0, clock=clock, sleep=sleep) if requests_per_minute else None
+        )
         self.tokens = TokenBucket(tokens_per_minute, clock=clock, sleep=sleep) if tokens_per_minute else None
         self._clock = clock
         self._sleep = sleep
