@@ -11,12 +11,15 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 import infermill
+from infermill.spec import JobSpec
+from infermill.testing.sinks import SinkConformance, sink_spec
 from tests.conftest import SCORER, expected_score, make_table
 
 pytestmark = pytest.mark.s3
@@ -123,3 +126,19 @@ def test_missing_s3_input_is_a_clear_error(bucket, tmp_path: Path) -> None:
     with pytest.raises(infermill.InputError) as err:
         infermill.run(spec, progress="off")
     assert SECRET not in str(err.value)
+
+
+class TestParquetSinkOnS3(SinkConformance):
+    """The sink contract on S3 (moto): staged results are objects under the output's _staging/ prefix, and
+    the coordinator commits them by a move on the store, without the worker's disk."""
+
+    @pytest.fixture(autouse=True)
+    def _bucket(self, bucket: tuple[Any, dict[str, Any]]) -> None:
+        self.fs, self.info = bucket
+
+    def make_spec(self, tmp_path: Path) -> JobSpec:
+        return sink_spec(tmp_path, f"s3://{self.info['name']}/{tmp_path.name}/out", format="parquet",
+                         storage_options=self.info["options"])
+
+    def exists(self, location: str) -> bool:
+        return bool(self.fs.exists(location))

@@ -116,7 +116,7 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
         ledger.set_model_fingerprint(model_fp)
     sink.prepare()
     # The job's output is about to change: it is not complete again until the new manifest is written.
-    sink.remove_manifest()
+    sink.unfinalize()
     ledger.mark_incomplete()
     scorer = BatchScorer(
         adapter, columns, spec.retry, spec.batch.rows(),

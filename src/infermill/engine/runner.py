@@ -296,7 +296,7 @@ class _Coordinator:
             ledger.reset()
             record = None
         self._check_foreign(created)
-        sink.sweep({p.name for p in ledger.committed_parts()})
+        sink.recover({p.name for p in ledger.committed_parts()})
         if record is None:
             ledger.create_job(
                 name=spec.name,
@@ -320,8 +320,7 @@ class _Coordinator:
             mine |= {str(f.get("path")) for f in [*manifest.get("files", []), *manifest.get("error_files", [])]}
         present = sink.list_parts()
         sink.remove([n for n in present if n in mine or (not created and sink.is_own_part(n))])
-        sink.remove_manifest()
-        sink.clean_staging()
+        sink.unfinalize()
 
     def _check_foreign(self, created: bool) -> None:
         """Refuse result-like files that this job did not write: the manifest would not list them, but a
@@ -350,7 +349,7 @@ class _Coordinator:
             self._warn(f"{problem.describe()}: its shard will be recomputed")
         shard_ids = sorted({p.shard_id for p in problems})
         self.ledger.reopen_shards(shard_ids, self.lease, "its committed file was missing or changed")
-        self.sink.remove_manifest()
+        self.sink.unfinalize()
 
     # -- main loop ---------------------------------------------------------------------------------
     def run(self, *, restart: bool, started: float) -> RunResult:
@@ -368,8 +367,7 @@ class _Coordinator:
 
         run_id = ledger.start_run(self.lease)
         sink.prepare()
-        sink.clean_staging()
-        sink.remove_manifest()
+        sink.unfinalize()
         ledger.requeue_failed(self.lease)
         by_id = {s.shard_id: s for s in shards}
         pending = [by_id[row.shard_id] for row in ledger.shards("pending")]
@@ -432,7 +430,9 @@ class _Coordinator:
                     elif kind == "staged":
                         _, _, sid, staged, staged_errors, dead, stats = event
                         if fatal is not None or aborted:
-                            _discard(staged, staged_errors)
+                            for item in (staged, staged_errors):
+                                if item is not None:
+                                    sink.abort(item)
                             continue
                         try:
                             rows_this_run += self._commit(sid, staged, staged_errors, dead, stats, run_id)
@@ -460,7 +460,7 @@ class _Coordinator:
             for sid in running:
                 # In flight when the run stopped: not committed, so it is simply done again next time.
                 ledger.requeue_shard(sid, self.lease)
-            sink.remove_staging()
+            sink.tidy()
 
         summary = ledger.summary()
         if fatal is not None:
@@ -624,8 +624,7 @@ def finish_job(spec: JobSpec, ledger: Ledger, sink: Sink) -> None:
     """Sweep debris, then write the manifest of a job whose shards are all committed: it lists exactly the
     part files on disk, each with its rows, size and checksum."""
     parts = ledger.committed_parts()
-    sink.sweep({p.name for p in parts})
-    sink.clean_staging()
+    sink.recover({p.name for p in parts})
 
     def entry(part: Any) -> dict[str, Any]:
         check = part.check
@@ -645,10 +644,9 @@ def finish_job(spec: JobSpec, ledger: Ledger, sink: Sink) -> None:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     fault_point("before_manifest")
-    sink.write_manifest(manifest)
+    sink.finalize(manifest)
     fault_point("after_manifest")
     ledger.mark_complete()
-    sink.remove_staging()
 
 
 def _rows_total(summary: dict[str, Any], complete: bool) -> int | None:
@@ -681,14 +679,6 @@ def job_result(
         manifest_path=sink.manifest_path() if state == "complete" else None,
         ledger_path=spec.ledger_path(),
     )
-
-
-def _discard(*staged: StagedFile | None) -> None:
-    for item in staged:
-        if item is None:
-            continue
-        with suppress(FileNotFoundError):
-            os.remove(item.path)
 
 
 def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from ..errors import InputError, ModelLoadError
 from ..models import load_adapter
 from ..observe.progress import plural
-from ..sinks import Sink, open_sink
+from ..sinks import open_sink
 from ..sources import open_source
 from ..spec import JobSpec, RetrySpec, load_spec
 from .columns import resolve_columns
@@ -77,7 +76,7 @@ def validate(job: JobSpec | str | os.PathLike[str]) -> list[str]:
             f"e.g. {dead[0].error_class}: {dead[0].message.splitlines()[0] if dead[0].message else ''}"
         )
     sink = open_sink(spec)
-    _check_output(sink)
+    sink.probe()
     lines.append(f"output:   {spec.output.format} in {sink.display()}")
     lines.append(f"ledger:   {spec.ledger_path()}")
     lines.append("ok: the job is valid")
@@ -90,21 +89,3 @@ def no_rows_error(spec: JobSpec) -> InputError:
         f"the input ({spec.input.path}) has no rows",
         hint="point [input] path at files that hold data rows, then check with `infermill validate JOB`",
     )
-
-
-def _check_output(sink: Sink) -> None:
-    """Probe the output the way a run does first (:meth:`Sink.prepare`), then remove the folders the probe
-    made: validating a job must not leave an output behind."""
-    made: list[str] = []
-    for path in (sink.staging,) if sink.remote else (sink.staging, sink.root):
-        path = os.path.abspath(path)
-        while path and not os.path.exists(path) and path not in made:
-            made.append(path)
-            parent = os.path.dirname(path)
-            path = "" if parent == path else parent
-    try:
-        sink.prepare()
-    finally:
-        for path in sorted(made, key=len, reverse=True):  # deepest first
-            with contextlib.suppress(OSError):
-                os.rmdir(path)

@@ -1,4 +1,4 @@
-"""Result sinks: one output file per shard and attempt, staged then moved into place atomically."""
+"""Result sinks: the contract (:class:`Sink`) and the folder-of-files sink behind every file format."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .base import (
     attempt_name,
     open_sink,
 )
+from .files import FileSink
 
 __all__ = [
     "ERRORS_DIR",
@@ -22,6 +23,7 @@ __all__ = [
     "OWNER_NAME",
     "STAGING_DIR",
     "CommittedFile",
+    "FileSink",
     "OwnerRecord",
     "ShardWriter",
     "Sink",

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from ..errors import OutputError
 from .base import ShardWriter, Sink
+from .files import FileSink
 from .openai_batch import OpenAIBatchSink
 
 __all__ = ["SINK_FORMATS"]
@@ -116,7 +117,7 @@ class CsvWriter(ShardWriter):
             self._writer = None
 
 
-class ParquetSink(Sink):
+class ParquetSink(FileSink):
     extension = ".parquet"
     writer_cls = ParquetWriter
 
@@ -132,12 +133,11 @@ class ParquetSink(Sink):
                 hint="restore the output folder from a copy, or rerun the job with `infermill run JOB --restart`",
             ) from None
 
-    def open_writer(self, ordinal: int, *, errors: bool = False) -> ShardWriter:
-        writer = super().open_writer(ordinal, errors=errors)
-        return ParquetWriter(writer.path, writer.final_name, self.spec.output.compression or "snappy")
+    def _make_writer(self, path: str, final_name: str, errors: bool) -> ShardWriter:
+        return ParquetWriter(path, final_name, self.spec.output.compression or "snappy")
 
 
-class JsonlSink(Sink):
+class JsonlSink(FileSink):
     extension = ".jsonl"
     writer_cls = JsonlWriter
 
@@ -147,7 +147,7 @@ class JsonlSink(Sink):
         return pajson.read_json(source)
 
 
-class CsvSink(Sink):
+class CsvSink(FileSink):
     extension = ".csv"
     writer_cls = CsvWriter
 

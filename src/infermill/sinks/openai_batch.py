@@ -47,7 +47,8 @@ import pyarrow as pa
 
 from ..errors import OutputError
 from ..spec import JobSpec, is_url
-from .base import ShardWriter, Sink
+from .base import ShardWriter
+from .files import FileSink
 
 __all__ = ["ERROR_CODES", "OpenAIBatchSink", "OpenAIBatchWriter", "error_line", "result_line"]
 
@@ -93,14 +94,14 @@ class OpenAIBatchWriter(ShardWriter):
             self._fh.close()
 
 
-class OpenAIBatchSink(Sink):
+class OpenAIBatchSink(FileSink):
     """One ``part-NNNNN.jsonl`` of Batch API output lines per shard."""
 
     extension = ".jsonl"
     writer_cls = OpenAIBatchWriter
 
-    def __init__(self, spec: JobSpec, *, staging_root: str | None = None) -> None:
-        super().__init__(spec, staging_root=staging_root)
+    def __init__(self, spec: JobSpec, *, scratch_root: str | None = None) -> None:
+        super().__init__(spec, scratch_root=scratch_root)
         self._context: LineContext | None = None
 
     def context(self) -> LineContext:
@@ -116,9 +117,8 @@ class OpenAIBatchSink(Sink):
             )
         return self._context
 
-    def open_writer(self, ordinal: int, *, errors: bool = False) -> ShardWriter:
-        writer = super().open_writer(ordinal, errors=errors)
-        return OpenAIBatchWriter(writer.path, writer.final_name, self.context(), errors)
+    def _make_writer(self, path: str, final_name: str, errors: bool) -> ShardWriter:
+        return OpenAIBatchWriter(path, final_name, self.context(), errors)
 
     def _read(self, source: Any) -> pa.Table:
         raise OutputError(
