@@ -22,6 +22,7 @@ from ..sources.base import Shard
 from ..spec import JobSpec
 from .columns import Columns
 from .devices import WorkerSlot, plan_workers
+from .events import WorkerEvent, WorkerExited, WorkerFatal
 from .worker import StopFlags, WorkerConfig, run_worker
 
 __all__ = ["Executor", "InlineExecutor", "ProcessExecutor", "make_executor", "threads_per_worker"]
@@ -50,7 +51,7 @@ class Executor(ABC):
     def start(self) -> None: ...
 
     @abstractmethod
-    def get(self, timeout: float) -> Any:
+    def get(self, timeout: float) -> WorkerEvent | None:
         """The next event, or None after ``timeout`` seconds."""
 
     @abstractmethod
@@ -74,7 +75,7 @@ class InlineExecutor(Executor):
         self._tasks: queue.SimpleQueue[Shard] = queue.SimpleQueue()
         for shard in shards:
             self._tasks.put(shard)
-        self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[WorkerEvent] = queue.SimpleQueue()
         self._flags = StopFlags(stop=threading.Event(), abort=threading.Event())
         self._thread: threading.Thread | None = None
 
@@ -93,7 +94,7 @@ class InlineExecutor(Executor):
         )
         self._thread.start()
 
-    def get(self, timeout: float) -> Any:
+    def get(self, timeout: float) -> WorkerEvent | None:
         try:
             return self._events.get(timeout=timeout)
         except queue.Empty:
@@ -168,16 +169,16 @@ class ProcessExecutor(Executor):
             self._procs.append(proc)
             self._wids.append(slot.worker_id)
 
-    def get(self, timeout: float) -> Any:
+    def get(self, timeout: float) -> WorkerEvent | None:
         try:
-            event = self._events.get(timeout=timeout)
+            event: WorkerEvent = self._events.get(timeout=timeout)
         except queue.Empty:
             return self._died()
-        if event[0] == "exit":
-            self._said_goodbye.add(event[1])
+        if isinstance(event, WorkerExited):
+            self._said_goodbye.add(event.worker)
         return event
 
-    def _died(self) -> Any:
+    def _died(self) -> WorkerEvent | None:
         """A fatal event for a worker process that ended without reporting (killed, crashed, or a script
         that re-ran itself on import); its exit follows on the next call."""
         for wid, proc in zip(self._wids, self._procs, strict=True):
@@ -185,10 +186,9 @@ class ProcessExecutor(Executor):
                 continue
             if wid in self._reported:
                 self._said_goodbye.add(wid)
-                return ("exit", wid)
+                return WorkerExited(wid)
             self._reported.add(wid)
-            return (
-                "fatal",
+            return WorkerFatal(
                 wid,
                 InfermillError(
                     f"worker process {wid} ended unexpectedly (exit code {proc.exitcode})",

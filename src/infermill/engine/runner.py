@@ -52,6 +52,19 @@ from ..sources.base import Shard
 from ..spec import JobSpec, load_spec
 from .autosize import resolve_batch_size
 from .columns import resolve_columns
+from .events import (
+    Progress,
+    RunEnded,
+    RunStarted,
+    ShardCommitted,
+    ShardFailed,
+    ShardStaged,
+    ShardStarted,
+    Subscriber,
+    Subscribers,
+    WorkerExited,
+    WorkerFatal,
+)
 from .executor import make_executor, threads_per_worker
 from .faults import fault_point
 from .outputs import check_output_location, damaged_parts
@@ -185,8 +198,12 @@ def run(
     restart: bool = False,
     wait: bool = False,
     progress: Mode | None = None,
+    subscribers: list[Subscriber] | tuple[Subscriber, ...] = (),
 ) -> RunResult:
     """Run a job to completion (or resume it). Raises an :class:`InfermillError` subclass on failure.
+
+    ``subscribers`` get every event of the run (``infermill.engine.events``): workers' progress, each
+    shard's commit, the run's start and end.
 
     >>> result = run("job.toml")                                # doctest: +SKIP
     >>> result.state, result.rows_succeeded                     # doctest: +SKIP
@@ -199,7 +216,8 @@ def run(
         lease = _acquire(ledger, spec, wait)
         heartbeat = _Heartbeat(spec.ledger_path(), lease, max(0.5, spec.runtime.lease_seconds / 3))
         try:
-            return _Coordinator(spec, ledger, lease, heartbeat, progress).run(restart=restart, started=started)
+            coordinator = _Coordinator(spec, ledger, lease, heartbeat, progress, Subscribers(subscribers))
+            return coordinator.run(restart=restart, started=started)
         finally:
             heartbeat.stop()
             ledger.release_lease(lease)
@@ -228,8 +246,15 @@ def job_file(spec: JobSpec) -> str:
 
 class _Coordinator:
     def __init__(
-        self, spec: JobSpec, ledger: Ledger, lease: Lease, heartbeat: _Heartbeat, progress: Mode | None
+        self,
+        spec: JobSpec,
+        ledger: Ledger,
+        lease: Lease,
+        heartbeat: _Heartbeat,
+        progress: Mode | None,
+        subscribers: Subscribers | None = None,
     ) -> None:
+        self.subscribers = subscribers or Subscribers()
         self.spec = spec
         self.ledger = ledger
         self.lease = lease
@@ -371,6 +396,7 @@ class _Coordinator:
         ledger.requeue_failed(self.lease)
         by_id = {s.shard_id: s for s in shards}
         pending = [by_id[row.shard_id] for row in ledger.shards("pending")]
+        self.subscribers.emit(RunStarted(spec.name, run_id, len(pending), len(shards)))
         summary = ledger.summary()
         reporter = ProgressReporter(
             job=spec.name,
@@ -421,37 +447,36 @@ class _Coordinator:
                     event = executor.get(timeout=0.2)
                     if event is None:
                         continue
-                    kind = event[0]
-                    if kind == "started":
-                        ledger.mark_running(event[2], self.lease, run_id)
-                        running.add(event[2])
-                    elif kind == "progress":
-                        reporter.advance(event[2])
-                    elif kind == "staged":
-                        _, _, sid, staged, staged_errors, dead, stats = event
+                    self.subscribers.emit(event)
+                    if isinstance(event, ShardStarted):
+                        ledger.mark_running(event.shard_id, self.lease, run_id)
+                        running.add(event.shard_id)
+                    elif isinstance(event, Progress):
+                        reporter.advance(event.rows)
+                    elif isinstance(event, ShardStaged):
                         if fatal is not None or aborted:
-                            for item in (staged, staged_errors):
+                            for item in (event.output, event.errors):
                                 if item is not None:
                                     sink.abort(item)
                             continue
                         try:
-                            rows_this_run += self._commit(sid, staged, staged_errors, dead, stats, run_id)
+                            rows_this_run += self._commit(event, run_id)
                         except InfermillError as exc:
                             fatal = exc
                             continue
-                        running.discard(sid)
-                        reporter.shard_done(sid, staged.rows + len(dead))
+                        running.discard(event.shard_id)
+                        reporter.shard_done(event.shard_id, event.output.rows + len(event.dead))
                         budget = self._over_budget(final=False)
                         if budget and fatal is None:
                             fatal = budget
-                    elif kind == "shard_failed":
-                        ledger.fail_shard(event[2], self.lease, event[3])
-                        running.discard(event[2])
-                        failures.append(f"shard {event[2]}: {event[3]}")
-                    elif kind == "fatal":
+                    elif isinstance(event, ShardFailed):
+                        ledger.fail_shard(event.shard_id, self.lease, event.error)
+                        running.discard(event.shard_id)
+                        failures.append(f"shard {event.shard_id}: {event.error}")
+                    elif isinstance(event, WorkerFatal):
                         if fatal is None:
-                            fatal = event[2]
-                    elif kind == "exit":
+                            fatal = event.error
+                    elif isinstance(event, WorkerExited):
                         alive -= 1
         finally:
             reporter.close()
@@ -464,20 +489,20 @@ class _Coordinator:
 
         summary = ledger.summary()
         if fatal is not None:
-            ledger.end_run(run_id, "failed", str(fatal))
+            self._end_run(run_id, "failed", str(fatal))
             raise fatal
         if self.signals:
             message = (
                 f"interrupted: {summary['shards_committed']} of {summary['shards_total']} shards committed; "
                 "rerun the same command to resume"
             )
-            ledger.end_run(run_id, "interrupted", message)
+            self._end_run(run_id, "interrupted", message)
             raise InterruptedRunError(message, job=spec.name)
         if failures or summary["shards_committed"] != summary["shards_total"]:
             missing = summary["shards_total"] - summary["shards_committed"]
             first = failures[0] if failures else "worker stopped before finishing"
             message = f"{missing} of {summary['shards_total']} shards failed; first error: {first}"
-            ledger.end_run(run_id, "failed", message)
+            self._end_run(run_id, "failed", message)
             raise JobFailedError(
                 message,
                 hint="fix the cause and rerun: committed shards are kept and failed ones are retried "
@@ -486,11 +511,15 @@ class _Coordinator:
             )
         budget = self._over_budget(final=True)
         if budget is not None:
-            ledger.end_run(run_id, "failed", str(budget))
+            self._end_run(run_id, "failed", str(budget))
             raise budget
         self._finish()
-        ledger.end_run(run_id, "complete")
+        self._end_run(run_id, "complete")
         return self._result("complete", EXIT_COMPLETE, "complete", started, rows_this_run)
+
+    def _end_run(self, run_id: int, state: str, message: str | None = None) -> None:
+        self.ledger.end_run(run_id, state, message)
+        self.subscribers.emit(RunEnded(self.spec.name, run_id, state, message or state))
 
     def _on_signal(self, signum: int) -> None:
         self.signals += 1
@@ -509,20 +538,15 @@ class _Coordinator:
     def _past_grace(self) -> bool:
         return self.stop_deadline is not None and time.monotonic() > self.stop_deadline
 
-    def _commit(
-        self,
-        shard_id: str,
-        staged: StagedFile,
-        staged_errors: StagedFile | None,
-        dead: list[tuple[Any, ...]],
-        stats: dict[str, Any],
-        run_id: int,
-    ) -> int:
-        commit_shard(
-            self.ledger, self.lease, self.sink, shard_id, staged, staged_errors, dead_items=dead, run_id=run_id,
-            stats=stats,
+    def _commit(self, event: ShardStaged, run_id: int) -> int:
+        output, errors = commit_shard(
+            self.ledger, self.lease, self.sink, event.shard_id, event.output, event.errors, dead_items=event.dead,
+            run_id=run_id, stats=event.stats,
         )
-        return staged.rows + len(dead)
+        self.subscribers.emit(
+            ShardCommitted(event.shard_id, event.output.rows, len(event.dead), output, errors)
+        )
+        return event.output.rows + len(event.dead)
 
     def _over_budget(self, *, final: bool) -> JobFailedError | None:
         """The error to stop with when dead letters exceed ``[errors]``'s budget, or (``final``, no budget set)

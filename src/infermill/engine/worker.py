@@ -6,7 +6,8 @@
                                                                           v
                     model loop: adapter.predict + postprocess ──> writer: append to the shard's staged file
                                                                           │
-                                                 events: started / progress / staged / shard_failed / fatal
+                                                 events (engine/events.py): ShardStarted / Progress /
+                                                 ShardStaged / ShardFailed / WorkerFatal
 
 The worker never commits: it reports a staged file and the coordinator (the only process that writes the
 ledger) moves it into place. The same code runs in a thread (one worker) or in worker processes.
@@ -44,6 +45,7 @@ from ..spec import JobSpec
 from .batching import row_bytes
 from .breaker import FailureStreak
 from .columns import Columns
+from .events import Progress, ShardFailed, ShardStaged, ShardStarted, WorkerExited, WorkerFatal, WorkerReady
 from .faults import fault_point
 from .memory import reusing_arrow_memory
 from .policy import classify
@@ -169,14 +171,14 @@ def run_worker(
                 f"model setup failed: {type(exc).__name__}: {exc}",
                 hint="run `infermill validate JOB --debug` to see the full traceback",
             ) from exc
-        events.put(("ready", wid))
+        events.put(WorkerReady(wid))
         with reusing_arrow_memory():
             _Pipeline(config, source, adapter, sink, events, flags).run(next_shard)
         adapter.close()
     except BaseException as exc:  # noqa: BLE001 - reported to the coordinator, which decides
-        events.put(("fatal", wid, _as_fatal(exc)))
+        events.put(WorkerFatal(wid, _as_fatal(exc)))
     finally:
-        events.put(("exit", wid))
+        events.put(WorkerExited(wid))
 
 
 class _Pipeline:
@@ -453,7 +455,7 @@ class _Pipeline:
         shard: Shard = item[1]
         sid = shard.shard_id
         if kind == "start":
-            self.events.put(("started", self.config.worker_id, sid))
+            self.events.put(ShardStarted(self.config.worker_id, sid))
             return _put(self.outbox, item, self.flags)
         if kind == "window_end":
             held = self._windows.pop(sid, [])
@@ -484,7 +486,7 @@ class _Pipeline:
             return
         self.failed.add(sid)
         detail = "".join(traceback.format_exception(exc, limit=6))
-        self.events.put(("shard_failed", self.config.worker_id, sid, _describe(exc), detail))
+        self.events.put(ShardFailed(self.config.worker_id, sid, _describe(exc), detail))
         _put(self.outbox, ("abandon", shard), self.flags)
 
     def _write(self) -> None:
@@ -512,7 +514,7 @@ class _Pipeline:
                     if stats is not None:
                         stats.write_s += time.perf_counter() - t0
                         stats.rows += table.num_rows
-                    self.events.put(("progress", self.config.worker_id, table.num_rows))
+                    self.events.put(Progress(self.config.worker_id, table.num_rows))
                 elif kind == "errors":
                     if sid in self.failed or sid not in writers:
                         continue
@@ -520,7 +522,7 @@ class _Pipeline:
                         error_writers[sid] = self.sink.open_writer(shard.ordinal, errors=True)
                     error_writers[sid].write(item[2])
                     records[sid].extend(item[3])
-                    self.events.put(("progress", self.config.worker_id, item[2].num_rows))
+                    self.events.put(Progress(self.config.worker_id, item[2].num_rows))
                 elif kind in ("abandon", "end"):
                     writer = writers.pop(sid, None)
                     errors = error_writers.pop(sid, None)
@@ -535,9 +537,8 @@ class _Pipeline:
                     fault_point("after_stage")
                     stats = self.stats.pop(sid, None)
                     self.events.put(
-                        (
-                            "staged", self.config.worker_id, sid, staged, staged_errors, dead,
-                            stats.as_dict() if stats else {},
+                        ShardStaged(
+                            self.config.worker_id, sid, staged, staged_errors, dead, stats.as_dict() if stats else {}
                         )
                     )
         except BaseException as exc:  # noqa: BLE001 - handed to the model loop
