@@ -69,23 +69,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .engine import run
 
     result = run(args.job, restart=args.restart, wait=args.wait, progress=_progress_mode(args))
-    if result.message.startswith("nothing to do"):
-        print(f"{result.job}: {result.message} ({plural(result.rows_succeeded, 'row')} in {result.output_path})")
-        return 0
-    rate = result.rows_this_run / result.seconds if result.seconds > 0 else 0.0
-    failed = f", {result.rows_failed:,} dead-lettered (see `infermill failures`)" if result.rows_failed else ""
-    print(
-        f"{result.job}: complete: {plural(result.rows_succeeded, 'row')} in {plural(result.shards_committed, 'shard')}"
-        f"{failed}"
-        f" ({result.rows_this_run:,} this run, {result.seconds:.1f}s, {rate:,.0f} rows/s)"
-    )
-    print(f"  output:   {result.output_path}")
-    print(f"  manifest: {result.manifest_path}")
-    print(f"  ledger:   {result.ledger_path}")
-    if not getattr(args, "quiet", False):
-        from .engine.profile import profile
-
-        for line in profile(args.job).lines()[:2]:
+    for line in result.lines():
+        print(line)
+    if not result.already_complete and not getattr(args, "quiet", False):
+        for line in result.verdict:
             print(line)
     return 0
 

@@ -235,3 +235,14 @@ def test_a_worker_process_that_dies_is_reported(parquet_job, job_dir: Path) -> N
         infermill.run(job, progress="off")
     assert "__main__" in str(err.value)
     assert infermill.status(job)["state"] == "failed"
+
+
+def test_run_result_carries_what_the_cli_prints(parquet_job, job_dir: Path) -> None:
+    job, _ = parquet_job(rows=4_000, files=1, shard_rows=2_000)
+    first = infermill.run(job, progress="off")
+    assert not first.already_complete
+    assert first.lines()[0].startswith("scores: complete: 4,000 rows in 2 shards (4,000 this run")
+    assert first.verdict[0].startswith("profile: ") and first.verdict[1].startswith("  suggestion: ")
+    again = infermill.run(job, progress="off")
+    assert again.already_complete and again.rows_this_run == 0
+    assert again.lines() == [f"scores: nothing to do: the job is already complete (4,000 rows in {job_dir / 'out'})"]

@@ -17,6 +17,7 @@ the debris is gone, so it lists exactly the part files on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -45,7 +46,8 @@ from ..ledger import Lease, Ledger
 from ..ledger.sqlite import PartCheck, lease_is_live, move_aside
 from ..models import load_adapter
 from ..observe.estimate import RowEstimate, sample_rows_per_byte
-from ..observe.progress import Mode, ProgressReporter
+from ..observe.profile import profile_from_stats
+from ..observe.progress import Mode, ProgressReporter, plural
 from ..sinks import CommittedFile, OwnerRecord, Sink, StagedFile, open_sink
 from ..sources import open_source
 from ..sources.base import Shard
@@ -92,9 +94,30 @@ class RunResult:
     output_path: str
     manifest_path: str | None
     ledger_path: str
+    already_complete: bool = False
+    """True when the job was complete before this call: nothing was run."""
+    verdict: tuple[str, ...] = ()
+    """The profile's verdict over the job's committed shards (``infermill profile`` shows the rest)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        data = dict(self.__dict__)
+        data["verdict"] = list(self.verdict)
+        return data
+
+    def lines(self) -> list[str]:
+        """The summary ``infermill run`` prints."""
+        if self.already_complete:
+            return [f"{self.job}: {self.message} ({plural(self.rows_succeeded, 'row')} in {self.output_path})"]
+        rate = self.rows_this_run / self.seconds if self.seconds > 0 else 0.0
+        failed = f", {self.rows_failed:,} dead-lettered (see `infermill failures`)" if self.rows_failed else ""
+        return [
+            f"{self.job}: {self.state}: {plural(self.rows_succeeded, 'row')} in "
+            f"{plural(self.shards_committed, 'shard')}{failed} ({self.rows_this_run:,} this run, "
+            f"{self.seconds:.1f}s, {rate:,.0f} rows/s)",
+            f"  output:   {self.output_path}",
+            f"  manifest: {self.manifest_path}",
+            f"  ledger:   {self.ledger_path}",
+        ]
 
 
 def _as_spec(job: JobSpec | str | os.PathLike[str]) -> JobSpec:
@@ -388,7 +411,8 @@ class _Coordinator:
                 raise budget
             if sink.read_manifest() is None or ledger.job()["completed_at"] is None:  # type: ignore[index]
                 self._finish()
-            return self._result("complete", EXIT_COMPLETE, "nothing to do: the job is already complete", started, 0)
+            result = self._result("complete", EXIT_COMPLETE, "nothing to do: the job is already complete", started, 0)
+            return dataclasses.replace(result, already_complete=True)
 
         run_id = ledger.start_run(self.lease)
         sink.prepare()
@@ -702,6 +726,7 @@ def job_result(
         output_path=sink.display(),
         manifest_path=sink.manifest_path() if state == "complete" else None,
         ledger_path=spec.ledger_path(),
+        verdict=tuple(profile_from_stats([json.loads(raw) for raw in ledger.shard_stats() if raw]).lines()[:2]),
     )
 
 
