@@ -15,9 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from safetensors.torch import save_file
-
 from net import build
+from safetensors.torch import save_file
 
 HERE = Path(__file__).resolve().parent
 

@@ -42,19 +42,18 @@ __all__ = [
     "parse_settings",
 ]
 
-InputFormat = Literal["parquet", "csv", "jsonl", "openai-batch"]
-OutputFormat = Literal["parquet", "jsonl", "csv", "openai-batch"]
 BatchFormat = Literal["numpy", "pandas", "arrow"]
 
-INPUT_EXTENSIONS: dict[str, str] = {
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-}
+def input_extensions() -> dict[str, str]:
+    """File extension -> input format, from the registered input formats (``.parquet`` -> ``parquet``)."""
+    from . import registry
+
+    found: dict[str, str] = {}
+    for name in registry.names("sources"):
+        plugin = registry.find("sources", name)
+        for ext in (plugin.meta.get("extensions", ()) if plugin else ()):
+            found.setdefault(ext, name)
+    return found
 
 
 def is_url(path: str) -> bool:
@@ -69,7 +68,7 @@ class InputSpec:
 
     path: str
     """A file, a directory, a glob, or an fsspec URL (``s3://...``, ``memory://...``)."""
-    format: InputFormat | None = None
+    format: str | None = None
     """parquet, csv, jsonl or openai-batch; inferred from the file extension when omitted."""
     id_column: str | None = None
     """Column holding each row's unique id; without it each row gets a stable synthetic ``_row_id``."""
@@ -119,7 +118,6 @@ class ModelSpec:
 
 DEFAULT_BATCH_ROWS = 8192
 """``batch.size`` left out, for every kind but the tabular ones."""
-TABULAR_KINDS = frozenset({"sklearn", "onnx"})
 TABULAR_BATCH_ROWS = 65_536
 TABULAR_BATCH_BYTES = 16 << 20
 """Tabular kinds: the default batch holds at most this many bytes of float64 features (and at least
@@ -129,7 +127,10 @@ gradient-boosting model's time at 8,192 rows, under 1% at 65,536)."""
 
 def default_batch_rows(kind: str, features: int) -> int:
     """The batch size when ``batch.size`` is left out: see ``BatchSpec.size``."""
-    if kind not in TABULAR_KINDS:
+    from . import registry
+
+    plugin = registry.find("models", kind)
+    if plugin is None or not plugin.meta.get("tabular"):
         return DEFAULT_BATCH_ROWS
     return max(DEFAULT_BATCH_ROWS, min(TABULAR_BATCH_ROWS, TABULAR_BATCH_BYTES // (8 * max(1, features))))
 
@@ -200,7 +201,7 @@ class OutputSpec:
 
     path: str
     """Output directory, local or an fsspec URL."""
-    format: OutputFormat = "parquet"
+    format: str = "parquet"
     """parquet, jsonl, csv or openai-batch."""
     keep: list[str] = field(default_factory=list)
     """Input columns written next to the predictions (the id is always kept)."""
@@ -353,7 +354,7 @@ class JobSpec:
         if self.input.format:
             return self.input.format
         path = self.input.path.rstrip("/")
-        for ext, fmt in INPUT_EXTENSIONS.items():
+        for ext, fmt in input_extensions().items():
             if path.lower().endswith(ext) or path.lower().endswith(ext + "*"):
                 return fmt
         raise SpecError(
@@ -506,9 +507,10 @@ def _as_written(path: str) -> str:
 
 def _neutral_settings(kind: str) -> frozenset[str]:
     """A kind's [model] keys that cannot change results (rate limits, concurrency): not fingerprinted."""
-    from .models import MODEL_KINDS, adapter_class
+    from . import registry
+    from .models import adapter_class
 
-    if kind not in MODEL_KINDS:
+    if registry.find("models", kind) is None:
         return frozenset()
     try:
         return frozenset(getattr(adapter_class(kind), "result_neutral_settings", ()))
@@ -517,9 +519,10 @@ def _neutral_settings(kind: str) -> frozenset[str]:
 
 
 def _validate_settings(spec: JobSpec, where: str) -> None:
-    from .models import MODEL_KINDS, adapter_class
+    from . import registry
+    from .models import adapter_class
 
-    if spec.model.kind not in MODEL_KINDS:
+    if registry.find("models", spec.model.kind) is None:
         return  # reported with the list of kinds when the model is loaded
     try:
         cls = adapter_class(spec.model.kind)
@@ -549,7 +552,13 @@ def _validate_devices(runtime: RuntimeSpec, where: str) -> None:
 
 
 def _validate(spec: JobSpec) -> None:
+    from . import registry
+
     where = spec.source_file or "job spec"
+    if spec.input.format is not None and registry.find("sources", spec.input.format) is None:
+        raise registry.unknown("sources", spec.input.format, where)
+    if registry.find("sinks", spec.output.format) is None:
+        raise registry.unknown("sinks", spec.output.format, where)
     _validate_settings(spec, where)
     if not spec.input.path:
         raise SpecError(f"{where}: 'input.path' is empty")

@@ -79,9 +79,10 @@ def detect_gpus() -> list[str]:
 
 def model_uses_gpu(spec: JobSpec) -> bool:
     """True when the model kind runs on a GPU when there is one, and its ``device`` key lets it choose."""
-    from ..models import MODEL_KINDS, adapter_class
+    from .. import registry
+    from ..models import adapter_class
 
-    if spec.model.kind not in MODEL_KINDS:
+    if registry.find("models", spec.model.kind) is None:
         return False
     try:
         cls = adapter_class(spec.model.kind)

@@ -17,6 +17,7 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
+from .. import registry
 from ..errors import InfermillError
 from ..sources.base import Shard
 from ..spec import JobSpec
@@ -226,6 +227,7 @@ def make_executor(spec: JobSpec, columns: Columns, shards: list[Shard]) -> Execu
     # One worker needs no process of its own, unless it must be pinned to a GPU the user listed: with
     # devices = "auto" a lone worker takes cuda:0 of what this process sees, which is what pinning gives.
     pinned = plan[0].gpu is not None and spec.runtime.devices != "auto"
-    if len(plan) <= 1 and not pinned:
-        return InlineExecutor(spec, columns, shards, plan)
-    return ProcessExecutor(spec, columns, shards, plan)
+    name = "inline" if len(plan) <= 1 and not pinned else "process"
+    cls = registry.load("executors", name)
+    executor: Executor = cls(spec, columns, shards, plan)
+    return executor

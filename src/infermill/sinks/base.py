@@ -60,12 +60,12 @@ MANIFEST_NAME = "_manifest.json"
 OWNER_NAME = "_infermill.json"
 STAGING_DIR = "_staging"
 ERRORS_DIR = "_errors"
-PART_RE = re.compile(r"^part-\d{5,}(?:-a\d+)?\.(parquet|jsonl|csv)$")
+PART_RE = re.compile(r"^part-\d{5,}(?:-a\d+)?\.[A-Za-z0-9]+$")
 """Any result-like file name: infermill's own, an older release's (no attempt), or another tool's."""
-OWN_PART_RE = re.compile(r"^part-\d{5,}-a\d+\.(parquet|jsonl|csv)$")
+OWN_PART_RE = re.compile(r"^part-\d{5,}-a\d+\.[A-Za-z0-9]+$")
 """The names infermill gives committed attempts: in a folder this job owns, these are this job's."""
 STAGED_RE = re.compile(
-    r"^(?:_errors-)?part-\d{5,}\.(?:parquet|jsonl|csv)\.[0-9a-f]{8}\.tmp$"
+    r"^(?:_errors-)?part-\d{5,}\.[A-Za-z0-9]+\.[0-9a-f]{8}\.tmp$"
     r"|^_(?:manifest|infermill)\.json\.[0-9a-f]{8}\.tmp$|^\.probe-[0-9a-f]{32}$"
 )
 """Files infermill itself puts under ``_staging/``; nothing else there is touched."""
@@ -269,7 +269,11 @@ class Sink(ABC):
 
 
 def open_sink(spec: JobSpec) -> Sink:
-    """The sink for ``spec.output.format``."""
-    from .formats import SINK_FORMATS
+    """The sink for ``spec.output.format`` (:mod:`infermill.registry`, group ``sinks``)."""
+    from .. import registry
 
-    return SINK_FORMATS[spec.output.format](spec)
+    cls = registry.load("sinks", spec.output.format)
+    if not (isinstance(cls, type) and issubclass(cls, Sink)):
+        raise TypeError(f"the output format {spec.output.format!r} is registered as {cls!r}, which is not a Sink")
+    sink: Sink = cls(spec)
+    return sink

@@ -1,7 +1,7 @@
 """Input sources: plan deterministic shards of the input, then stream each shard as Arrow batches.
 
-:func:`open_source` picks the source for ``spec.input_format()`` from :data:`SOURCE_FORMATS`, a registry
-of ``"module:Class"`` strings imported on first use (so an unused format costs no import).
+:func:`open_source` picks the source for ``spec.input_format()`` from :mod:`infermill.registry` (group
+``sources``), imported on first use (so an unused format costs no import).
 
 Example::
 
@@ -13,8 +13,7 @@ Example::
 
 from __future__ import annotations
 
-import importlib
-
+from .. import registry
 from ..errors import SpecError
 from ..spec import JobSpec
 from .base import SYNTHETIC_ID, Fragment, Shard, Source, rebatch
@@ -31,27 +30,15 @@ __all__ = [
     "source_class",
 ]
 
-SOURCE_FORMATS: dict[str, str] = {
-    "parquet": "infermill.sources.parquet:ParquetSource",
-    "csv": "infermill.sources.text:CsvSource",
-    "jsonl": "infermill.sources.text:JsonlSource",
-    "openai-batch": "infermill.sources.openai_batch:OpenAIBatchSource",
-}
-"""Input format name -> ``"module:Class"`` of its :class:`Source`."""
+SOURCE_FORMATS: dict[str, str] = {name: str(p.target) for name, p in registry.builtin("sources").items()}
+"""The built-in input formats -> ``"module:Class"`` (``infermill.registry`` also holds plugins')."""
 
 
 def source_class(fmt: str) -> type[Source]:
     """The :class:`Source` subclass registered for ``fmt``."""
-    try:
-        target = SOURCE_FORMATS[fmt]
-    except KeyError:
-        raise SpecError(
-            f"unknown input format {fmt!r}", hint=f"use one of: {', '.join(sorted(SOURCE_FORMATS))}"
-        ) from None
-    module, _, name = target.partition(":")
-    cls = getattr(importlib.import_module(module), name)
+    cls = registry.load("sources", fmt)
     if not (isinstance(cls, type) and issubclass(cls, Source)):
-        raise TypeError(f"{target} is not a Source subclass")
+        raise TypeError(f"the input format {fmt!r} is registered as {cls!r}, which is not a Source subclass")
     return cls
 
 

@@ -21,7 +21,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
 from ..errors import InputError
-from ..spec import INPUT_EXTENSIONS, JobSpec, is_url
+from ..spec import JobSpec, input_extensions, is_url
 
 __all__ = ["InputFile", "InputListing", "display_path", "infer_format", "list_input", "open_filesystem"]
 
@@ -108,7 +108,7 @@ def list_input(spec: JobSpec, fmt: str) -> InputListing:
             raise _not_found(spec) from None
         if info.get("type") == "directory":
             root = fspath.rstrip("/") or "/"
-            exts = tuple(ext for ext, f in INPUT_EXTENSIONS.items() if f == fmt)
+            exts = tuple(ext for ext, f in input_extensions().items() if f == fmt)
             infos = _find(fs, root)
             found = [
                 (p, i)
@@ -155,7 +155,7 @@ def infer_format(spec: JobSpec) -> str | None:
         fmt
         for path, info in infos.items()
         if info.get("type") != "directory" and not _hidden(path, root)
-        for ext, fmt in INPUT_EXTENSIONS.items()
+        for ext, fmt in input_extensions().items()
         if path.lower().endswith(ext)
     }
     return found.pop() if len(found) == 1 else None

@@ -1,0 +1,195 @@
+"""One registry for every plugin: model kinds, input formats, output formats, executors, ledger backends.
+
+A plugin is a name in a group mapped to ``"module:Class"`` (imported on first use, so an unused plugin
+costs no import) and the extra that installs its dependencies (named in the error when the import fails).
+Three ways in, later ones winning for the same name:
+
+1. the built-ins below;
+2. installed packages, through entry points in the groups ``infermill.models``, ``infermill.sources``,
+   ``infermill.sinks``, ``infermill.executors`` and ``infermill.ledgers``::
+
+       [project.entry-points."infermill.models"]
+       echo-upper = "my_plugin:UpperModel"
+
+3. ``register(group, name, target)`` from code (a class, or ``"module:Class"``).
+
+Example::
+
+    from infermill import registry
+    registry.register("models", "upper", "my_plugin:UpperModel")
+    registry.load("models", "upper")       # -> the class, imported now
+
+Looking names up (:func:`names`, :func:`find`) imports no plugin module, so building a job spec stays
+cheap; entry points are read once, from package metadata.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+from .errors import SpecError
+
+__all__ = ["GROUPS", "Group", "Plugin", "builtin", "find", "import_target", "load", "names", "register", "unknown"]
+
+Group = Literal["models", "sources", "sinks", "executors", "ledgers"]
+GROUPS: tuple[Group, ...] = ("models", "sources", "sinks", "executors", "ledgers")
+_WHAT = {"models": "model kind", "sources": "input format", "sinks": "output format", "executors": "executor",
+         "ledgers": "ledger backend"}
+_KEY = {"models": " (from [model] kind)", "sources": " (from [input] format)", "sinks": " (from [output] format)"}
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """One registered plugin."""
+
+    group: Group
+    name: str
+    target: Any
+    """``"module:Class"``, or the class itself when registered from code."""
+    extra: str | None = None
+    """The ``pip install 'infermill[extra]'`` that provides its dependencies (None: none needed)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Facts the engine needs before importing the plugin (an input format's file extensions, ...)."""
+
+
+def _builtin() -> dict[Group, dict[str, Plugin]]:
+    def group(g: Group, entries: dict[str, tuple[str, str | None, dict[str, Any]]]) -> dict[str, Plugin]:
+        return {name: Plugin(g, name, target, extra, meta) for name, (target, extra, meta) in entries.items()}
+
+    return {
+        "models": group("models", {
+            "python": ("infermill.models.python:PythonModel", None, {}),
+            "sklearn": ("infermill.models.sklearn:SklearnModel", "sklearn", {"tabular": True}),
+            "onnx": ("infermill.models.onnx:OnnxModel", "onnx", {"tabular": True}),
+            "torch": ("infermill.models.torch_model:TorchModel", "torch", {}),
+            "hf": ("infermill.models.hf:HFModel", "hf", {}),
+            "sentence-transformers": (
+                "infermill.models.sentence_transformers_model:SentenceModel", "sentence-transformers", {}
+            ),
+            "llm": ("infermill.models.llm:LlmModel", "llm", {}),
+            "http": ("infermill.models.http:HttpModel", "http", {}),
+            "mlflow": ("infermill.models.mlflow_model:MlflowModel", "mlflow", {}),
+        }),
+        "sources": group("sources", {
+            "parquet": ("infermill.sources.parquet:ParquetSource", None, {"extensions": (".parquet", ".pq")}),
+            "csv": ("infermill.sources.text:CsvSource", None, {"extensions": (".csv", ".tsv")}),
+            "jsonl": ("infermill.sources.text:JsonlSource", None, {"extensions": (".jsonl", ".ndjson", ".json")}),
+            "openai-batch": ("infermill.sources.openai_batch:OpenAIBatchSource", None, {"extensions": ()}),
+        }),
+        "sinks": group("sinks", {
+            "parquet": ("infermill.sinks.formats:ParquetSink", None, {}),
+            "jsonl": ("infermill.sinks.formats:JsonlSink", None, {}),
+            "csv": ("infermill.sinks.formats:CsvSink", None, {}),
+            "openai-batch": ("infermill.sinks.openai_batch:OpenAIBatchSink", None, {}),
+        }),
+        "executors": group("executors", {
+            "inline": ("infermill.engine.executor:InlineExecutor", None, {}),
+            "process": ("infermill.engine.executor:ProcessExecutor", None, {}),
+        }),
+        "ledgers": group("ledgers", {
+            "sqlite": ("infermill.ledger.sqlite:Ledger", None, {}),
+        }),
+    }
+
+
+_BUILTIN: dict[Group, dict[str, Plugin]] = _builtin()
+_REGISTRY: dict[Group, dict[str, Plugin]] = {g: dict(_BUILTIN[g]) for g in GROUPS}
+_FROM_CODE: dict[Group, dict[str, Plugin]] = {g: {} for g in GROUPS}
+_entry_points_read = False
+
+
+def _read_entry_points() -> None:
+    global _entry_points_read
+    if _entry_points_read:
+        return
+    _entry_points_read = True
+    for g in GROUPS:
+        for ep in entry_points(group=f"infermill.{g}"):
+            _REGISTRY[g][ep.name] = Plugin(g, ep.name, ep.value, None, {"distribution": _dist(ep)})
+
+
+def _dist(ep: Any) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return getattr(dist, "name", None)
+
+
+def register(
+    group: Group, name: str, target: Any, *, extra: str | None = None, **meta: Any
+) -> None:
+    """Add (or replace) a plugin from code: ``target`` is a class or ``"module:Class"``."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown plugin group {group!r}; use one of {', '.join(GROUPS)}")
+    if isinstance(target, str) and ":" not in target:
+        raise ValueError(f"plugin target {target!r} must be 'module:Class'")
+    _FROM_CODE[group][name] = Plugin(group, name, target, extra, dict(meta))
+
+
+def _all(group: Group) -> dict[str, Plugin]:
+    _read_entry_points()
+    return {**_REGISTRY[group], **_FROM_CODE[group]}
+
+
+def builtin(group: Group) -> dict[str, Plugin]:
+    """The plugins infermill itself ships in ``group``."""
+    return dict(_BUILTIN[group])
+
+
+def names(group: Group) -> list[str]:
+    """Every name registered in ``group``, sorted (imports no plugin)."""
+    return sorted(_all(group))
+
+
+def find(group: Group, name: str) -> Plugin | None:
+    """The plugin registered as ``name`` in ``group``, or None (imports no plugin)."""
+    return _all(group).get(name)
+
+
+def unknown(group: Group, name: str, where: str = "") -> SpecError:
+    """The error for a name nothing registered, with the close match or the list."""
+    import difflib
+
+    known = names(group)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return SpecError(
+        f"{where + ': ' if where else ''}unknown {_WHAT[group]} {name!r}{_KEY.get(group, '')}",
+        hint=f"{hint}use one of: {', '.join(known)}; a plugin package adds more (entry points "
+        f"'infermill.{group}')",
+    )
+
+
+def import_target(plugin: Plugin) -> Any:
+    """The plugin's class, imported now; ImportError when its module (or a dependency) is missing."""
+    if not isinstance(plugin.target, str):
+        return plugin.target
+    module_name, _, attr = plugin.target.partition(":")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise SpecError(
+            f"the {_WHAT[plugin.group]} {plugin.name!r} points at {plugin.target!r}, which {module_name} does "
+            "not define",
+            hint="check the plugin's entry point or register() call",
+        ) from None
+
+
+def load(group: Group, name: str) -> Any:
+    """The plugin's class, imported now. An unknown name or a missing dependency is a SpecError saying
+    what to do."""
+    plugin = find(group, name)
+    if plugin is None:
+        raise unknown(group, name)
+    try:
+        return import_target(plugin)
+    except ImportError as exc:
+        module_name = str(plugin.target).partition(":")[0]
+        hint = (
+            f"pip install 'infermill[{plugin.extra}]'"
+            if plugin.extra
+            else f"install the package that provides {module_name!r}"
+        )
+        raise SpecError(f"the {_WHAT[group]} {name!r} cannot be imported: {exc}", hint=hint) from exc
