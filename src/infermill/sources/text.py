@@ -413,7 +413,7 @@ class CsvSource(TextSource):
         # Python's csv module takes a row with too many or too few fields; pyarrow would refuse it.
         delimiter = self._delimiter(fragment.relpath)
         names = next(csv.reader([self._header(fragment)[1].decode("utf-8")], delimiter=delimiter))
-        values = next(csv.reader([self._decode(record).decode("utf-8")], delimiter=delimiter))
+        values = next(csv.reader([record.decode(self.spec.input.encoding, errors="replace")], delimiter=delimiter))
         index = names.index(str(self.spec.input.id_column))
         return values[index].strip() if index < len(values) else None
 
@@ -451,7 +451,21 @@ class JsonlSource(TextSource):
                 f"cannot read the first rows of {display_path(file.path)} as jsonl: no line is a JSON object",
                 hint="each line must hold one JSON object; check [input] format",
             )
-        return _read_json(b"".join(lines), None)
+        try:
+            return _read_json(b"".join(lines), None)
+        except pa.ArrowInvalid:
+            pass
+        # A value of another type than the lines before it (a word in a column of numbers): the types are
+        # those of the longest run of first lines that agree, and the row at odds is dead-lettered when read.
+        good, bad = 0, len(lines)
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            try:
+                _read_json(b"".join(lines[:middle]), None)
+                good = middle
+            except pa.ArrowInvalid:
+                bad = middle
+        return _read_json(b"".join(lines[: max(good, 1)]), None)
 
     def _parse(self, data: bytes, names: list[str], fragment: Fragment) -> pa.Table:
         schema = self.target_schema(names)
@@ -474,7 +488,7 @@ class JsonlSource(TextSource):
         )
 
     def _raw_id(self, record: bytes, fragment: Fragment) -> Any:
-        value = json.loads(record)
+        value = json.loads(record.decode(self.spec.input.encoding, errors="replace"))
         return value.get(self.spec.input.id_column) if isinstance(value, dict) else None
 
     def _read_fragment(self, fragment: Fragment, names: list[str], where: str) -> Iterator[pa.Table]:
