@@ -181,12 +181,14 @@ def test_a_value_that_does_not_fit_the_inferred_type(tmp_path: Path, monkeypatch
     assert [r["n"] for r in got] == [1, 2, 3, 4, None, 5]
     errors = errors_of(got)
     assert list(errors) == [4]
-    assert re.search(r"a\.csv: the row at byte 10: .*int64.*2\.5", errors[4])
+    assert re.search(r"a\.csv: the row at byte 10: column 'n' holds '2\.5', which does not fit its type int64 "
+                     r"\(inferred from the first rows of .*a\.csv\)", errors[4])
     assert got[4][SYNTHETIC_ID] == "a.csv@8#1" and got[5][SYNTHETIC_ID] == "a.csv@8#2"
     (tmp_path / "b.jsonl").write_text('{"n": 1}\n{"n": 2}\n{"n": "x"}\n{"n": 4}\n')
     got = read_all(open_source(source_spec(str(tmp_path / "b.jsonl"))))
     assert [r["n"] for r in got] == [1, 2, None, 4]
-    assert re.search(r"b\.jsonl: the row at byte 18: a value does not fit the column types", errors_of(got)[2])
+    assert re.search(r"b\.jsonl: the row at byte 18: field 'n' holds \"x\", which does not fit its type int64",
+                     errors_of(got)[2])
 
 
 def test_malformed_jsonl_is_a_row_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,6 +224,23 @@ def test_invalid_utf8_is_a_row_error_never_data(tmp_path: Path) -> None:
     got = read_all(open_source(source_spec(str(tmp_path / "b.jsonl"))))
     assert [r["name"] for r in got] == ["ok", None, "x"]
     assert "not valid utf-8" in errors_of(got)[1]
+
+
+def test_bad_values_of_other_types_are_found_by_halves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Types the row checks leave to pyarrow (lists, booleans): the rows at fault are still found."""
+    monkeypatch.setattr(text, "SAMPLE_BYTES", 30)
+    lines = [json.dumps({"tags": [i, i + 1]}) for i in range(40)]
+    lines[25] = json.dumps({"tags": "x"})
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    got = read_all(open_source(source_spec(str(tmp_path / "a.jsonl"))))
+    assert list(errors_of(got)) == [25] and len(got) == 40
+    assert got[26]["tags"] == [26, 27]
+    rows = ["flag", *(["true", "false"] * 20)]
+    rows[30] = "maybe"
+    (tmp_path / "b.csv").write_text("\n".join(rows) + "\n")
+    got = read_all(open_source(source_spec(str(tmp_path / "b.csv"))))
+    assert list(errors_of(got)) == [29] and "maybe" in errors_of(got)[29]
+    assert [r["flag"] for r in got[28:31]] == [True, None, True]
 
 
 def test_encoding(tmp_path: Path) -> None:

@@ -24,10 +24,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
@@ -49,6 +51,9 @@ BLOCK_BYTES = 1 << 20
 """About how many bytes of whole records are parsed in one pyarrow call."""
 _REASON_CHARS = 300
 """A parser's message may quote the whole row; a dead letter keeps this much of it."""
+_CSV_NULLS = frozenset(pa_csv.ConvertOptions().null_values)
+_CSV_INT = re.compile(r"\s*-?(?:0[xX][0-9a-fA-F]+|[0-9]+)\s*")
+"""What pyarrow's CSV reader takes as an integer (a sign but no "+", hexadecimal, spaces around)."""
 _PARSE_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeError, ValueError)
 
 
@@ -235,66 +240,119 @@ class TextSource(FileSource):
         """The id column's value in an unreadable record, when it can still be found (else None)."""
         return None
 
+    def _precheck(self, text: bytes, schema: pa.Schema, fragment: Fragment) -> str | None:
+        """Why pyarrow would refuse one decoded record (checked in Python, row by row, so that a block
+        with many bad rows costs one more pyarrow call, not one per row), or None when it looks fine."""
+        return None
+
     def _block_rows(self, block: Block, fragment: Fragment, names: list[str], where: str) -> pa.Table:
-        """One block's rows: one pyarrow call, or on failure, halves down to the rows at fault."""
+        """One block's rows: one pyarrow call, or when that fails, the rows at fault found (checked row by
+        row, then by halves for what the checks miss) and the others parsed in one more call."""
         try:
             return self._parse(self._decode(block.data), names, fragment)
         except _PARSE_ERRORS:
             pass
-        pieces: list[pa.Table] = []
-        run: list[tuple[int, bytes]] = []
-        for offset, record in split_records(block.data, self.quoted):
-            if not record.strip():
-                continue  # a blank line is no row
+        schema = self.target_schema(self._columns_of(names))
+        records = [
+            (block.offset + offset, record)
+            for offset, record in split_records(block.data, self.quoted)
+            if record.strip()  # a blank line is no row
+        ]
+        texts: list[bytes] = []
+        reasons: list[str | None] = []
+        for _offset, record in records:
             try:
-                run.append((block.offset + offset, self._decode(record)))
+                text = self._decode(record)
             except UnicodeError as exc:
-                self._bisect(run, names, fragment, pieces)
-                run = []
-                pieces.append(self._bad_row(record, block.offset + offset, self._why(record, exc), names, fragment))
-        self._bisect(run, names, fragment, pieces)
-        return pa.concat_tables(pieces, promote_options="default") if pieces else self._parse(b"", names, fragment)
+                texts.append(b"")
+                reasons.append(self._why(record, exc))
+                continue
+            texts.append(text)
+            reasons.append(self._precheck(text, schema, fragment))
+        ok = [i for i, reason in enumerate(reasons) if reason is None]
+        good = self._try_parse([texts[i] for i in ok], names, fragment)
+        if good is None:
+            for i, reason in self._find_bad([(i, texts[i]) for i in ok], names, fragment):
+                reasons[i] = reason
+            ok = [i for i, reason in enumerate(reasons) if reason is None]
+            good = self._try_parse([texts[i] for i in ok], names, fragment)
+        bad = [i for i, reason in enumerate(reasons) if reason is not None]
+        failed = self._bad_rows(
+            [records[i][1] for i in bad], [records[i][0] for i in bad], [str(reasons[i]) for i in bad],
+            names, fragment,
+        )
+        if good is None:
+            # A record that is not one row (rare): each one alone, in order.
+            tables = [
+                self._parse(texts[i], names, fragment) if reasons[i] is None else failed.slice(bad.index(i), 1)
+                for i in range(len(records))
+            ]
+            return pa.concat_tables(tables, promote_options="default").combine_chunks()
+        order = np.empty(len(records), dtype=np.int64)
+        order[ok] = np.arange(len(ok))
+        order[bad] = len(ok) + np.arange(len(bad))
+        combined = pa.concat_tables([good, failed], promote_options="default")
+        return combined.take(pa.array(order)).combine_chunks()
 
-    def _bisect(
-        self, run: list[tuple[int, bytes]], names: list[str], fragment: Fragment, out: list[pa.Table]
-    ) -> None:
+    def _try_parse(self, texts: list[bytes], names: list[str], fragment: Fragment) -> pa.Table | None:
+        """The records as one table of one row each, or None when pyarrow refuses them (or the count
+        is off)."""
+        try:
+            table = self._parse(b"".join(texts), names, fragment)
+        except _PARSE_ERRORS:
+            return None
+        return table if table.num_rows == len(texts) else None
+
+    def _find_bad(
+        self, run: list[tuple[int, bytes]], names: list[str], fragment: Fragment
+    ) -> Iterator[tuple[int, str]]:
+        """The records of ``run`` that pyarrow refuses alone, with why, found by halves."""
         if not run:
             return
         try:
-            out.append(self._parse(b"".join(r for _, r in run), names, fragment))
+            self._parse(b"".join(r for _, r in run), names, fragment)
             return
         except _PARSE_ERRORS as exc:
             if len(run) == 1:
-                offset, record = run[0]
-                out.append(self._bad_row(record, offset, self._why(record, exc), names, fragment))
+                yield run[0][0], self._why(run[0][1], exc)
                 return
         middle = len(run) // 2
-        self._bisect(run[:middle], names, fragment, out)
-        self._bisect(run[middle:], names, fragment, out)
+        yield from self._find_bad(run[:middle], names, fragment)
+        yield from self._find_bad(run[middle:], names, fragment)
 
     def _columns_of(self, names: list[str]) -> list[str]:
         return names
 
-    def _bad_row(
-        self, record: bytes | None, offset: int, reason: str, names: list[str], fragment: Fragment
+    def _bad_rows(
+        self, records: list[bytes | None], offsets: list[int], reasons: list[str], names: list[str],
+        fragment: Fragment,
     ) -> pa.Table:
-        """A row in place of one that cannot be read: nulls (its id when found) and the reason."""
+        """Rows in place of those that cannot be read: nulls (the id when found) and the reasons."""
         schema = self.target_schema(self._columns_of(names))
         id_column = self.spec.input.id_column
         arrays = []
         for field in schema:
-            value = None
-            if field.name == id_column and record is not None:
-                try:
-                    raw = self._raw_id(record, fragment)
-                    value = None if raw is None else pa.array([raw]).cast(field.type)[0].as_py()
-                except Exception:  # noqa: BLE001 - no id found: the file and offset stand for it
-                    value = None
-            arrays.append(pa.array([value], field.type))
+            if field.name == id_column:
+                arrays.append(pa.array([self._id_of(r, field.type, fragment) for r in records], field.type))
+            else:
+                arrays.append(pa.nulls(len(records), field.type))
         where = "decompressed byte" if compression_of(fragment.path) else "byte"
-        message = f"{display_path(fragment.path)}: the row at {where} {offset}: {_shorten(reason)}"
-        error = pa.array([{"message": message, "item": f"{fragment.relpath}@{offset}"}], INPUT_ERROR_TYPE)
-        return pa.Table.from_arrays([*arrays, error], schema=schema.append(pa.field(INPUT_ERROR, INPUT_ERROR_TYPE)))
+        shown = display_path(fragment.path)
+        errors = [
+            {"message": f"{shown}: the row at {where} {at}: {_shorten(why)}", "item": f"{fragment.relpath}@{at}"}
+            for at, why in zip(offsets, reasons, strict=True)
+        ]
+        arrays.append(pa.array(errors, INPUT_ERROR_TYPE))
+        return pa.Table.from_arrays(arrays, schema=schema.append(pa.field(INPUT_ERROR, INPUT_ERROR_TYPE)))
+
+    def _id_of(self, record: bytes | None, id_type: pa.DataType, fragment: Fragment) -> Any:
+        if record is None:
+            return None
+        try:
+            raw = self._raw_id(record, fragment)
+            return None if raw is None else pa.array([raw]).cast(id_type)[0].as_py()
+        except Exception:  # noqa: BLE001 - no id found: the file and offset stand for it
+            return None
 
     def _blocks_to_tables(
         self, blocks: Iterator[Block | LongRecord], fragment: Fragment, names: list[str], where: str
@@ -306,7 +364,7 @@ class TextSource(FileSource):
                     f"the row is longer than {limit:,} bytes ([input] max_row_bytes); raise it if such rows "
                     "are genuine"
                 )
-                yield self._bad_row(None, piece.offset, reason, names, fragment)
+                yield self._bad_rows([None], [piece.offset], [reason], names, fragment)
             else:
                 yield self._block_rows(piece, fragment, names, where)
 
@@ -320,6 +378,7 @@ class CsvSource(TextSource):
     def __init__(self, spec: JobSpec) -> None:
         super().__init__(spec)
         self._headers: dict[str, tuple[int, bytes]] = {}
+        self._field_index: dict[str, dict[str, int]] = {}
         self.quoted = not spec.input.split_files
 
     def _delimiter(self, relpath: str) -> str:
@@ -403,6 +462,48 @@ class CsvSource(TextSource):
                 f"{relpath}: {exc}", hint="every input file must have the columns of the first file"
             ) from None
 
+    def _fields(self, fragment: Fragment) -> dict[str, int]:
+        """The header's column names and their positions."""
+        key = f"{fragment.path}|{fragment.file_fingerprint}"
+        fields = self._field_index.get(key)
+        if fields is None:
+            line = self._header(fragment)[1].decode("utf-8")
+            names = next(csv.reader(io.StringIO(line, newline=""), delimiter=self._delimiter(fragment.relpath)), [])
+            fields = self._field_index[key] = {name: i for i, name in reversed(list(enumerate(names)))}
+            fields[""] = len(names)  # the count, under a name no column of a parsed header has
+        return fields
+
+    def _precheck(self, text: bytes, schema: pa.Schema, fragment: Fragment) -> str | None:
+        fields = self._fields(fragment)
+        delimiter = self._delimiter(fragment.relpath)
+        rows = list(csv.reader(io.StringIO(text.decode("utf-8"), newline=""), delimiter=delimiter))
+        if len(rows) != 1:
+            return None  # pyarrow decides
+        values = rows[0]
+        if len(values) != fields[""]:
+            return self._with_hint(f"Expected {fields['']} columns, got {len(values)}")
+        for field in schema:
+            value = values[fields[field.name]] if field.name in fields else None
+            if value is None or value in _CSV_NULLS:
+                continue
+            if pa.types.is_integer(field.type):
+                fits = _CSV_INT.fullmatch(value) is not None
+            elif pa.types.is_floating(field.type):
+                fits = _is_float(value)
+            else:
+                continue  # pyarrow decides
+            if not fits:
+                return (
+                    f"column {field.name!r} holds {_shorten(repr(value))[:80]}, which does not fit its type "
+                    f"{field.type} (inferred from the first rows of {self.schema_origin()})"
+                )
+        return None
+
+    def _with_hint(self, reason: str) -> str:
+        if self.spec.input.split_files:
+            reason += " (if quoted values contain line breaks, set [input] split_files = false)"
+        return reason
+
     def _why(self, record: bytes, exc: Exception) -> str:
         reason = super()._why(record, exc)
         if self.spec.input.split_files and "Expected" in str(exc):
@@ -473,6 +574,22 @@ class JsonlSource(TextSource):
             return schema.empty_table()
         return _read_json(data, schema)
 
+    def _precheck(self, text: bytes, schema: pa.Schema, fragment: Fragment) -> str | None:
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            return f"bad JSON: {exc}"
+        if not isinstance(value, dict):
+            return "the line is not a JSON object"
+        for field in schema:
+            item = value.get(field.name)
+            if item is not None and not _json_fits(item, field.type):
+                return (
+                    f"field {field.name!r} holds {_shorten(json.dumps(item))[:80]}, which does not fit its type "
+                    f"{field.type} (inferred from the first rows of {self.schema_origin()})"
+                )
+        return None
+
     def _why(self, record: bytes, exc: Exception) -> str:
         if isinstance(exc, UnicodeError):
             return super()._why(record, exc)
@@ -510,6 +627,28 @@ def _read_json(data: bytes, schema: pa.Schema | None) -> pa.Table:
         read_options=pa_json.ReadOptions(use_threads=False, block_size=len(data) + 1),
         parse_options=parse,
     )
+
+
+def _json_fits(value: Any, type_: pa.DataType) -> bool:
+    """Whether pyarrow's JSON reader takes ``value`` as ``type_`` (for the scalar types; others: True,
+    and pyarrow decides)."""
+    if pa.types.is_integer(type_):
+        return type(value) is int and -(2**63) <= value < 2**63
+    if pa.types.is_floating(type_):
+        return type(value) in (int, float)
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return type(value) is str
+    if pa.types.is_boolean(type_):
+        return type(value) is bool
+    return True
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_object(line: bytes) -> bool:
