@@ -204,19 +204,30 @@ def test_decompression_bomb_fails_its_shard_with_a_matching_hint(tmp_path: Path)
 PEAK_RSS_LIMIT = 600 << 20
 
 
+PEAK_REPORTER = """
+import atexit, sys
+from infermill.cli import main
+
+def report():
+    # VmHWM is the peak of this process's own memory since it started this program; ru_maxrss would also
+    # count the pytest process it was forked from (Linux carries that high-water mark across exec).
+    with open("/proc/self/status") as status, open(sys.argv[1], "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM")))
+
+atexit.register(report)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def peak_rss_of_run(job: Path, cwd: Path) -> tuple[int, subprocess.CompletedProcess[str]]:
-    """Run the job in a child process; the child's own peak resident memory in bytes (``wait4`` reports
-    that one child's, where RUSAGE_CHILDREN would be the largest of every child this process waited for)."""
-    with (cwd / "run.out").open("w+") as out, (cwd / "run.err").open("w+") as err:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "infermill", "run", str(job)], cwd=cwd, stdout=out, stderr=err, text=True
-        )
-        _pid, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        done = subprocess.CompletedProcess(child.args, child.returncode, out.read(), err.read())
-    return usage.ru_maxrss * 1024, done  # Linux reports KiB
+    """Run the job in a child process (the real CLI); the child's peak resident memory in bytes."""
+    report = cwd / "peak.txt"
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_REPORTER, str(report), "run", str(job)],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )
+    kib = int(report.read_text().split()[1])  # "VmHWM:   123456 kB"
+    return kib * 1024, done
 
 
 def test_a_200_mb_line_stays_under_600_mib(tmp_path: Path) -> None:
@@ -267,3 +278,14 @@ def test_a_1_gib_bomb_under_the_default_cap_is_one_long_row(tmp_path: Path, gib_
     assert done.returncode == 0, done.stderr
     (dead,) = dead_items(job)
     assert "max_row_bytes" in dead["message"]
+
+
+def test_failures_says_what_to_do_with_input_rows(tmp_path: Path) -> None:
+    jsonl_input(tmp_path / "data.jsonl")
+    job = text_job(tmp_path, "data.jsonl")
+    infermill.run(job)
+    done = run_cli("failures", str(job), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "InputError  input" in done.stdout
+    assert "infermill run JOB --restart" in done.stdout
+    assert "infermill retry JOB" not in done.stdout  # a retry reads the same bytes: it cannot help
