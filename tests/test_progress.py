@@ -119,3 +119,11 @@ def test_the_bar_gets_the_estimated_total() -> None:
     reporter.shard_done("b", 600)
     reporter.close()
     assert re.search(r"100% 1,000/1,000 rows .* shards 2/2", stream.getvalue())
+
+
+def test_no_rows_per_byte_guess_from_compressed_bytes(tmp_path: Path) -> None:
+    import gzip
+
+    (tmp_path / "data.csv.gz").write_bytes(gzip.compress(b"k\n" + b"1\n" * 10_000))
+    source = open_source(source_spec(str(tmp_path / "data.csv.gz")))
+    assert sample_rows_per_byte(source, source.plan()[0]) is None

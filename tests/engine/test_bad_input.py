@@ -288,3 +288,11 @@ def test_failures_says_what_to_do_with_input_rows(tmp_path: Path) -> None:
     assert "InputError  input" in done.stdout
     assert "infermill run JOB --restart" in done.stdout
     assert "infermill retry JOB" not in done.stdout  # a retry reads the same bytes: it cannot help
+
+
+def test_auto_batch_size_probes_only_readable_rows(tmp_path: Path) -> None:
+    jsonl_input(tmp_path / "data.jsonl")
+    job = text_job(tmp_path, "data.jsonl")
+    job.write_text(job.read_text().replace("size = 100", 'size = "auto"'))
+    result = infermill.run(job)
+    assert (result.rows_succeeded, result.rows_failed) == (ROWS - 4, 4)

@@ -38,6 +38,7 @@ __all__ = [
     "Shard",
     "Source",
     "concat_batches",
+    "readable_rows",
     "rebatch",
 ]
 
@@ -144,6 +145,15 @@ class Source(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"format": self.format, "path": self.spec.input.path}
+
+
+def readable_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` without its unreadable rows and the ``_input_error`` column (for a sample of real rows)."""
+    index = batch.schema.get_field_index(INPUT_ERROR)
+    if index < 0:
+        return batch
+    keep = batch.column(index).is_null()
+    return batch.filter(keep).remove_column(index)
 
 
 def concat_batches(batches: Sequence[pa.RecordBatch]) -> pa.Table:
