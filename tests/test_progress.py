@@ -123,7 +123,10 @@ def test_the_bar_gets_the_estimated_total() -> None:
 
 def test_no_rows_per_byte_guess_from_compressed_bytes(tmp_path: Path) -> None:
     import gzip
+    import random
 
-    (tmp_path / "data.csv.gz").write_bytes(gzip.compress(b"k\n" + b"1\n" * 10_000))
+    rng = random.Random(3)
+    lines = "".join(f"{rng.getrandbits(128):032x}\n" for _ in range(5_000))  # compresses poorly: many b"\n"
+    (tmp_path / "data.csv.gz").write_bytes(gzip.compress(f"k\n{lines}".encode()))
     source = open_source(source_spec(str(tmp_path / "data.csv.gz")))
     assert sample_rows_per_byte(source, source.plan()[0]) is None
