@@ -134,6 +134,21 @@ def test_quoted_newlines_need_whole_files(tmp_path: Path) -> None:
     assert [r["note"] for r in read_all(source)] == ["two\nlines", "plain"]
 
 
+def test_bad_rows_among_quoted_line_breaks(tmp_path: Path) -> None:
+    long = "z\n" * 600
+    (tmp_path / "q.csv").write_text(
+        f'key,note\n1,"two\nlines"\n2,x,y\n3,"a ""q""\nb"\n4,"{long}"\n5,"\nlast"\n'
+    )
+    source = open_source(source_spec(str(tmp_path / "q.csv"), split_files=False, max_row_bytes=1000))
+    got = read_all(source)
+    assert [(r["key"], r["note"]) for r in got] == [
+        (1, "two\nlines"), (None, None), (3, 'a "q"\nb'), (None, None), (5, "\nlast")
+    ]
+    errors = errors_of(got)
+    assert "Expected 2 columns, got 3" in errors[1] and "split_files" not in errors[1]
+    assert "longer than 1,000 bytes" in errors[3]
+
+
 def test_header_only_and_empty_files(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("key,name\n")
     (tmp_path / "b.csv").write_text("")
