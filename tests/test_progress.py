@@ -119,3 +119,14 @@ def test_the_bar_gets_the_estimated_total() -> None:
     reporter.shard_done("b", 600)
     reporter.close()
     assert re.search(r"100% 1,000/1,000 rows .* shards 2/2", stream.getvalue())
+
+
+def test_no_rows_per_byte_guess_from_compressed_bytes(tmp_path: Path) -> None:
+    import gzip
+    import random
+
+    rng = random.Random(3)
+    lines = "".join(f"{rng.getrandbits(128):032x}\n" for _ in range(5_000))  # compresses poorly: many b"\n"
+    (tmp_path / "data.csv.gz").write_bytes(gzip.compress(f"k\n{lines}".encode()))
+    source = open_source(source_spec(str(tmp_path / "data.csv.gz")))
+    assert sample_rows_per_byte(source, source.plan()[0]) is None

@@ -136,7 +136,15 @@ def cmd_failures(args: argparse.Namespace) -> int:
         if len(example) > 100:
             example = example[:97] + "..."
         print(f"  {group['count']:>8,}  {group['error_class']:<{width}}  {group['error_kind']:<9}  e.g. {example}")
-    print("fix the model or the data, then reprocess only these items: infermill retry JOB")
+    kinds = {group["error_kind"] for group in info["groups"]}
+    if kinds - {"input"}:
+        print("fix the model or the data, then reprocess only these items: infermill retry JOB")
+    if "input" in kinds:
+        # A retry reads the same bytes again; a fixed file changes the input, which only --restart accepts.
+        print(
+            "class input: the rows could not be read from the input files (file and byte offset shown); "
+            "fix or remove them there, then rerun everything: infermill run JOB --restart"
+        )
     return 0
 
 

@@ -75,8 +75,11 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
         }),
         "sources": group("sources", {
             "parquet": ("infermill.sources.parquet:ParquetSource", None, {"extensions": (".parquet", ".pq")}),
-            "csv": ("infermill.sources.text:CsvSource", None, {"extensions": (".csv", ".tsv")}),
-            "jsonl": ("infermill.sources.text:JsonlSource", None, {"extensions": (".jsonl", ".ndjson", ".json")}),
+            "csv": ("infermill.sources.text:CsvSource", None, {"extensions": (".csv", ".tsv"), "compressed": True}),
+            "jsonl": (
+                "infermill.sources.text:JsonlSource", None,
+                {"extensions": (".jsonl", ".ndjson", ".json"), "compressed": True},
+            ),
             "openai-batch": ("infermill.sources.openai_batch:OpenAIBatchSource", None, {"extensions": ()}),
         }),
         "sinks": group("sinks", {

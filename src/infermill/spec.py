@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import hashlib
@@ -37,9 +38,11 @@ __all__ = [
     "OutputSpec",
     "RetrySpec",
     "RuntimeSpec",
+    "compression_of",
     "is_url",
     "load_spec",
     "parse_settings",
+    "strip_compression",
 ]
 
 BatchFormat = Literal["numpy", "pandas", "arrow"]
@@ -54,6 +57,30 @@ def input_extensions() -> dict[str, str]:
         for ext in (plugin.meta.get("extensions", ()) if plugin else ()):
             found.setdefault(ext, name)
     return found
+
+COMPRESSION_EXTENSIONS: dict[str, str] = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
+"""CSV and JSONL files with one of these endings are decompressed as they are read (``data.csv.gz``)."""
+
+def compressible_formats() -> frozenset[str]:
+    """Input formats whose files may be compressed (``data.csv.gz``): registered with ``compressed=True``."""
+    from . import registry
+
+    found = (registry.find("sources", name) for name in registry.names("sources"))
+    return frozenset(p.name for p in found if p is not None and p.meta.get("compressed"))
+
+
+def compression_of(path: str) -> str | None:
+    """The compression a file name says (``"gzip"`` for ``x.csv.gz``), or None."""
+    lowered = path.lower()
+    for ext, name in COMPRESSION_EXTENSIONS.items():
+        if lowered.endswith(ext):
+            return name
+    return None
+
+
+def strip_compression(path: str) -> str:
+    """``path`` without its compression ending (``x.csv.gz`` -> ``x.csv``)."""
+    return path[: path.rfind(".")] if compression_of(path) else path
 
 
 def is_url(path: str) -> bool:
@@ -84,6 +111,15 @@ class InputSpec:
     """CSV field delimiter; default ``,`` (``\\t`` for .tsv files)."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """Options passed to fsspec for URLs (e.g. ``endpoint_url``); never logged."""
+    encoding: str = "utf-8"
+    """CSV and JSONL: the text encoding of the files (any Python codec name, e.g. ``latin-1``). A row whose
+    bytes are not valid in it is dead-lettered (class ``input``), never written."""
+    max_row_bytes: int = 16 * 1024 * 1024
+    """CSV and JSONL: the longest row (line) read, in bytes; a longer one is dead-lettered (class ``input``)
+    without being held in memory."""
+    max_decompressed_bytes: int = 64 * 1024**3
+    """Compressed CSV and JSONL (``.gz``, ``.bz2``, ``.xz``, ``.zst``): the most bytes one file may expand to;
+    a file that expands further (a decompression bomb) fails its shard with an input error."""
 
 
 @dataclass(frozen=True)
@@ -354,6 +390,8 @@ class JobSpec:
         if self.input.format:
             return self.input.format
         path = self.input.path.rstrip("/")
+        if compression_of(path.rstrip("*")):
+            path = strip_compression(path.rstrip("*"))
         for ext, fmt in input_extensions().items():
             if path.lower().endswith(ext) or path.lower().endswith(ext + "*"):
                 return fmt
@@ -574,6 +612,15 @@ def _validate(spec: JobSpec) -> None:
             raise SpecError(f"{where}: 'batch.{key}' must be at least 1, not {value}")
     if spec.input.shard_rows < 1 or spec.input.shard_bytes < 1:
         raise SpecError(f"{where}: 'input.shard_rows' and 'input.shard_bytes' must be positive")
+    if spec.input.max_row_bytes < 1 or spec.input.max_decompressed_bytes < 1:
+        raise SpecError(f"{where}: 'input.max_row_bytes' and 'input.max_decompressed_bytes' must be positive")
+    try:
+        codecs.lookup(spec.input.encoding)
+    except LookupError:
+        raise SpecError(
+            f"{where}: unknown 'input.encoding' {spec.input.encoding!r}",
+            hint='use a Python codec name such as "utf-8", "latin-1" or "cp1252"',
+        ) from None
     if spec.runtime.workers < 1:
         raise SpecError(f"{where}: 'runtime.workers' must be at least 1, not {spec.runtime.workers}")
     _validate_devices(spec.runtime, where)

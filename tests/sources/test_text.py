@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
+import re
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,7 +20,8 @@ from hypothesis import strategies as st
 
 from infermill.errors import InputError
 from infermill.sources import open_source, text
-from infermill.sources.base import SYNTHETIC_ID, Source
+from infermill.sources.base import INPUT_ERROR, SYNTHETIC_ID, Source
+from infermill.sources.text import SAMPLE_BYTES
 from infermill.testing.sources import source_spec
 
 
@@ -128,6 +134,21 @@ def test_quoted_newlines_need_whole_files(tmp_path: Path) -> None:
     assert [r["note"] for r in read_all(source)] == ["two\nlines", "plain"]
 
 
+def test_bad_rows_among_quoted_line_breaks(tmp_path: Path) -> None:
+    long = "z\n" * 600
+    (tmp_path / "q.csv").write_text(
+        f'key,note\n1,"two\nlines"\n2,x,y\n3,"a ""q""\nb"\n4,"{long}"\n5,"\nlast"\n'
+    )
+    source = open_source(source_spec(str(tmp_path / "q.csv"), split_files=False, max_row_bytes=1000))
+    got = read_all(source)
+    assert [(r["key"], r["note"]) for r in got] == [
+        (1, "two\nlines"), (None, None), (3, 'a "q"\nb'), (None, None), (5, "\nlast")
+    ]
+    errors = errors_of(got)
+    assert "Expected 2 columns, got 3" in errors[1] and "split_files" not in errors[1]
+    assert "longer than 1,000 bytes" in errors[3]
+
+
 def test_header_only_and_empty_files(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("key,name\n")
     (tmp_path / "b.csv").write_text("")
@@ -163,16 +184,152 @@ def test_types_are_inferred_once_for_all_shards(tmp_path: Path, monkeypatch: pyt
     assert [r["v"] for r in read_all(source)] == ["", "", "", "7", "x"]
 
 
+def errors_of(rows: list[dict[str, Any]]) -> dict[int, str]:
+    """Row index -> message, for the rows read as unreadable (``_input_error``)."""
+    return {i: r[INPUT_ERROR]["message"] for i, r in enumerate(rows) if r.get(INPUT_ERROR)}
+
+
 def test_a_value_that_does_not_fit_the_inferred_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(text, "SAMPLE_BYTES", 8)
-    (tmp_path / "a.csv").write_text("n\n1\n2\n3\n4\n2.5\n")
-    source = open_source(source_spec(str(tmp_path / "a.csv"), shard_bytes=8))
-    with pytest.raises(InputError, match=r"a\.csv \(bytes 8-14\).*2\.5") as info:
+    (tmp_path / "a.csv").write_text("n\n1\n2\n3\n4\n2.5\n5\n")
+    got = read_all(open_source(source_spec(str(tmp_path / "a.csv"), shard_bytes=8)))
+    assert [r["n"] for r in got] == [1, 2, 3, 4, None, 5]
+    errors = errors_of(got)
+    assert list(errors) == [4]
+    assert re.search(r"a\.csv: the row at byte 10: column 'n' holds '2\.5', which does not fit its type int64 "
+                     r"\(inferred from the first rows of .*a\.csv\)", errors[4])
+    assert got[4][SYNTHETIC_ID] == "a.csv@8#1" and got[5][SYNTHETIC_ID] == "a.csv@8#2"
+    (tmp_path / "b.jsonl").write_text('{"n": 1}\n{"n": 2}\n{"n": "x"}\n{"n": 4}\n')
+    got = read_all(open_source(source_spec(str(tmp_path / "b.jsonl"))))
+    assert [r["n"] for r in got] == [1, 2, None, 4]
+    assert re.search(r"b\.jsonl: the row at byte 18: field 'n' holds \"x\", which does not fit its type int64",
+                     errors_of(got)[2])
+
+
+def test_malformed_jsonl_is_a_row_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a.jsonl").write_text('{"a": 1}\n{"a": 2}\n{"a": \n{"a": 4}\n')
+    for sample in (SAMPLE_BYTES, 8):
+        monkeypatch.setattr(text, "SAMPLE_BYTES", sample)
+        for shard_bytes in (10, 1000):
+            got = read_all(open_source(source_spec(str(tmp_path / "a.jsonl"), shard_bytes=shard_bytes)))
+            assert [r["a"] for r in got] == [1, 2, None, 4]
+            assert re.search(r"a\.jsonl: the row at byte 18: bad JSON", errors_of(got)[2])
+    (tmp_path / "b.jsonl").write_text('{"a": 1}\n[1, 2]\n')
+    got = read_all(open_source(source_spec(str(tmp_path / "b.jsonl"))))
+    assert "b.jsonl: the row at byte 9: the line is not a JSON object" in errors_of(got)[1]
+
+
+def test_malformed_csv_row_is_a_row_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a.csv").write_text("a,b\n1,2\n3,4,5\n6,7\n")
+    for sample in (SAMPLE_BYTES, 4):
+        monkeypatch.setattr(text, "SAMPLE_BYTES", sample)
+        got = read_all(open_source(source_spec(str(tmp_path / "a.csv"))))
+        assert [r["a"] for r in got] == [1, None, 6]
+        message = errors_of(got)[1]
+        assert "a.csv: the row at byte 8:" in message and "Expected 2 columns" in message
+        assert "split_files = false" in message
+
+
+def test_invalid_utf8_is_a_row_error_never_data(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_bytes(b"k,name\n1,ok\n2,caf\xe9\n3,fine\n")
+    got = read_all(open_source(source_spec(str(tmp_path / "a.csv"))))
+    assert [r["name"] for r in got] == ["ok", None, "fine"]
+    assert "a.csv: the row at byte 12: bytes that are not valid utf-8" in errors_of(got)[1]
+    (tmp_path / "b.jsonl").write_bytes(b'{"k": 1, "name": "ok"}\n{"k": 2, "name": "caf\xe9"}\n{"k": 3, "name": "x"}\n')
+    got = read_all(open_source(source_spec(str(tmp_path / "b.jsonl"))))
+    assert [r["name"] for r in got] == ["ok", None, "x"]
+    assert "not valid utf-8" in errors_of(got)[1]
+
+
+def test_bad_values_of_other_types_are_found_by_halves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Types the row checks leave to pyarrow (lists, booleans): the rows at fault are still found."""
+    monkeypatch.setattr(text, "SAMPLE_BYTES", 30)
+    lines = [json.dumps({"tags": [i, i + 1]}) for i in range(40)]
+    lines[25] = json.dumps({"tags": "x"})
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    got = read_all(open_source(source_spec(str(tmp_path / "a.jsonl"))))
+    assert list(errors_of(got)) == [25] and len(got) == 40
+    assert got[26]["tags"] == [26, 27]
+    rows = ["flag", *(["true", "false"] * 20)]
+    rows[30] = "maybe"
+    (tmp_path / "b.csv").write_text("\n".join(rows) + "\n")
+    got = read_all(open_source(source_spec(str(tmp_path / "b.csv"))))
+    assert list(errors_of(got)) == [29] and "maybe" in errors_of(got)[29]
+    assert [r["flag"] for r in got[28:31]] == [True, None, True]
+
+
+def test_encoding(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_bytes("k,café\n1,crème\n".encode("latin-1"))
+    with pytest.raises(InputError, match="header line of .*a.csv is not valid utf-8") as info:
+        open_source(source_spec(str(tmp_path / "a.csv"))).schema()
+    assert 'encoding = "latin-1"' in (info.value.hint or "")
+    got = read_all(open_source(source_spec(str(tmp_path / "a.csv"), encoding="latin-1")))
+    assert got == [{"k": 1, "café": "crème", SYNTHETIC_ID: "a.csv@0#0"}]
+    (tmp_path / "b.jsonl").write_bytes('{"k": "crème"}\n'.encode("cp1252"))
+    got = read_all(open_source(source_spec(str(tmp_path / "b.jsonl"), encoding="cp1252")))
+    assert [r["k"] for r in got] == ["crème"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_row_over_max_row_bytes(tmp_path: Path, fmt: str) -> None:
+    rows = [(1, "a"), (2, "b" * 5000), (3, "c")]
+    path = tmp_path / f"a.{fmt}"
+    path.write_bytes(WRITERS[fmt](rows).encode())
+    for shard_bytes in (7, 100, 10_000):
+        got = read_all(open_source(source_spec(str(path), max_row_bytes=1000, shard_bytes=shard_bytes)))
+        assert [r["key"] for r in got] == [1, None, 3]
+        assert "longer than 1,000 bytes ([input] max_row_bytes)" in errors_of(got)[1]
+
+
+def test_an_id_column_is_kept_for_a_bad_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(text, "SAMPLE_BYTES", 10)
+    (tmp_path / "a.jsonl").write_text('{"id": 7, "n": 1}\n{"id": 8, "n": "x"}\n{"id": 9, "n": \n')
+    got = read_all(open_source(source_spec(str(tmp_path / "a.jsonl"), id_column="id")))
+    assert [r["id"] for r in got] == [7, 8, None]
+    assert got[2][INPUT_ERROR]["item"] == "a.jsonl@38"
+    (tmp_path / "b.csv").write_text("id,n\n7,1\n8,x,y\n")
+    got = read_all(open_source(source_spec(str(tmp_path / "b.csv"), id_column="id")))
+    assert [r["id"] for r in got] == [7, 8]
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zst"])
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_compressed_input(tmp_path: Path, fmt: str, suffix: str) -> None:
+    if suffix == ".zst":
+        zstandard = pytest.importorskip("zstandard")
+        compress: Any = zstandard.ZstdCompressor().compress
+    else:
+        compress = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}[suffix]
+    (tmp_path / f"a.{fmt}{suffix}").write_bytes(compress(WRITERS[fmt](ROWS[:12]).encode()))
+    (tmp_path / f"b.{fmt}").write_bytes(WRITERS[fmt](ROWS[12:]).encode())
+    (tmp_path / f"c.{fmt}.bak").write_bytes(b"not input")
+    source = open_source(source_spec(str(tmp_path), shard_bytes=20))
+    shards = source.plan()
+    assert [f.relpath for f in shards[0].fragments] == [f"a.{fmt}{suffix}"]  # never cut
+    assert [(r["key"], r["name"]) for r in read_all(source, 5)] == ROWS
+
+
+def test_zst_without_zstandard_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    (tmp_path / "a.csv.zst").write_bytes(b"\x28\xb5\x2f\xfd")
+    with pytest.raises(InputError, match="zstandard") as info:
+        open_source(source_spec(str(tmp_path / "a.csv.zst"))).schema()
+    assert "infermill[zstd]" in (info.value.hint or "")
+
+
+def test_decompression_bomb_is_an_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(path, "wb") as out:
+        out.write(b'{"k": 1}\n')
+        for _ in range(64):
+            out.write(bytes(1 << 20))
+    source = open_source(source_spec(str(path), max_decompressed_bytes=8 << 20))
+    with pytest.raises(InputError, match=r"bomb\.jsonl\.gz expands to more than 8,388,608 bytes") as info:
         read_all(source)
-    assert "inferred from the first 8 bytes of" in str(info.value)
-    (tmp_path / "b.jsonl").write_text('{"n": 1}\n{"n": 2}\n{"n": 2.5}\n')
-    with pytest.raises(InputError, match=r"b\.jsonl \(bytes 0-29\).*2\.5"):
-        read_all(open_source(source_spec(str(tmp_path / "b.jsonl"))))
+    assert "max_decompressed_bytes" in (info.value.hint or "")
+    (tmp_path / "bad.csv.gz").write_bytes(b"\x1f\x8b\x08 this is no gzip stream")
+    with pytest.raises(InputError, match="cannot decompress .*bad.csv.gz"):
+        open_source(source_spec(str(tmp_path / "bad.csv.gz"))).schema()
 
 
 def test_jsonl_fields_missing_or_new(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,32 +341,6 @@ def test_jsonl_fields_missing_or_new(tmp_path: Path, monkeypatch: pytest.MonkeyP
         {"a": 2, "b": None, SYNTHETIC_ID: "a.jsonl@0#1"},
         {"a": 3, "b": "y", SYNTHETIC_ID: "a.jsonl@0#2"},
     ]
-
-
-def test_malformed_jsonl_points_at_the_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "a.jsonl").write_text('{"a": 1}\n{"a": 2}\n{"a": \n{"a": 4}\n')
-    with pytest.raises(InputError, match=r"a\.jsonl: bad JSON on the line at byte 18"):
-        read_all(open_source(source_spec(str(tmp_path / "a.jsonl"), shard_bytes=10)))
-    monkeypatch.setattr(text, "SAMPLE_BYTES", 8)
-    with pytest.raises(InputError, match=r"a\.jsonl: bad JSON on the line at byte 18"):
-        read_all(open_source(source_spec(str(tmp_path / "a.jsonl"), shard_bytes=10)))
-    (tmp_path / "b.jsonl").write_text('{"a": 1}\n[1, 2]\n')
-    with pytest.raises(InputError, match=r"b\.jsonl: the line at byte 9 is not a JSON object"):
-        read_all(open_source(source_spec(str(tmp_path / "b.jsonl"))))
-
-
-def test_malformed_csv_in_the_sample(tmp_path: Path) -> None:
-    (tmp_path / "a.csv").write_text("a,b\n1,2\n3,4,5\n")
-    with pytest.raises(InputError, match=r"first rows of .*a\.csv as csv: .*Expected 2 columns"):
-        open_source(source_spec(str(tmp_path / "a.csv"))).plan()
-
-
-def test_malformed_csv_names_the_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(text, "SAMPLE_BYTES", 4)
-    (tmp_path / "a.csv").write_text("a,b\n1,2\n3,4,5\n")
-    with pytest.raises(InputError, match=r"a\.csv \(bytes 0-14\).*Expected 2 columns") as info:
-        read_all(open_source(source_spec(str(tmp_path / "a.csv"))))
-    assert "split_files" in str(info.value)
 
 
 def test_later_file_missing_a_column(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import InputError
+from ..sources.base import readable_rows
 from ..spec import JobSpec, default_batch_rows
 
 __all__ = ["MIN_GAIN", "Probe", "choose_batch_size", "measure_call", "resolve_batch_size"]
@@ -145,6 +146,8 @@ def resolve_batch_size(
     if cached is not None:
         return _with_size(spec, cached), f"batch size {cached:,} (auto, cached)"
     rows = sample()
+    if rows is not None:
+        rows = readable_rows(rows)  # probes time the model on rows it would score
     if rows is None or rows.num_rows == 0:
         raise InputError(f"the input ({spec.input.path}) has no rows to size batches with")
     adapter = make_adapter()

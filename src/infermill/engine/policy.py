@@ -12,6 +12,8 @@ oom        MemoryError, torch's OutOfMemoryError, an adapter's          split th
            ``is_oom``                                                  the batch size, grow it back later
 fatal      any InfermillError that is not an ItemError/TransientError  stop the run; committed work stays
            (model load, output, lease), PermissionError, disk full
+input      never raised: a row the source could not read (bad JSON,     dead-letter the row, never call the
+           invalid bytes, a value that does not fit its column)         model with it
 =========  ==========================================================  ===================================
 
 The class is decided by the exception's type (and an adapter hook for libraries that only have one
@@ -27,7 +29,7 @@ from ..errors import InfermillError, ItemError, TransientError
 
 __all__ = ["ErrorKind", "classify"]
 
-ErrorKind = Literal["item", "transient", "oom", "fatal"]
+ErrorKind = Literal["item", "transient", "oom", "fatal", "input"]
 
 _OOM_TYPE_NAMES = {"OutOfMemoryError", "OutOfMemoryException"}
 

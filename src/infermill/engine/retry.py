@@ -30,7 +30,7 @@ from ..ledger import Lease, Ledger, ShardRow
 from ..models import load_adapter
 from ..sinks import Sink, open_sink
 from ..sources import open_source
-from ..sources.base import Shard
+from ..sources.base import Shard, concat_batches
 from ..spec import JobSpec, default_batch_rows
 from .autosize import cache_key
 from .columns import Columns, resolve_columns
@@ -171,7 +171,7 @@ def _retry_shard(
         if hi > lo:
             pieces.append(batch.take(pa.array(wanted[lo:hi] - offset)))
         offset += batch.num_rows
-    retry_rows = pa.Table.from_batches(pieces).combine_chunks() if pieces else None
+    retry_rows = concat_batches(pieces).combine_chunks() if pieces else None
     if retry_rows is None or retry_rows.num_rows != len(wanted):
         raise InfermillError(
             f"shard {shard.shard_id}: could not find all dead-lettered rows in the input",
@@ -184,8 +184,7 @@ def _retry_shard(
         batch = retry_rows.slice(start, spec.batch.rows()).to_batches()[0]
         tables, dead = scorer.score(batch, None, stats)
         scored.extend(tables)
-        still_dead.extend(DeadItem(d.row + start, d.kind, d.error_class, d.message, d.traceback, d.attempts + 1)
-                          for d in dead)
+        still_dead.extend(replace(d, row=d.row + start, attempts=d.attempts + 1) for d in dead)
     dead_rows = {d.row for d in still_dead}
     fixed_idx = np.array([i for n, i in enumerate(wanted) if n not in dead_rows], dtype=np.int64)
 

@@ -525,11 +525,15 @@ class _Coordinator:
         if failures or summary["shards_committed"] != summary["shards_total"]:
             missing = summary["shards_total"] - summary["shards_committed"]
             first = failures[0] if failures else "worker stopped before finishing"
+            # A shard fails on its input (a file gone, a bomb): that error's own hint says what to do, and a
+            # generic "fix and rerun" would lead to "the input changed" once the file is fixed.
+            first, _, own_hint = first.partition("\n  hint: ")
             message = f"{missing} of {summary['shards_total']} shards failed; first error: {first}"
             self._end_run(run_id, "failed", message)
             raise JobFailedError(
                 message,
-                hint="fix the cause and rerun: committed shards are kept and failed ones are retried "
+                hint=own_hint
+                or "fix the cause and rerun: committed shards are kept and failed ones are retried "
                 "(`infermill status JOB` lists them)",
                 job=spec.name,
             )

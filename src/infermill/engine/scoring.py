@@ -17,7 +17,7 @@ import random
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ import pyarrow as pa
 from ..backoff import full_jitter
 from ..errors import PartialBatchError
 from ..models.base import ModelAdapter
+from ..sources.base import INPUT_ERROR
 from ..spec import RetrySpec
 from .batching import budget_end, cumulative, row_bytes, token_estimate
 from .columns import Columns
@@ -49,6 +50,8 @@ class DeadItem:
     message: str
     traceback: str
     attempts: int
+    item_id: str | None = None
+    """The id to record when the row's id column holds none (an unreadable input row: file and offset)."""
 
 
 @dataclass
@@ -178,6 +181,32 @@ class BatchScorer:
     ) -> tuple[list[pa.Table], list[DeadItem]]:
         """Score ``batch`` (``inputs``: its preprocessed features, if already done)."""
         stats = stats if stats is not None else ScoreStats()
+        index = batch.schema.get_field_index(INPUT_ERROR)
+        if index >= 0:
+            errors = batch.column(index)
+            batch = batch.drop_columns([INPUT_ERROR])
+            if errors.null_count < len(errors):
+                return self._score_readable(batch, errors, stats)
+        return self._score_all(batch, inputs, stats)
+
+    def _score_readable(
+        self, batch: pa.RecordBatch, errors: pa.Array, stats: ScoreStats
+    ) -> tuple[list[pa.Table], list[DeadItem]]:
+        """Score the rows the source could read; dead-letter the others (in row order)."""
+        valid = errors.is_valid().to_numpy(zero_copy_only=False)
+        good = np.flatnonzero(~valid)
+        tables, dead = self._score_all(batch.take(pa.array(good, pa.int64())), None, stats)
+        dead = [replace(d, row=int(good[d.row])) for d in dead]
+        messages = errors.field("message").to_pylist()
+        items = errors.field("item").to_pylist()
+        for row in np.flatnonzero(valid):
+            dead.append(DeadItem(int(row), "input", "InputError", messages[row], "", 1, items[row]))
+        dead.sort(key=lambda d: d.row)
+        return tables, dead
+
+    def _score_all(
+        self, batch: pa.RecordBatch, inputs: Any, stats: ScoreStats
+    ) -> tuple[list[pa.Table], list[DeadItem]]:
         n = batch.num_rows
         pieces: list[tuple[np.ndarray, pa.Table]] = []
         dead: list[DeadItem] = []

@@ -40,7 +40,7 @@ from ..models import load_adapter
 from ..models.base import ModelAdapter
 from ..sinks import ShardWriter, open_sink
 from ..sources import open_source
-from ..sources.base import Shard
+from ..sources.base import INPUT_ERROR, Shard, concat_batches
 from ..spec import JobSpec
 from .batching import row_bytes
 from .breaker import FailureStreak
@@ -300,7 +300,9 @@ class _Pipeline:
         """Preprocess one batch and hand it to the model loop (False: the run was aborted)."""
         t0 = time.perf_counter()
         try:
-            inputs = self.adapter.preprocess(batch.select(self.columns.features))
+            # Unreadable input rows are left out before the model's preprocessing: the scorer does it.
+            skip = batch.schema.get_field_index(INPUT_ERROR) >= 0
+            inputs = None if skip else self.adapter.preprocess(batch.select(self.columns.features))
         except Exception as exc:  # noqa: BLE001 - the scorer redoes it row by row
             if classify(exc, self.adapter) == "fatal":
                 raise
@@ -315,7 +317,7 @@ class _Pipeline:
         Longest first, as ``SentenceTransformer.encode`` orders: a batch too big for memory shows at the start
         of the window, and the window ends on its quickest batches, so parallel lanes finish together."""
         t0 = time.perf_counter()
-        table = pa.Table.from_batches(window).combine_chunks()
+        table = concat_batches(window).combine_chunks()
         rows = table.to_batches()[0] if table.num_rows else None
         if rows is None:
             return True
@@ -572,7 +574,10 @@ def dead_letter_table(
             if name not in table:
                 table[name] = batch.column(name).take(rows)
     records = [
-        (str(item_id), position, d.attempts, d.error_class, d.kind, d.message, d.traceback)
+        (
+            str(item_id) if item_id is not None or d.item_id is None else d.item_id,
+            position, d.attempts, d.error_class, d.kind, d.message, d.traceback,
+        )
         for item_id, position, d in zip(ids.to_pylist(), positions, dead, strict=True)
     ]
     return pa.table(table), records

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import InfermillError
 from ..sources.base import Shard
+from ..spec import compression_of
 
 __all__ = ["SAMPLE_BYTES", "RowEstimate", "sample_rows_per_byte"]
 
@@ -91,6 +92,8 @@ def sample_rows_per_byte(source: Any, shard: Shard, limit: int = SAMPLE_BYTES) -
     if opener is None or not shard.fragments:
         return None
     fragment = shard.fragments[0]
+    if compression_of(fragment.path) is not None:
+        return None  # compressed bytes say nothing of lines, and its range is not the decompressed one
     try:
         with opener(fragment.path) as handle:
             handle.seek(fragment.start)

@@ -21,7 +21,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
 from ..errors import InputError
-from ..spec import JobSpec, input_extensions, is_url
+from ..spec import JobSpec, compressible_formats, input_extensions, is_url, strip_compression
 
 __all__ = ["InputFile", "InputListing", "display_path", "infer_format", "list_input", "open_filesystem"]
 
@@ -113,7 +113,7 @@ def list_input(spec: JobSpec, fmt: str) -> InputListing:
             found = [
                 (p, i)
                 for p, i in infos.items()
-                if i.get("type") != "directory" and p.lower().endswith(exts) and not _hidden(p, root)
+                if i.get("type") != "directory" and _named(p, fmt).endswith(exts) and not _hidden(p, root)
             ]
             if not found:
                 raise InputError(
@@ -156,9 +156,16 @@ def infer_format(spec: JobSpec) -> str | None:
         for path, info in infos.items()
         if info.get("type") != "directory" and not _hidden(path, root)
         for ext, fmt in input_extensions().items()
-        if path.lower().endswith(ext)
+        if _named(path, fmt).endswith(ext)
     }
     return found.pop() if len(found) == 1 else None
+
+
+def _named(path: str, fmt: str) -> str:
+    """The lower-cased name a file's format is told by: CSV and JSONL files may be compressed
+    (``x.csv.gz`` is a CSV file)."""
+    lowered = path.lower()
+    return strip_compression(lowered) if fmt in compressible_formats() else lowered
 
 
 def _not_found(spec: JobSpec) -> InputError:

@@ -12,6 +12,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+from ..spec import compression_of
 from ._fs import InputFile
 from .base import Fragment, Shard
 
@@ -24,13 +25,14 @@ def plan_byte_ranges(files: Sequence[InputFile], shard_bytes: int, split_files: 
     """Cut files into ranges of ``shard_bytes`` (or whole files) and merge small ones into shards.
 
     The cut points are fixed per file (multiples of ``shard_bytes``), so one file's shards do not move
-    when another file changes size. Empty files are left out.
+    when another file changes size. Empty files are left out. A compressed file is never cut: an offset
+    in it says nothing of where lines start.
     """
     shards: list[Shard] = []
     pending: list[Fragment] = []
     size = 0
     for file in files:
-        step = shard_bytes if split_files else max(file.size, 1)
+        step = shard_bytes if split_files and compression_of(file.path) is None else max(file.size, 1)
         for start in range(0, file.size, step):
             stop = min(start + step, file.size)
             if size and size + (stop - start) > shard_bytes:

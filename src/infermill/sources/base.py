@@ -9,6 +9,12 @@ folder that is moved or copied (``mv``, ``cp -a``), or data mounted elsewhere, k
 
 Every batch a source yields carries the row id column: the configured ``id_column``, or the synthetic
 ``_row_id`` string column (``SYNTHETIC_ID``) whose values are stable for the same input and settings.
+
+A row the source could not read (bad JSON, invalid bytes, a value that does not fit its column, a line
+over ``max_row_bytes``) keeps its place in the stream, so row indexes stay exact: its columns are null
+and the ``_input_error`` struct column (``INPUT_ERROR``: ``message``, ``item``) says why and where. Only
+batches that hold such a row have that column; :func:`concat_batches` joins batches with and without it,
+and the scorer dead-letters those rows (class ``input``) instead of scoring them.
 """
 
 from __future__ import annotations
@@ -24,9 +30,23 @@ import pyarrow as pa
 
 from ..spec import JobSpec
 
-__all__ = ["SYNTHETIC_ID", "Fragment", "Shard", "Source", "rebatch"]
+__all__ = [
+    "INPUT_ERROR",
+    "INPUT_ERROR_TYPE",
+    "SYNTHETIC_ID",
+    "Fragment",
+    "Shard",
+    "Source",
+    "concat_batches",
+    "readable_rows",
+    "rebatch",
+]
 
 SYNTHETIC_ID = "_row_id"
+INPUT_ERROR = "_input_error"
+INPUT_ERROR_TYPE = pa.struct([pa.field("message", pa.string()), pa.field("item", pa.string())])
+"""``message``: what is wrong and where (file and byte offset); ``item``: a stable id for the row made of
+the file and offset, for when its id column cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,22 @@ class Source(ABC):
         return {"format": self.format, "path": self.spec.input.path}
 
 
+def readable_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` without its unreadable rows and the ``_input_error`` column (for a sample of real rows)."""
+    index = batch.schema.get_field_index(INPUT_ERROR)
+    if index < 0:
+        return batch
+    keep = batch.column(index).is_null()
+    return batch.filter(keep).remove_column(index)
+
+
+def concat_batches(batches: Sequence[pa.RecordBatch]) -> pa.Table:
+    """The batches as one table; a batch without the ``_input_error`` column gets it as nulls."""
+    if len({b.schema for b in batches}) <= 1:
+        return pa.Table.from_batches(list(batches))
+    return pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options="default")
+
+
 def rebatch(batches: Iterator[pa.RecordBatch], batch_size: int) -> Iterator[pa.RecordBatch]:
     """Re-chunk a stream of record batches into batches of exactly ``batch_size`` rows (the last may be
     shorter), without copying more than needed."""
@@ -146,12 +182,12 @@ def rebatch(batches: Iterator[pa.RecordBatch], batch_size: int) -> Iterator[pa.R
         pending.append(batch)
         count += batch.num_rows
         while count >= batch_size:
-            table = pa.Table.from_batches(pending)
+            table = concat_batches(pending)
             head = table.slice(0, batch_size).combine_chunks().to_batches()
             yield head[0] if len(head) == 1 else pa.Table.from_batches(head).combine_chunks().to_batches()[0]
             rest = table.slice(batch_size)
             pending = rest.to_batches() if rest.num_rows else []
             count = rest.num_rows
     if count:
-        table = pa.Table.from_batches(pending).combine_chunks()
+        table = concat_batches(pending).combine_chunks()
         yield table.to_batches()[0]
