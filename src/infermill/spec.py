@@ -274,6 +274,9 @@ class RuntimeSpec:
     """A run whose heartbeat is older than this is presumed dead and its lease can be taken over."""
     progress_interval: float = 10.0
     """Seconds between progress log lines when stderr is not a terminal."""
+    executor: str = "auto"
+    """How workers run: ``"auto"`` (one worker in this process, more in worker processes), ``"inline"``,
+    ``"process"``, or an executor a plugin registers (``infermill.registry``, group ``executors``)."""
 
 
 @dataclass(frozen=True)
@@ -597,6 +600,8 @@ def _validate(spec: JobSpec) -> None:
         raise registry.unknown("sources", spec.input.format, where)
     if registry.find("sinks", spec.output.format) is None:
         raise registry.unknown("sinks", spec.output.format, where)
+    if spec.runtime.executor != "auto" and registry.find("executors", spec.runtime.executor) is None:
+        raise registry.unknown("executors", spec.runtime.executor, where)
     _validate_settings(spec, where)
     if not spec.input.path:
         raise SpecError(f"{where}: 'input.path' is empty")

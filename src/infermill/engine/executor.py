@@ -227,7 +227,9 @@ def make_executor(spec: JobSpec, columns: Columns, shards: list[Shard]) -> Execu
     # One worker needs no process of its own, unless it must be pinned to a GPU the user listed: with
     # devices = "auto" a lone worker takes cuda:0 of what this process sees, which is what pinning gives.
     pinned = plan[0].gpu is not None and spec.runtime.devices != "auto"
-    name = "inline" if len(plan) <= 1 and not pinned else "process"
+    name = spec.runtime.executor
+    if name == "auto":
+        name = "inline" if len(plan) <= 1 and not pinned else "process"
     cls = registry.load("executors", name)
     executor: Executor = cls(spec, columns, shards, plan)
     return executor
