@@ -88,9 +88,13 @@ class ParquetSource(FileSource):
     ) -> Iterator[pa.RecordBatch]:
         names = self.projection(columns)
         target = self.target_schema(names)
-        # Batches do not straddle files: filling one across a file boundary would copy every batch after it.
-        for fragment in shard.fragments:
-            yield from rebatch(self._read_fragment(fragment, names, target, batch_size), batch_size)
+        # Batches straddle files, so a shard of many small files (100 rows each, as Spark and streaming jobs
+        # write them) reaches the model in full batches, not one short batch per file; rebatch copies at
+        # most one batch per file boundary.
+        pieces = (
+            batch for fragment in shard.fragments for batch in self._read_fragment(fragment, names, target, batch_size)
+        )
+        yield from rebatch(pieces, batch_size)
 
     def _read_fragment(
         self, fragment: Fragment, names: list[str], target: pa.Schema, batch_size: int
@@ -128,7 +132,7 @@ class ParquetSource(FileSource):
             return self._open(handle, display_path(files[0].path)).schema_arrow
 
     def _metadata(self, file: InputFile) -> pq.FileMetaData:
-        with self.open_file(file.path) as handle:
+        with self.open_arrow_file(file.path) as handle:
             return self._open(handle, display_path(file.path)).metadata
 
     @staticmethod
