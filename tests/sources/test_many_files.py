@@ -9,12 +9,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 import infermill
-from infermill.sources._fs import _walk_local
+from infermill.sources import _files as files_module
+from infermill.sources._fs import InputListing, _walk_local, list_input
 from infermill.sources.base import SYNTHETIC_ID, Fragment, Shard, rebatch
 from infermill.sources.parquet import ParquetSource
+from infermill.spec import JobSpec
 from infermill.testing.sources import source_spec
 from tests.conftest import read_output, write_job
 
@@ -127,3 +130,30 @@ def test_the_listing_describes_files_as_fsspec_does(tmp_path: Path) -> None:
         expected = fs.info(path)
         assert {k: v for k, v in info.items() if k in expected} == expected
         assert os.path.basename(path).startswith("part-")
+
+
+def test_a_run_lists_the_input_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker takes the planned schema rather than listing the whole folder again to find its first file.
+    small_files(tmp_path / "data", files=20, rows=5)
+    (tmp_path / "model.py").write_text(MODEL)
+    job = write_job(tmp_path / "job.toml", """
+        [input]
+        path = "data/"
+        id_column = "key"
+        [model]
+        kind = "python"
+        entrypoint = "model.py:predict"
+        features = ["x"]
+        outputs = ["score", "call_rows"]
+        [output]
+        path = "out"
+        """)
+    listed: list[str] = []
+
+    def counting(spec: JobSpec, fmt: str) -> InputListing:
+        listed.append(fmt)
+        return list_input(spec, fmt)
+
+    monkeypatch.setattr(files_module, "list_input", counting)
+    assert infermill.run(job, progress="off").rows_succeeded == 100
+    assert listed == ["parquet"]

@@ -136,6 +136,11 @@ class Source(ABC):
     def describe(self) -> dict[str, Any]:
         return {"format": self.format, "path": self.spec.input.path}
 
+    def use_schema(self, schema: pa.Schema) -> None:
+        """Take the schema :meth:`schema` gave when the job was planned, so that a worker's source need not
+        learn it again (for a folder, by listing every file). Sources with nothing costly to learn ignore it."""
+        del schema  # nothing to keep here; ColumnSource keeps it
+
 
 def rebatch(batches: Iterator[pa.RecordBatch], batch_size: int) -> Iterator[pa.RecordBatch]:
     """Re-chunk a stream of record batches into batches of exactly ``batch_size`` rows (the last may be
