@@ -136,13 +136,13 @@ def report(summary: dict[str, Any]) -> str:
         f"many small files: {cfg['rows_per_file']} rows per file, no-op model, whole processes, "
         f"{cfg['cpus']} CPUs, best of {cfg['repeat']}",
         "",
-        f"{'measurement':<52}{'rows/s':>10}{'seconds':>10}{'us/row':>8}{'others':>8}",
+        f"{'measurement':<64}{'rows/s':>10}{'seconds':>10}{'us/row':>8}{'others':>8}",
     ]
     for files in cfg["files"]:
         for key, label in (("baseline", "(b) pyarrow.dataset read + one Parquet write"),
                            ("infermill", "(i) infermill run, no-op python model")):
             r = summary[f"{key}_{files}"]
-            lines.append(f"{label + f', {files:,} files':<52}{h.rate(r['rows_per_s']):>10}{r['seconds']:>10.2f}"
+            lines.append(f"{label + f', {files:,} files':<64}{h.rate(r['rows_per_s']):>10}{r['seconds']:>10.2f}"
                          f"{1e6 / r['rows_per_s']:>8.2f}{r.get('others_cores', '?'):>8}")
             lines.append(f"    runs {r['all_seconds']}, others {r['all_others_cores']}")
     lines.append(f"    load average (1 min): {cfg['loadavg_before']} -> {cfg['loadavg_after']}")
