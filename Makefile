@@ -46,6 +46,7 @@ bench: install-dev
 	$(BIN)/python bench/bench_overhead.py
 	$(BIN)/python bench/bench_embeddings.py
 	$(BIN)/python bench/bench_ray.py
+	$(BIN)/python bench/bench_files.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache infermill-demo

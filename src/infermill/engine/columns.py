@@ -23,6 +23,9 @@ class Columns:
     """Input columns copied to the output next to the id."""
     read: list[str]
     """Input columns the source reads (the synthetic id is added by the source)."""
+    schema: pa.Schema | None = None
+    """The input's schema as planned: workers hand it to their source (``Source.use_schema``), which
+    would otherwise list the whole input again, 20,000 files for a folder of small files, to learn it."""
 
 
 def resolve_columns(spec: JobSpec, schema: pa.Schema) -> Columns:
@@ -58,4 +61,4 @@ def resolve_columns(spec: JobSpec, schema: pa.Schema) -> Columns:
     for column in ([id_column] if id_column else []) + features + keep:
         if column not in read:
             read.append(column)
-    return Columns(id=id_column or SYNTHETIC_ID, features=features, keep=keep, read=read)
+    return Columns(id=id_column or SYNTHETIC_ID, features=features, keep=keep, read=read, schema=schema)

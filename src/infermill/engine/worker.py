@@ -159,6 +159,8 @@ def run_worker(
 
         spec = config.spec
         source = open_source(spec)
+        if config.columns.schema is not None:
+            source.use_schema(config.columns.schema)  # as planned: no second listing of the input
         sink = open_sink(spec)
         # A pinned process sees its GPU as the only one: cuda:0.
         adapter = load_adapter(spec, threads=config.threads, device=None if config.gpu is None else "cuda:0")

@@ -54,6 +54,10 @@ class ColumnSource(Source):
             self._data_schema = schema
         return self._data_schema
 
+    def use_schema(self, schema: pa.Schema) -> None:
+        if self._data_schema is None:
+            self._data_schema = schema
+
     def schema(self) -> pa.Schema:
         """The stored columns (no synthetic id: the engine picks default features from this list).
         ``read(..., columns=None)`` yields these, then ``_row_id`` when ids are synthetic."""

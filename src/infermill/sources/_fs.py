@@ -58,6 +58,8 @@ class InputListing:
 
 def display_path(path: str) -> str:
     """A path or URL fit for a message: any ``user:password@`` part of a URL is removed."""
+    if "@" not in path:
+        return path  # nothing to remove; the check is the common case, once per file read
     return re.sub(r"^([a-zA-Z][\w+.-]*://)[^/@]*@", r"\1", path)
 
 
@@ -248,7 +250,7 @@ def _walk_local(fs: AbstractFileSystem, root: str, depth: int | None = None) -> 
                     walk(path, level + 1, links + is_link, ancestors | {identity})
                 continue
             # A link's own info describes the link; the target's size and mtime are what the fingerprint needs.
-            info = dict(fs.info(path) if is_link else fs.info(entry))
+            info = dict(fs.info(path)) if is_link else _file_info(path, target)
             if target.st_ino:  # 0 where the filesystem has no stable inode numbers: nothing to compare
                 info[_IDENTITY] = identity
             info[_LINKS] = links + is_link
@@ -260,6 +262,19 @@ def _walk_local(fs: AbstractFileSystem, root: str, depth: int | None = None) -> 
         return found  # a glob whose folder does not exist matches nothing
     walk(root, 1, 0, frozenset({(top.st_dev, top.st_ino)}))
     return found
+
+
+def _file_info(path: str, st: os.stat_result) -> dict[str, Any]:
+    """What ``LocalFileSystem.info`` says of a file that is not a link, from the stat the walk already has:
+    fsspec's own call stats the file again and costs ten times as much, which tells on 20,000 files."""
+    kind = "file" if stat.S_ISREG(st.st_mode) else "other"
+    info: dict[str, Any] = {
+        "name": path, "size": st.st_size, "type": kind, "created": getattr(st, "st_birthtime", st.st_ctime),
+        "islink": False,
+    }
+    for key in ("mode", "uid", "gid", "mtime", "ino", "nlink"):
+        info[key] = getattr(st, f"st_{key}")
+    return info
 
 
 def _glob_match(parts: list[str], pattern: list[str]) -> bool:

@@ -23,7 +23,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pyarrow as pa
@@ -96,7 +96,7 @@ class Shard:
         # The id is written for people reading a ledger (and to tell this version's descriptors from older
         # ones); from_json computes it again rather than trust it.
         return json.dumps(
-            {"ordinal": self.ordinal, "shard_id": self.shard_id, "fragments": [asdict(f) for f in self.fragments]}
+            {"ordinal": self.ordinal, "shard_id": self.shard_id, "fragments": [_fields(f) for f in self.fragments]}
         )
 
     @classmethod
@@ -111,9 +111,19 @@ def _shard_id(ordinal: int, fragments: Sequence[Fragment]) -> str:
     The full path says where the input is now, not what it is: the relpath, offsets and the file's
     fingerprint (size and mtime or etag) identify the content, so moving the input keeps the id.
     """
-    described = [{k: v for k, v in asdict(f).items() if k != "path"} for f in fragments]
+    described = [_fields(f, _ID_FIELDS) for f in fragments]
     blob = json.dumps(described, sort_keys=True).encode()
     return f"{ordinal:05d}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+_ALL_FIELDS = tuple(f.name for f in fields(Fragment))
+_ID_FIELDS = tuple(name for name in _ALL_FIELDS if name != "path")
+
+
+def _fields(fragment: Fragment, names: tuple[str, ...] = _ALL_FIELDS) -> dict[str, Any]:
+    """The fragment as a dict, like ``dataclasses.asdict`` (its fields are plain values), at a tenth of the
+    cost: a shard of 20,000 small files describes 20,000 fragments, for its id and for the ledger."""
+    return {name: getattr(fragment, name) for name in names}
 
 
 class Source(ABC):
@@ -138,13 +148,18 @@ class Source(ABC):
         self, shard: Shard, batch_size: int, columns: Sequence[str] | None = None
     ) -> Iterator[pa.RecordBatch]:
         """Stream the shard's rows in order as batches of at most ``batch_size`` rows (full batches, except
-        that each fragment may end with a short one).
+        that each fragment may end with a short one; :func:`rebatch` gives full batches across fragments).
 
         ``columns`` selects input columns (the id column is always included, synthetic or not).
         """
 
     def describe(self) -> dict[str, Any]:
         return {"format": self.format, "path": self.spec.input.path}
+
+    def use_schema(self, schema: pa.Schema) -> None:
+        """Take the schema :meth:`schema` gave when the job was planned, so that a worker's source need not
+        learn it again (for a folder, by listing every file). Sources with nothing costly to learn ignore it."""
+        del schema  # nothing to keep here; ColumnSource keeps it
 
 
 def readable_rows(batch: pa.RecordBatch) -> pa.RecordBatch:

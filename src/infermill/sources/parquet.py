@@ -88,16 +88,23 @@ class ParquetSource(FileSource):
     ) -> Iterator[pa.RecordBatch]:
         names = self.projection(columns)
         target = self.target_schema(names)
-        # Batches do not straddle files: filling one across a file boundary would copy every batch after it.
-        for fragment in shard.fragments:
-            yield from rebatch(self._read_fragment(fragment, names, target, batch_size), batch_size)
+        # Batches straddle files, so a shard of many small files (100 rows each, as Spark and streaming jobs
+        # write them) reaches the model in full batches, not one short batch per file; rebatch copies at
+        # most one batch per file boundary.
+        pieces = (
+            batch for fragment in shard.fragments for batch in self._read_fragment(fragment, names, target, batch_size)
+        )
+        yield from rebatch(pieces, batch_size)
 
     def _read_fragment(
         self, fragment: Fragment, names: list[str], target: pa.Schema, batch_size: int
     ) -> Iterator[pa.RecordBatch]:
         where = display_path(fragment.path)
         with self.open_arrow_file(fragment.path) as handle:
-            reader = self._open(handle, where)
+            # A fragment of a batch or less (a small file) is read without pre-buffering: that hands every
+            # column chunk to Arrow's I/O threads and waits for it, which costs more than reading 100 rows.
+            small = fragment.rows is not None and fragment.rows <= batch_size
+            reader = self._open(handle, where, pre_buffer=not small)
             stored = reader.schema_arrow.names
             for name in names:
                 if name not in stored:
@@ -128,14 +135,14 @@ class ParquetSource(FileSource):
             return self._open(handle, display_path(files[0].path)).schema_arrow
 
     def _metadata(self, file: InputFile) -> pq.FileMetaData:
-        with self.open_file(file.path) as handle:
+        with self.open_arrow_file(file.path) as handle:
             return self._open(handle, display_path(file.path)).metadata
 
     @staticmethod
-    def _open(handle: object, where: str) -> pq.ParquetFile:
+    def _open(handle: object, where: str, *, pre_buffer: bool = True) -> pq.ParquetFile:
         try:
             # Pages written with a CRC are checked as they are read; pages without one cannot be.
-            return pq.ParquetFile(handle, page_checksum_verification=True)
+            return pq.ParquetFile(handle, page_checksum_verification=True, pre_buffer=pre_buffer)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(
                 f"{where} is not a readable Parquet file: {exc}",
