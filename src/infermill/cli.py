@@ -175,6 +175,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.intact else EXIT_FAILED
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .schema import schema_text
+
+    text = schema_text()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        print(f"wrote the job file's JSON Schema to {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .engine.validate import validate
 
@@ -325,6 +338,21 @@ def build_parser() -> argparse.ArgumentParser:
         """,
     )
     p.add_argument("job", help="the job file (TOML)")
+
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of a job file (for editors)",
+        description=textwrap.dedent("""\
+        Print the JSON Schema (draft 2020-12) of a job file, built from the same definitions infermill
+        checks job files with: every section and key with its type, default and description, the model
+        kinds, formats and executors registered (plugins included), and each kind's own keys. Editors
+        that read JSON Schema for TOML (Taplo, Even Better TOML) complete and check job files with it:
+        put `#:schema ./infermill.schema.json` on the first line of a job file.
+        """),
+        formatter_class=formatter,
+    )
+    p.add_argument("--output", "-o", help="write it to this file instead of standard output")
+    p.set_defaults(func=cmd_schema)
 
     p = add(
         "demo",

@@ -1,0 +1,161 @@
+"""The JSON Schema of a job file, built from the definitions the job file is checked with.
+
+Each section is a dataclass of ``spec.py`` (its fields, types, defaults and the docstring under each
+field); the names of model kinds, input and output formats and executors come from the registry, and each
+model kind's own keys from its adapter's ``settings_cls``. Editors that read JSON Schema for TOML (Taplo,
+Even Better TOML, the JetBrains TOML plugin) then complete and check job files::
+
+    infermill schema > infermill.schema.json
+    #:schema ./infermill.schema.json           (first line of a job file, for Taplo)
+
+``docs/job-file.schema.json`` is the published copy; a test keeps it equal to what this module builds.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import types
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from . import registry
+from .spec import BatchSpec, ErrorsSpec, InputSpec, ModelSpec, OutputSpec, RetrySpec, RuntimeSpec
+
+__all__ = ["SCHEMA_ID", "job_schema", "schema_text"]
+
+SCHEMA_ID = "https://infermill.dev/schemas/job-file.json"
+_SECTIONS: dict[str, type] = {
+    "input": InputSpec,
+    "model": ModelSpec,
+    "batch": BatchSpec,
+    "output": OutputSpec,
+    "runtime": RuntimeSpec,
+    "retry": RetrySpec,
+    "errors": ErrorsSpec,
+}
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass."""
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for field, doc in zip(body, body[1:], strict=False):
+        if (
+            isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
+            and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)
+        ):
+            docs[field.target.id] = " ".join(doc.value.value.split())
+    return docs
+
+
+def _type_schema(tp: Any) -> dict[str, Any]:
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return {}
+    if origin in (Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]  # TOML has no null: an optional key is omitted
+        if len(options) == 1:
+            return _type_schema(options[0])
+        return {"anyOf": [_type_schema(a) for a in options]}
+    if origin is Literal:
+        return {"enum": list(args)}
+    if origin is list:
+        return {"type": "array", "items": _type_schema(args[0]) if args else {}}
+    if origin is dict or tp is dict:
+        return {"type": "object"}
+    return {str: {"type": "string"}, bool: {"type": "boolean"}, int: {"type": "integer"},
+            float: {"type": "number"}}.get(tp, {})
+
+
+def _default(field: dataclasses.Field[Any]) -> Any:
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+    else:
+        return dataclasses.MISSING
+    try:
+        json.dumps(value)
+    except TypeError:
+        return dataclasses.MISSING
+    return value
+
+
+def _object(cls: type, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    docs = _field_docs(cls)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        prop = _type_schema(hints[field.name])
+        if field.name in docs:
+            prop["description"] = docs[field.name]
+        default = _default(field)
+        if default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            required.append(field.name)
+        elif default is not None and default is not dataclasses.MISSING:
+            prop["default"] = default
+        properties[field.name] = prop
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+    if cls.__doc__:
+        schema["description"] = " ".join(cls.__doc__.split())
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _model_section() -> dict[str, Any]:
+    """``[model]``: the common keys, and each kind's own keys when ``kind`` names it."""
+    from .models import adapter_class
+
+    schema = _object(ModelSpec, skip=("settings",))
+    schema["properties"]["kind"]["enum"] = registry.names("models")
+    schema["additionalProperties"] = True  # a kind's own keys, listed per kind below
+    branches: list[dict[str, Any]] = []
+    for kind in registry.names("models"):
+        try:
+            settings = getattr(adapter_class(kind), "settings_cls", None)
+        except ImportError:
+            continue  # its library is not installed here: its own keys cannot be listed, none are refused
+        own = _object(settings)["properties"] if settings is not None else {}
+        allowed = {**schema["properties"], **own}
+        branches.append({
+            "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+            "then": {"properties": own, "propertyNames": {"enum": sorted(allowed)}},
+        })
+    schema["allOf"] = branches
+    return schema
+
+
+def job_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a job file."""
+    sections = {name: _object(cls) for name, cls in _SECTIONS.items() if name != "model"}
+    sections["model"] = _model_section()
+    sections["input"]["properties"]["format"]["enum"] = registry.names("sources")
+    sections["output"]["properties"]["format"]["enum"] = registry.names("sinks")
+    sections["runtime"]["properties"]["executor"]["enum"] = ["auto", *registry.names("executors")]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "infermill job file",
+        "description": "One batch-inference job: where the input is, which model runs, where results go.",
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "description": "The job's name; defaults to the job file's stem."},
+            **sections,
+        },
+        "required": ["input", "model", "output"],
+        "additionalProperties": False,
+    }
+
+
+def schema_text() -> str:
+    return json.dumps(job_schema(), indent=2, sort_keys=True) + "\n"
