@@ -35,15 +35,13 @@ from ..spec import JobSpec, default_batch_rows
 from .autosize import cache_key
 from .columns import Columns, resolve_columns
 from .executor import threads_per_worker
+from .lease import as_spec, holding
 from .outputs import damaged_parts
 from .runner import (
     RunResult,
-    _acquire,
-    _as_spec,
-    _Heartbeat,
-    _input_fingerprint,
     commit_shard,
     finish_job,
+    input_fingerprint,
     job_result,
     nothing_scored,
 )
@@ -55,21 +53,12 @@ __all__ = ["retry"]
 
 def retry(job: JobSpec | str | os.PathLike[str], *, wait: bool = False) -> RunResult:
     """Reprocess the job's dead-lettered items; returns the job's counts afterwards."""
-    spec = _as_spec(job)
+    spec = as_spec(job)
     started = time.monotonic()
     if not os.path.exists(spec.ledger_path()):
         raise SpecError(f"job '{spec.name}' has not run yet: nothing to retry", hint="run it first: infermill run JOB")
-    ledger = Ledger(spec.ledger_path())
-    try:
-        lease = _acquire(ledger, spec, wait)
-        heartbeat = _Heartbeat(spec.ledger_path(), lease, max(0.5, spec.runtime.lease_seconds / 3))
-        try:
-            return _retry(spec, ledger, lease, started)
-        finally:
-            heartbeat.stop()
-            ledger.release_lease(lease)
-    finally:
-        ledger.close()
+    with holding(spec, wait=wait) as held:
+        return _retry(spec, held.ledger, held.lease, started)
 
 
 def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunResult:
@@ -79,7 +68,7 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
     source = open_source(spec)
     columns = resolve_columns(spec, source.schema())
     shards = {s.shard_id: s for s in source.plan()}
-    if record["spec_fingerprint"] != spec.fingerprint() or record["input_fingerprint"] != _input_fingerprint(
+    if record["spec_fingerprint"] != spec.fingerprint() or record["input_fingerprint"] != input_fingerprint(
         list(shards.values())
     ):
         raise JobChangedError(

@@ -37,13 +37,11 @@ from ..errors import (
     InterruptedRunError,
     JobChangedError,
     JobFailedError,
-    JobLockedError,
     LeaseLostError,
-    LedgerError,
     OutputConflictError,
 )
 from ..ledger import Lease, Ledger
-from ..ledger.sqlite import PartCheck, lease_is_live, move_aside
+from ..ledger.sqlite import PartCheck, lease_is_live
 from ..models import load_adapter
 from ..observe.estimate import RowEstimate, sample_rows_per_byte
 from ..observe.profile import profile_from_stats
@@ -51,7 +49,7 @@ from ..observe.progress import Mode, ProgressReporter, plural
 from ..sinks import CommittedFile, OwnerRecord, Sink, StagedFile, open_sink
 from ..sources import open_source
 from ..sources.base import Shard
-from ..spec import JobSpec, load_spec
+from ..spec import JobSpec
 from .autosize import resolve_batch_size
 from .columns import resolve_columns
 from .events import (
@@ -69,10 +67,20 @@ from .events import (
 )
 from .executor import make_executor, threads_per_worker
 from .faults import fault_point
+from .lease import Held, as_spec, holding
 from .outputs import check_output_location, damaged_parts
 from .validate import no_rows_error
 
-__all__ = ["RunResult", "finish_job", "job_result", "nothing_scored", "run", "status"]
+__all__ = [
+    "RunResult",
+    "commit_shard",
+    "finish_job",
+    "input_fingerprint",
+    "job_result",
+    "nothing_scored",
+    "run",
+    "status",
+]
 
 
 @dataclass(frozen=True)
@@ -120,40 +128,6 @@ class RunResult:
         ]
 
 
-def _as_spec(job: JobSpec | str | os.PathLike[str]) -> JobSpec:
-    return job if isinstance(job, JobSpec) else load_spec(job)
-
-
-class _Heartbeat:
-    """Keeps the lease fresh from its own thread and connection; notices a takeover."""
-
-    def __init__(self, ledger_path: str, lease: Lease, interval: float) -> None:
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._ledger_path = ledger_path
-        self._lease = lease
-        self._interval = interval
-        self._thread = threading.Thread(target=self._run, name="infermill-heartbeat", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        ledger = Ledger(self._ledger_path)
-        try:
-            while not self._stop.wait(self._interval):
-                try:
-                    if not ledger.heartbeat(self._lease):
-                        self.lost.set()
-                        return
-                except InfermillError:
-                    continue
-        finally:
-            ledger.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 @contextmanager
 def _signals(on_signal: Callable[[int], None]) -> Iterator[None]:
     """Route SIGINT/SIGTERM to ``on_signal`` while a run is active (main thread only).
@@ -191,7 +165,7 @@ def _exit_interrupted(signum: int, _frame: Any) -> NoReturn:
     os._exit(EXIT_INTERRUPTED)
 
 
-def _input_fingerprint(shards: list[Shard]) -> str:
+def input_fingerprint(shards: list[Shard]) -> str:
     """A digest of the planned shards' ids. Shard ids hold each file's path relative to the input root and
     its size and mtime (or etag), never an absolute path: a moved or copied job folder (``mv``, ``cp -a``)
     and data mounted elsewhere keep the fingerprint, while an edited file changes it."""
@@ -203,16 +177,6 @@ def _ledger_has_path_ids(ledger: Ledger) -> bool:
     shard descriptors carry no ``shard_id``. Its fingerprints can never match this version's."""
     rows = ledger.shards()
     return bool(rows) and "shard_id" not in json.loads(rows[0].descriptor)
-
-
-def _acquire(ledger: Ledger, spec: JobSpec, wait: bool) -> Lease:
-    while True:
-        try:
-            return ledger.acquire_lease(lease_seconds=spec.runtime.lease_seconds, job=spec.name)
-        except JobLockedError:
-            if not wait:
-                raise
-            time.sleep(min(1.0, spec.runtime.lease_seconds / 10))
 
 
 def run(
@@ -232,34 +196,11 @@ def run(
     >>> result.state, result.rows_succeeded                     # doctest: +SKIP
     ('complete', 1000000)
     """
-    spec = _as_spec(job)
+    spec = as_spec(job)
     started = time.monotonic()
-    ledger = open_ledger(spec, restart=restart, quiet=progress == "off")
-    try:
-        lease = _acquire(ledger, spec, wait)
-        heartbeat = _Heartbeat(spec.ledger_path(), lease, max(0.5, spec.runtime.lease_seconds / 3))
-        try:
-            coordinator = _Coordinator(spec, ledger, lease, heartbeat, progress, Subscribers(subscribers))
-            return coordinator.run(restart=restart, started=started)
-        finally:
-            heartbeat.stop()
-            ledger.release_lease(lease)
-    finally:
-        ledger.close()
-
-
-def open_ledger(spec: JobSpec, *, restart: bool = False, quiet: bool = False) -> Ledger:
-    """The job's ledger. With ``restart``, a ledger that cannot be opened (damaged, not a database) is
-    moved aside, kept with a timestamp, and a new one is started."""
-    try:
-        return Ledger(spec.ledger_path())
-    except LedgerError:
-        if not restart or not os.path.isfile(spec.ledger_path()):
-            raise
-    kept = move_aside(spec.ledger_path())
-    if not quiet:
-        print(f"[{spec.name}] warning: the ledger could not be opened; moved it aside to {kept}", file=sys.stderr)
-    return Ledger(spec.ledger_path())
+    with holding(spec, wait=wait, restart=restart, quiet=progress == "off") as held:
+        coordinator = _Coordinator(spec, held, progress, Subscribers(subscribers))
+        return coordinator.run(restart=restart, started=started)
 
 
 def job_file(spec: JobSpec) -> str:
@@ -269,19 +210,13 @@ def job_file(spec: JobSpec) -> str:
 
 class _Coordinator:
     def __init__(
-        self,
-        spec: JobSpec,
-        ledger: Ledger,
-        lease: Lease,
-        heartbeat: _Heartbeat,
-        progress: Mode | None,
-        subscribers: Subscribers | None = None,
+        self, spec: JobSpec, held: Held, progress: Mode | None, subscribers: Subscribers | None = None
     ) -> None:
         self.subscribers = subscribers or Subscribers()
         self.spec = spec
-        self.ledger = ledger
-        self.lease = lease
-        self.heartbeat = heartbeat
+        self.ledger = held.ledger
+        self.lease = held.lease
+        self.heartbeat = held.heartbeat
         self.progress_mode = progress
         self.sink: Sink = open_sink(spec)
         self.signals = 0
@@ -301,7 +236,7 @@ class _Coordinator:
         if not shards:  # before the ledger exists: a job of nothing would be "complete" for good
             raise no_rows_error(spec)
         model_fp = load_adapter(spec).fingerprint()
-        input_fp = _input_fingerprint(shards)
+        input_fp = input_fingerprint(shards)
         if restart:
             # Nothing is deleted before the job is known to work: spec, input and model (setup included).
             from .validate import validate
@@ -741,7 +676,7 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
     part is missing or changed, see ``damaged_parts``; a rerun recomputes those), ``rows_total``, ``rows_succeeded``,
     ``rows_failed``, ``shards_total``, ``shards_committed``, ``shards_failed``, ``runs``, ``last_run``, ...
     """
-    spec = _as_spec(job)
+    spec = as_spec(job)
     base: dict[str, Any] = {
         "job": spec.name,
         "ledger": spec.ledger_path(),
