@@ -21,20 +21,11 @@ import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from . import registry
-from .spec import BatchSpec, ErrorsSpec, InputSpec, ModelSpec, OutputSpec, RetrySpec, RuntimeSpec
+from .spec import _SECTIONS, ModelSpec
 
 __all__ = ["SCHEMA_ID", "job_schema", "schema_text"]
 
 SCHEMA_ID = "https://infermill.dev/schemas/job-file.json"
-_SECTIONS: dict[str, type] = {
-    "input": InputSpec,
-    "model": ModelSpec,
-    "batch": BatchSpec,
-    "output": OutputSpec,
-    "runtime": RuntimeSpec,
-    "retry": RetrySpec,
-    "errors": ErrorsSpec,
-}
 
 
 def _field_docs(cls: type) -> dict[str, str]:
