@@ -116,12 +116,14 @@ def _held(hold: Path) -> bool:
     return hold.with_name(hold.name + ".held").exists()
 
 
-def test_sigterm_exits_75_and_rerun_completes(parquet_job, job_dir: Path) -> None:
-    job = _slow_job(parquet_job, job_dir)
+def test_sigterm_exits_75_and_rerun_completes(parquet_job, job_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job, hold = _held_job(parquet_job, job_dir)
+    monkeypatch.setenv("HOLD_FILE", str(hold))
     proc = _popen(job)
-    _wait_for(lambda: _status(job)["shards_committed"] >= 2)
+    _wait_for(lambda: _held(hold))  # half the input committed, a batch in the model: whatever the machine's speed
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
+    hold.unlink()  # the batch in flight finishes within the grace period and its shard commits
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 75, err
     assert time.monotonic() - sent < 20
@@ -136,13 +138,16 @@ def test_sigterm_exits_75_and_rerun_completes(parquet_job, job_dir: Path) -> Non
     assert out.column("customer_id").to_pylist() == list(range(40_000))
 
 
-def test_grace_expiry_abandons_in_flight_work(parquet_job, job_dir: Path) -> None:
-    job = _slow_job(parquet_job, job_dir, grace=0.2)
+def test_grace_expiry_abandons_in_flight_work(parquet_job, job_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job, hold = _held_job(parquet_job, job_dir, grace=0.2)
+    monkeypatch.setenv("HOLD_FILE", str(hold))
     proc = _popen(job)
-    _wait_for(lambda: _status(job)["shards_committed"] >= 1)
+    _wait_for(lambda: _held(hold))  # the held batch outlasts the 0.2 s grace period: it is abandoned
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 75, err
+    assert 0 < _status(job)["shards_committed"] < 20
+    hold.unlink()
     rerun = _popen(job)
     assert rerun.communicate(timeout=120) and rerun.returncode == 0
     assert read_output(job_dir / "out").num_rows == 40_000

@@ -71,6 +71,10 @@ from .lease import Held, as_spec, holding
 from .outputs import check_output_location, damaged_parts
 from .validate import no_rows_error
 
+ABANDON_AFTER_S = 5.0
+"""After an abort (grace period over, a fatal error), how long workers get to wind down before the run
+stops without them."""
+
 __all__ = [
     "RunResult",
     "commit_shard",
@@ -392,6 +396,7 @@ class _Coordinator:
                 executor.start()
                 alive = executor.workers
                 aborted = False
+                aborted_at = 0.0
                 while alive > 0:
                     if self.heartbeat.lost.is_set() and fatal is None:
                         fatal = LeaseLostError(
@@ -400,7 +405,11 @@ class _Coordinator:
                         )
                     if (fatal is not None or self._past_grace()) and not aborted:
                         executor.abort()
-                        aborted = True
+                        aborted, aborted_at = True, time.monotonic()
+                    elif aborted and time.monotonic() - aborted_at > ABANDON_AFTER_S:
+                        # A worker stuck inside the model (a call that never returns) does not hold the run:
+                        # its shard was not committed, so the next run does it again.
+                        break
                     elif self.signals:
                         executor.stop()
                     event = executor.get(timeout=0.2)
@@ -440,7 +449,7 @@ class _Coordinator:
         finally:
             reporter.close()
             executor.abort() if (fatal is not None or self.signals) else executor.stop()
-            executor.join(timeout=10)
+            executor.join(timeout=1 if self.signals or fatal is not None else 10)
             for sid in running:
                 # In flight when the run stopped: not committed, so it is simply done again next time.
                 ledger.requeue_shard(sid, self.lease)
