@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import InputError
+from ..ledger import Ledger
 from ..spec import JobSpec, default_batch_rows
 
 __all__ = ["MIN_GAIN", "Probe", "choose_batch_size", "measure_call", "resolve_batch_size"]
@@ -128,7 +129,7 @@ def cache_key(spec: JobSpec, model_fingerprint: str, schema: pa.Schema) -> str:
 def resolve_batch_size(
     spec: JobSpec,
     *,
-    ledger: Any,
+    ledger: Ledger,
     sample: Callable[[], pa.RecordBatch | None],
     features: list[str],
     schema: pa.Schema,

@@ -41,8 +41,10 @@ from ..errors import (
     LedgerError,
     OutputConflictError,
 )
-from ..ledger import Lease, Ledger
-from ..ledger.sqlite import PartCheck, lease_is_live, move_aside
+from ..ledger import Lease, Ledger, LedgerSummary, PartCheck, derive_job_state, display_location, ledger_exists
+from ..ledger import open_ledger as _open_location
+from ..ledger._sql import lease_is_live
+from ..ledger.sqlite import move_aside
 from ..models import load_adapter
 from ..observe.estimate import RowEstimate, sample_rows_per_byte
 from ..observe.progress import Mode, ProgressReporter
@@ -91,17 +93,18 @@ def _as_spec(job: JobSpec | str | os.PathLike[str]) -> JobSpec:
 class _Heartbeat:
     """Keeps the lease fresh from its own thread and connection; notices a takeover."""
 
-    def __init__(self, ledger_path: str, lease: Lease, interval: float) -> None:
+    def __init__(self, connect: Callable[[], Ledger], lease: Lease, interval: float) -> None:
+        """``connect`` opens the same ledger again (same backend), for this thread's own connection."""
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._ledger_path = ledger_path
+        self._connect = connect
         self._lease = lease
         self._interval = interval
         self._thread = threading.Thread(target=self._run, name="infermill-heartbeat", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        ledger = Ledger(self._ledger_path)
+        ledger = self._connect()
         try:
             while not self._stop.wait(self._interval):
                 try:
@@ -180,7 +183,7 @@ def run(
     ledger = open_ledger(spec, restart=restart, quiet=progress == "off")
     try:
         lease = _acquire(ledger, spec, wait)
-        heartbeat = _Heartbeat(spec.ledger_path(), lease, max(0.5, spec.runtime.lease_seconds / 3))
+        heartbeat = _Heartbeat(lambda: connect(spec), lease, max(0.5, spec.runtime.lease_seconds / 3))
         try:
             return _Coordinator(spec, ledger, lease, heartbeat, progress).run(restart=restart, started=started)
         finally:
@@ -190,18 +193,28 @@ def run(
         ledger.close()
 
 
+def connect(spec: JobSpec) -> Ledger:
+    """The job's ledger (SQLite file or PostgreSQL database, from ``[runtime] ledger``)."""
+    return _open_location(spec.ledger_path(), job=spec.name)
+
+
+def has_ledger(spec: JobSpec) -> bool:
+    """Whether the job has a ledger yet (nothing is created to find out)."""
+    return ledger_exists(spec.ledger_path(), spec.name)
+
+
 def open_ledger(spec: JobSpec, *, restart: bool = False, quiet: bool = False) -> Ledger:
-    """The job's ledger. With ``restart``, a ledger that cannot be opened (damaged, not a database) is
-    moved aside, kept with a timestamp, and a new one is started."""
+    """The job's ledger. With ``restart``, an SQLite ledger that cannot be opened (damaged, not a database)
+    is moved aside, kept with a timestamp, and a new one is started."""
     try:
-        return Ledger(spec.ledger_path())
+        return connect(spec)
     except LedgerError:
         if not restart or not os.path.isfile(spec.ledger_path()):
             raise
     kept = move_aside(spec.ledger_path())
     if not quiet:
         print(f"[{spec.name}] warning: the ledger could not be opened; moved it aside to {kept}", file=sys.stderr)
-    return Ledger(spec.ledger_path())
+    return connect(spec)
 
 
 def job_file(spec: JobSpec) -> str:
@@ -248,13 +261,13 @@ class _Coordinator:
             changed = [
                 what
                 for what, old, new in (
-                    ("the job spec", record["spec_fingerprint"], spec.fingerprint()),
-                    ("the model", record["model_fingerprint"], model_fp),
-                    ("the input files", record["input_fingerprint"], input_fp),
+                    ("the job spec", record.spec_fingerprint, spec.fingerprint()),
+                    ("the model", record.model_fingerprint, model_fp),
+                    ("the input files", record.input_fingerprint, input_fp),
                 )
                 if old != new
             ]
-            if changed and not ledger.summary()["shards_committed"]:
+            if changed and not ledger.summary().shards_committed:
                 # Fingerprints bind once a shard has committed: before that there is nothing to mix up.
                 ledger.reset()
                 record = None
@@ -341,11 +354,12 @@ class _Coordinator:
         shards, columns, source, model_fp = self._plan(restart)
         self._recheck()
         summary = ledger.summary()
-        if summary["shards_committed"] == summary["shards_total"]:
+        if summary.shards_committed == summary.shards_total:
             budget = self._over_budget(final=True)
             if budget is not None:
                 raise budget
-            if sink.read_manifest() is None or ledger.job()["completed_at"] is None:  # type: ignore[index]
+            record = ledger.job()
+            if sink.read_manifest() is None or record is None or record.completed_at is None:
                 self._finish()
             return self._result("complete", EXIT_COMPLETE, "nothing to do: the job is already complete", started, 0)
 
@@ -359,10 +373,10 @@ class _Coordinator:
         summary = ledger.summary()
         reporter = ProgressReporter(
             job=spec.name,
-            rows_total=summary["rows_planned"] if summary["shards_with_rows_planned"] == len(shards) else None,
+            rows_total=summary.rows_planned if summary.shards_with_rows_planned == len(shards) else None,
             shards_total=len(shards),
-            rows_done=summary["rows_succeeded"],
-            shards_done=summary["shards_committed"],
+            rows_done=summary.rows_succeeded,
+            shards_done=summary.shards_committed,
             mode=self.progress_mode,
             interval=spec.runtime.progress_interval,
             estimate=RowEstimate.of_plan(
@@ -451,15 +465,15 @@ class _Coordinator:
             raise fatal
         if self.signals:
             message = (
-                f"interrupted: {summary['shards_committed']} of {summary['shards_total']} shards committed; "
+                f"interrupted: {summary.shards_committed} of {summary.shards_total} shards committed; "
                 "rerun the same command to resume"
             )
             ledger.end_run(run_id, "interrupted", message)
             raise InterruptedRunError(message, job=spec.name)
-        if failures or summary["shards_committed"] != summary["shards_total"]:
-            missing = summary["shards_total"] - summary["shards_committed"]
+        if failures or summary.shards_committed != summary.shards_total:
+            missing = summary.shards_total - summary.shards_committed
             first = failures[0] if failures else "worker stopped before finishing"
-            message = f"{missing} of {summary['shards_total']} shards failed; first error: {first}"
+            message = f"{missing} of {summary.shards_total} shards failed; first error: {first}"
             ledger.end_run(run_id, "failed", message)
             raise JobFailedError(
                 message,
@@ -507,13 +521,13 @@ class _Coordinator:
         if errors.max_failed_rows is None and errors.max_failed_fraction is None:
             return None
         summary = self.ledger.summary()
-        failed = summary["rows_failed"]
+        failed = summary.rows_failed
         reason = None
         if errors.max_failed_rows is not None and failed > errors.max_failed_rows:
             reason = f"{failed:,} rows failed, more than errors.max_failed_rows = {errors.max_failed_rows:,}"
         elif errors.max_failed_fraction is not None:
-            known = summary["shards_with_rows_planned"] == summary["shards_total"]
-            total = summary["rows_planned"] if known else summary["rows_succeeded"] + failed
+            known = summary.shards_with_rows_planned == summary.shards_total
+            total = summary.rows_planned if known else summary.rows_succeeded + failed
             # With a known total the check is exact as soon as it trips; otherwise only at the end.
             if (known or final) and total and failed > errors.max_failed_fraction * total:
                 reason = (
@@ -601,11 +615,11 @@ def finish_job(spec: JobSpec, ledger: Ledger, sink: Sink) -> None:
     sink.remove_staging()
 
 
-def _rows_total(summary: dict[str, Any], complete: bool) -> int | None:
-    if summary["shards_with_rows_planned"] == summary["shards_total"]:
-        return int(summary["rows_planned"] or 0)
+def _rows_total(summary: LedgerSummary, complete: bool) -> int | None:
+    if summary.shards_with_rows_planned == summary.shards_total:
+        return int(summary.rows_planned or 0)
     if complete:
-        return int(summary["rows_succeeded"] + summary["rows_failed"])
+        return summary.rows_succeeded + summary.rows_failed
     return None
 
 
@@ -621,15 +635,15 @@ def job_result(
         exit_code=code,
         message=message,
         rows_total=_rows_total(summary, state == "complete"),
-        rows_succeeded=summary["rows_succeeded"],
-        rows_failed=summary["rows_failed"],
-        shards_total=summary["shards_total"],
-        shards_committed=summary["shards_committed"],
+        rows_succeeded=summary.rows_succeeded,
+        rows_failed=summary.rows_failed,
+        shards_total=summary.shards_total,
+        shards_committed=summary.shards_committed,
         rows_this_run=rows_this_run,
         seconds=time.monotonic() - started,
         output_path=sink.display(),
         manifest_path=sink.manifest_path() if state == "complete" else None,
-        ledger_path=spec.ledger_path(),
+        ledger_path=display_location(spec.ledger_path()),
     )
 
 
@@ -651,10 +665,10 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
     spec = _as_spec(job)
     base: dict[str, Any] = {
         "job": spec.name,
-        "ledger": spec.ledger_path(),
+        "ledger": display_location(spec.ledger_path()),
         "output": spec.resolve(spec.output.path),
     }
-    if not os.path.exists(spec.ledger_path()):
+    if not has_ledger(spec):
         return {
             **base,
             "state": "pending",
@@ -669,7 +683,7 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
             "failed_shards": [],
             "damaged_parts": [],
         }
-    ledger = Ledger(spec.ledger_path())
+    ledger = connect(spec)
     try:
         summary = ledger.summary()
         record = ledger.job()
@@ -677,21 +691,8 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
         holder = ledger.lease_holder()
         last = runs[-1] if runs else None
         live = lease_is_live(holder, spec.runtime.lease_seconds)
-        if record is not None and record["completed_at"] is not None and summary["shards_committed"] == summary[
-            "shards_total"
-        ]:
-            state = "complete"
-        elif live and last is not None and last["state"] == "running":
-            state = "running"
-        elif last is None:
-            state = "pending"
-        elif last["state"] == "running":
-            state = "interrupted"  # its process died without recording an end
-        else:
-            state = last["state"]
         damaged = damaged_parts(ledger, open_sink(spec))
-        if damaged and state == "complete":
-            state = "damaged"
+        state = derive_job_state(record, summary, last, lease_live=live, damaged=bool(damaged))
         total = _rows_total(summary, state == "complete")
         failed = [
             {"shard": row.shard_id, "error": row.error} for row in ledger.shards("failed")
@@ -700,19 +701,21 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
             **base,
             "state": state,
             "rows_total": total,
-            "rows_succeeded": summary["rows_succeeded"],
-            "rows_failed": summary["rows_failed"],
-            "shards_total": summary["shards_total"],
-            "shards_committed": summary["shards_committed"],
-            "shards_failed": summary["shards_failed"],
+            "rows_succeeded": summary.rows_succeeded,
+            "rows_failed": summary.rows_failed,
+            "shards_total": summary.shards_total,
+            "shards_committed": summary.shards_committed,
+            "shards_failed": summary.shards_failed,
             "runs": len(runs),
             "last_run": (
-                {k: last[k] for k in ("run_id", "state", "host", "pid", "started_at", "ended_at", "message")}
+                {k: getattr(last, k) for k in ("run_id", "state", "host", "pid", "started_at", "ended_at", "message")}
                 if last
                 else None
             ),
             "holder": (
-                {k: holder[k] for k in ("host", "pid", "acquired_at", "heartbeat_at")} if live and holder else None
+                {k: getattr(holder, k) for k in ("host", "pid", "acquired_at", "heartbeat_at")}
+                if live and holder
+                else None
             ),
             "failed_shards": failed,
             "damaged_parts": [p.describe() for p in damaged],

@@ -3,10 +3,13 @@
 ``infermill.testing.sources`` holds :class:`InMemorySource` and the :class:`SourceConformance` suite
 (which needs pytest only when its tests run).
 ``infermill.testing.models`` holds :class:`EchoModel` and the :class:`ModelAdapterConformance` suite.
+``infermill.testing.ledger`` holds the :class:`LedgerConformance` suite every ledger backend runs, and
+:class:`FakeClock` for leases aged without sleeping.
 """
 
 from __future__ import annotations
 
+from .ledger import FakeClock, LedgerConformance
 from .models import (
     EchoModel,
     ModelAdapterConformance,
@@ -19,7 +22,9 @@ from .sources import InMemorySource, SourceConformance, conformance_rows, source
 
 __all__ = [
     "EchoModel",
+    "FakeClock",
     "InMemorySource",
+    "LedgerConformance",
     "ModelAdapterConformance",
     "SourceConformance",
     "conformance_batch",
