@@ -143,6 +143,9 @@ def _connect(url: str) -> Any:
     try:
         conn = psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=30)
         conn.execute("SET search_path TO infermill, public")
+        # A run paused inside a transaction (SIGSTOP, a frozen VM) would hold its job's lease row, and so
+        # block the run that should take over: the server ends such a session, and so frees the row.
+        conn.execute("SET idle_in_transaction_session_timeout = '10s'")
     except psycopg.Error as exc:
         # psycopg's message may quote the connection string: mask it.
         raise LedgerError(
@@ -219,17 +222,31 @@ class PostgresLedger(SQLLedger):
             self._conn.close()
 
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        return self._conn.execute(_dialect(sql), params)  # type: ignore[no-any-return]
+        with self._errors():
+            return self._conn.execute(_dialect(sql), params)  # type: ignore[no-any-return]
 
     def _xmany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
-            with self._conn.cursor() as cur:
+            with self._errors(), self._conn.cursor() as cur:
                 cur.executemany(_dialect(sql), rows)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """A lost connection or a server error is a LedgerError (the heartbeat thread counts on it)."""
+        import psycopg
+
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise LedgerError(
+                f"the ledger {self.path} failed: {display_url(str(exc).strip())}",
+                hint="check that the PostgreSQL server is up; a rerun of the job resumes where it stopped",
+            ) from None
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
         """A transaction holding the job's lease row (``FOR UPDATE``): one writer per job at a time."""
-        with self._lock, self._conn.transaction():
+        with self._lock, self._errors(), self._conn.transaction():
             self._conn.execute("SELECT token FROM lease WHERE job_id = %s FOR UPDATE", (self._job_id,))
             yield
 
