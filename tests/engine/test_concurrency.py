@@ -84,7 +84,8 @@ def test_stale_lease_is_taken_over(parquet_job, job_dir: Path, ledger_url: str |
 
 @pytest.mark.slow
 def test_paused_holder_wakes_up_fenced(parquet_job, job_dir: Path, ledger_url: str | None) -> None:
-    job, _ = parquet_job(rows=20_000, files=2, shard_rows=1_000, batch=250,
+    # Batches of 50 rows: 0.2 s a shard, so the run is still working when it is paused.
+    job, _ = parquet_job(rows=20_000, files=2, shard_rows=1_000, batch=50,
                          extra=f"lease_seconds = 1.5\n{ledger_line(ledger_url)}")
     (job_dir / "scorer.py").write_text(SLOW_SCORER)
     first = _popen(job)

@@ -6,6 +6,7 @@ import contextlib
 import os
 
 from ..errors import InputError, ModelLoadError
+from ..ledger import display_location
 from ..models import load_adapter
 from ..observe.progress import plural
 from ..sinks import Sink, open_sink
@@ -79,7 +80,7 @@ def validate(job: JobSpec | str | os.PathLike[str]) -> list[str]:
     sink = open_sink(spec)
     _check_output(sink)
     lines.append(f"output:   {spec.output.format} in {sink.display()}")
-    lines.append(f"ledger:   {spec.ledger_path()}")
+    lines.append(f"ledger:   {display_location(spec.ledger_path())}")
     lines.append("ok: the job is valid")
     return lines
 
