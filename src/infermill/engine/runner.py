@@ -41,9 +41,17 @@ from ..errors import (
     LedgerError,
     OutputConflictError,
 )
-from ..ledger import Lease, Ledger, LedgerSummary, PartCheck, derive_job_state, display_location, ledger_exists
+from ..ledger import (
+    Lease,
+    Ledger,
+    LedgerSummary,
+    PartCheck,
+    derive_job_state,
+    display_location,
+    lease_is_live,
+    ledger_exists,
+)
 from ..ledger import open_ledger as _open_location
-from ..ledger._sql import lease_is_live
 from ..ledger.sqlite import move_aside
 from ..models import load_adapter
 from ..observe.estimate import RowEstimate, sample_rows_per_byte

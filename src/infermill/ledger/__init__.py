@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable
 
+from ._sql import lease_is_live
 from .base import (
     CommittedPart,
     DeadItemRecord,
@@ -41,6 +42,7 @@ __all__ = [
     "derive_job_state",
     "display_location",
     "is_postgres",
+    "lease_is_live",
     "ledger_exists",
     "open_ledger",
 ]
