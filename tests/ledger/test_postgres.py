@@ -27,7 +27,13 @@ class TestPostgresLedger(LedgerConformance):
         import psycopg
 
         with psycopg.connect(self.location) as conn:
-            start = conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8").fetchone()[0]  # type: ignore[index]
+
+            def server_time() -> float:
+                row = conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8").fetchone()
+                assert row is not None
+                return float(row[0])
+
+            start = server_time()
             # The server's clock is the only one that counts: wait for it, not for ours.
-            while conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8").fetchone()[0] - start < seconds:  # type: ignore[index]
+            while server_time() - start < seconds:
                 time.sleep(0.02)

@@ -24,6 +24,13 @@ from typing import Any
 from ..errors import LedgerError
 from ._sql import Cursor, SQLLedger, iter_statements
 
+# Re-exported where earlier releases defined them, so their importers keep working.
+from ._sql import lease_is_live as lease_is_live
+from .base import CommittedPart as CommittedPart
+from .base import Lease as Lease
+from .base import PartCheck as PartCheck
+from .base import ShardRow as ShardRow
+
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger", "move_aside"]
 
 SCHEMA_VERSION = 3
