@@ -142,18 +142,26 @@ def _connect(url: str) -> Any:
         ) from exc
     try:
         conn = psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=30)
+    except psycopg.Error as exc:
+        raise _cannot_open(url, exc) from None
+    try:
         conn.execute("SET search_path TO infermill, public")
         # A run paused inside a transaction (SIGSTOP, a frozen VM) would hold its job's lease row, and so
         # block the run that should take over: the server ends such a session, and so frees the row.
         conn.execute("SET idle_in_transaction_session_timeout = '10s'")
     except psycopg.Error as exc:
-        # psycopg's message may quote the connection string: mask it.
-        raise LedgerError(
-            f"cannot open the ledger {display_url(url)}: {display_url(str(exc).strip())}",
-            hint="check '[runtime] ledger' (host, port, database, user) and that the server is up, e.g. "
-            f"`psql '{display_url(url)}' -c 'select 1'`",
-        ) from None
+        conn.close()
+        raise _cannot_open(url, exc) from None
     return conn
+
+
+def _cannot_open(url: str, exc: Exception) -> LedgerError:
+    return LedgerError(
+        # psycopg's message may quote the connection string: mask it.
+        f"cannot open the ledger {display_url(url)}: {display_url(str(exc).strip())}",
+        hint="check '[runtime] ledger' (host, port, database, user) and that the server is up, e.g. "
+        f"`psql '{display_url(url)}' -c 'select 1'`",
+    )
 
 
 class PostgresLedger(SQLLedger):
