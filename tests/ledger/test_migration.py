@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import infermill
+from infermill.errors import LedgerError
 from infermill.ledger import open_ledger
 from infermill.ledger.sqlite import SCHEMA_VERSION
 from tests.conftest import read_output
@@ -85,3 +86,14 @@ def test_a_schema_1_ledger_is_migrated_and_checks_presence(tmp_path: Path) -> No
     assert result.rows_this_run == 100 and result.rows_failed == 3
     ids = sorted(read_output(job.parent / "out").column("customer_id").to_pylist())
     assert ids == [i for i in range(300) if i % 100]
+
+
+def test_a_ledger_of_a_newer_release_is_refused_untouched(tmp_path: Path) -> None:
+    job, ledger_file = _copy(tmp_path)
+    infermill.run(job, progress="off")
+    with sqlite3.connect(ledger_file) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(LedgerError, match="schema version 99, newer than this infermill knows"):
+        infermill.run(job, progress="off")
+    with sqlite3.connect(ledger_file) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "99"

@@ -190,7 +190,7 @@ class SQLiteLedger(SQLLedger):
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("BEGIN IMMEDIATE")
             try:
-                job_id = _prepare(conn, self._job_name)
+                job_id = _prepare(conn, self._job_name, self._path)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -238,9 +238,17 @@ def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
     return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
 
 
-def _prepare(conn: sqlite3.Connection, job: str) -> int:
+def _prepare(conn: sqlite3.Connection, job: str, path: str) -> int:
     """Create or migrate the schema and make sure ``job`` has its rows; return its id. In a transaction."""
     tables = _tables(conn)
+    if "meta" in tables:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            # Written by a newer infermill: migrating it "back" would lose what that release added.
+            raise LedgerError(
+                f"the ledger {path} has schema version {row[0]}, newer than this infermill knows ({SCHEMA_VERSION})",
+                hint="upgrade infermill (pip install -U infermill), or point '[runtime] ledger' elsewhere",
+            )
     legacy = "job" in tables or ("shards" in tables and "jobs" not in tables)
     if legacy:
         _migrate_single_job(conn, job)
