@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-fast lint bench clean install-dev install-demo
+.PHONY: demo test test-fast lint bench clean install-dev install-demo postgres
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +27,25 @@ install-dev: $(VENV)/.dev-installed
 demo: install-demo
 	$(BIN)/infermill demo
 
+# The postgres tests start their own PostgreSQL 15 server (tests/postgres.py): only the binaries are needed.
+# As root (CI) they are installed from Debian's packages when missing; otherwise say how.
+PG_BIN ?= /usr/lib/postgresql/15/bin
+postgres:
+	@if [ "$$INFERMILL_SKIP_POSTGRES" != 1 ] && [ ! -x $(PG_BIN)/initdb ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; \
+		else \
+			echo "PostgreSQL 15 server binaries missing: apt-get install postgresql-15 (or INFERMILL_SKIP_POSTGRES=1)"; \
+			exit 1; \
+		fi; \
+	fi
+
 ## make test: install and run the whole test suite (what CI runs)
-test: install-dev
+test: install-dev postgres
 	$(BIN)/python -m pytest -q
 
 ## make test-fast: the inner loop, without slow tests
-test-fast: install-dev
+test-fast: install-dev postgres
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install-dev

@@ -15,6 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+# The PostgreSQL server fixtures (postgres_server, postgres_url, ledger_url) for ledger tests.
+pytest_plugins = ["tests.postgres"]
+
 SCORER = '''
 import numpy as np
 

@@ -143,9 +143,10 @@ class OutputConflictError(OutputError):
 
 
 class LedgerError(InfermillError):
-    """The ledger cannot be opened (a file that is not an SQLite database, or one that cannot be read), a
-    shard is not in it, or a shard state change is one the state machine forbids. A ledger of another job
-    is a :class:`JobChangedError` instead: its fingerprints do not match."""
+    """The ledger cannot be opened (a file that is not an SQLite database, or one that cannot be read; a
+    PostgreSQL server that cannot be reached), a shard is not in it, or a shard state change is one the
+    state machine forbids. Several jobs may share one ledger: each job has its own rows, keyed by its
+    name, so a ledger that other jobs use too is no error."""
 
 
 class JobLockedError(InfermillError):

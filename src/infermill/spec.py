@@ -22,6 +22,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,7 +266,10 @@ class RuntimeSpec:
     replicas_per_device: int = 1
     """Workers (model copies) per GPU when GPUs are used."""
     ledger: str | None = None
-    """Ledger location: a SQLite file path; default ``.infermill/<name>.sqlite`` beside the job file."""
+    """Ledger location: an SQLite file path (relative to the job file), or a PostgreSQL URL
+    ``postgresql://user:password@host:5432/db`` (needs ``pip install 'infermill[postgres]'``). Several
+    jobs may share one ledger. Default ``.infermill/<name>.sqlite`` beside the job file. Credentials in
+    the URL are never shown in messages, status or logs; it is not part of the fingerprint."""
     prefetch: int = 4
     """Batches read ahead of the model per worker (bounds memory)."""
     grace_seconds: float = 20.0
@@ -383,7 +387,8 @@ class JobSpec:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def ledger_path(self) -> str:
-        """Where this job's SQLite ledger lives."""
+        """Where this job's ledger lives: an SQLite file path, or the ``postgresql://`` URL as written
+        (with any credentials: show it with ``infermill.ledger.display_location``)."""
         if self.runtime.ledger:
             return self.resolve(self.runtime.ledger)
         return os.path.join(self.base_dir, ".infermill", f"{self.name}.sqlite")
@@ -572,6 +577,16 @@ def _validate_settings(spec: JobSpec, where: str) -> None:
     parse_settings(getattr(cls, "settings_cls", None), spec.model.settings, spec.model.kind, where)
 
 
+def _validate_ledger(runtime: RuntimeSpec, where: str) -> None:
+    ledger = runtime.ledger
+    if ledger and is_url(ledger) and not ledger.lower().startswith(("postgresql://", "postgres://")):
+        shown = re.sub(r"^([a-zA-Z][\w+.-]*://)[^/@]*@", r"\1", ledger)
+        raise SpecError(
+            f"{where}: 'runtime.ledger' must be a file path (SQLite) or a postgresql:// URL, not {shown!r}",
+            hint='e.g. ledger = ".infermill/jobs.sqlite" or ledger = "postgresql://user@host/db"',
+        )
+
+
 def _validate_devices(runtime: RuntimeSpec, where: str) -> None:
     devices = runtime.devices
     hint = 'use devices = "auto", "cpu" or a list of CUDA device indexes such as [0, 1]'
@@ -629,6 +644,7 @@ def _validate(spec: JobSpec) -> None:
     if spec.runtime.workers < 1:
         raise SpecError(f"{where}: 'runtime.workers' must be at least 1, not {spec.runtime.workers}")
     _validate_devices(spec.runtime, where)
+    _validate_ledger(spec.runtime, where)
     if spec.runtime.threads_per_worker is not None and spec.runtime.threads_per_worker < 1:
         raise SpecError(f"{where}: 'runtime.threads_per_worker' must be at least 1")
     if spec.retry.max_attempts < 1:

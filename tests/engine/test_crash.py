@@ -1,5 +1,6 @@
 """Crash safety: a real `infermill run` subprocess is SIGKILLed at random moments and at every commit step,
-resumed each time, and its final output must equal an uninterrupted run's: every id once, same scores."""
+resumed each time, and its final output must equal an uninterrupted run's: every id once, same scores.
+Each test runs with the SQLite ledger and with a PostgreSQL one (``ledger_url``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 from infermill.engine.faults import POINTS
 from tests.conftest import SCORER, read_output, write_job, write_parquet_files
+from tests.postgres import ledger_line
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +29,7 @@ SLOW_SCORER = SCORER.replace("import numpy as np", "import time\nimport numpy as
 ROWS = 60_000
 
 
-def _job(directory: Path) -> Path:
+def _job(directory: Path, ledger: str | None = None) -> Path:
     write_parquet_files(directory / "data", ROWS, files=6, row_group_size=1_000)
     (directory / "scorer.py").write_text(SLOW_SCORER)
     return write_job(
@@ -48,7 +50,8 @@ def _job(directory: Path) -> Path:
         [output]
         path = "out"
         keep = ["segment"]
-        """,
+        [runtime]
+        """ + ledger_line(ledger) + "\n",
     )
 
 
@@ -83,8 +86,10 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> pa.Table:
     return table
 
 
-def test_random_sigkills_then_resume_equals_clean_run(tmp_path: Path, reference: pa.Table) -> None:
-    job = _job(tmp_path)
+def test_random_sigkills_then_resume_equals_clean_run(
+    tmp_path: Path, reference: pa.Table, ledger_url: str | None
+) -> None:
+    job = _job(tmp_path, ledger_url)
     rng = random.Random(1234)
     kills, done, restart = 0, False, False
     for _attempt in range(80):
@@ -114,8 +119,10 @@ def test_random_sigkills_then_resume_equals_clean_run(tmp_path: Path, reference:
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_kill_at_each_commit_step_then_resume(tmp_path: Path, reference: pa.Table, point: str) -> None:
-    job = _job(tmp_path)
+def test_kill_at_each_commit_step_then_resume(
+    tmp_path: Path, reference: pa.Table, point: str, ledger_url: str | None
+) -> None:
+    job = _job(tmp_path, ledger_url)
     kills = 0
     # Kill at the 1st, then the 3rd occurrence of the step, resuming in between.
     for nth in (1, 3):
@@ -139,10 +146,12 @@ def test_kill_at_each_commit_step_then_resume(tmp_path: Path, reference: pa.Tabl
 
 
 @pytest.mark.parametrize("point", ["after_rename", "after_commit"])
-def test_kill_in_the_last_shard_leaves_no_manifest(tmp_path: Path, reference: pa.Table, point: str) -> None:
+def test_kill_in_the_last_shard_leaves_no_manifest(
+    tmp_path: Path, reference: pa.Table, point: str, ledger_url: str | None
+) -> None:
     """The last shard's commit is the step just before the manifest: a kill there must leave none (a
     manifest means every shard is committed), and the resume's manifest lists exactly the parts on disk."""
-    job = _job(tmp_path)
+    job = _job(tmp_path, ledger_url)
     proc = _start(job, {"INFERMILL_FAULT": f"{point}:20"})  # 20 shards: the 20th commit is the last one
     proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL

@@ -186,7 +186,7 @@ def test_a_ledger_from_before_relative_ids_says_so(tmp_path: Path) -> None:
             old = json.loads(descriptor)
             del old["shard_id"]
             conn.execute("UPDATE shards SET descriptor = ? WHERE shard_id = ?", (json.dumps(old), shard_id))
-        conn.execute("UPDATE job SET spec_fingerprint = '0123456789abcdef', input_fingerprint = 'fedcba9876543210'")
+        conn.execute("UPDATE jobs SET spec_fingerprint = '0123456789abcdef', input_fingerprint = 'fedcba9876543210'")
     refused = run_cli("run", str(job), "--quiet")
     assert refused.returncode == 2
     assert "earlier infermill" in refused.stderr and "--restart" in refused.stderr, refused.stderr

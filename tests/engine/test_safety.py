@@ -18,7 +18,8 @@ import pytest
 
 import infermill
 from infermill.errors import LeaseLostError
-from infermill.ledger import Lease, Ledger
+from infermill.ledger import Lease, open_ledger
+from infermill.ledger.sqlite import SCHEMA_VERSION
 from infermill.sinks import open_sink
 from infermill.spec import load_spec
 from tests.conftest import SCORER, read_output, run_cli, write_job, write_parquet_files
@@ -319,12 +320,12 @@ def test_a_fenced_out_run_cannot_replace_a_committed_part(tmp_path: Path, monkey
     monkeypatch.setenv("RUN_NAME", "B")
     infermill.run(job, progress="off")
     spec = load_spec(job)
-    ledger = Ledger(spec.ledger_path())
+    ledger = open_ledger(spec.ledger_path(), job=spec.name)
     sink = open_sink(spec)
     committed = {p.name: p.check for p in ledger.committed_parts()}
     shard = ledger.shards()[0]
     # Run A held the lease before B took it over: its token is B's minus one.
-    token = int(ledger.lease_holder()["token"])  # type: ignore[index]
+    token = ledger.lease_holder().token  # type: ignore[union-attr]
     stale = Lease(token=token - 1, host="elsewhere", pid=1)
     sink.prepare()  # A staged its files while it held the lease
     writer = sink.open_writer(shard.ordinal)
@@ -375,7 +376,7 @@ def test_a_ledger_of_the_previous_release_is_migrated(parquet_job, job_dir: Path
     db.close()
     assert infermill.run(job, progress="off").message.startswith("nothing to do")
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     assert "output_sha256" in {r[1] for r in db.execute("PRAGMA table_info(shards)")}
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import InputError
+from ..ledger import Ledger
 from ..sources.base import readable_rows
 from ..spec import JobSpec, default_batch_rows
 
@@ -129,7 +130,7 @@ def cache_key(spec: JobSpec, model_fingerprint: str, schema: pa.Schema) -> str:
 def resolve_batch_size(
     spec: JobSpec,
     *,
-    ledger: Any,
+    ledger: Ledger,
     sample: Callable[[], pa.RecordBatch | None],
     features: list[str],
     schema: pa.Schema,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from typing import Any
 
-from ..ledger import Ledger
+from ..ledger import ledger_exists, open_ledger
 from ..sinks import open_sink
 from ..spec import JobSpec, load_spec
 
 __all__ = ["failures"]
+
+_ITEM_KEYS = ("item_id", "shard_id", "row_index", "error_class", "error_kind", "attempts", "message")
 
 
 def failures(job: JobSpec | str | os.PathLike[str], *, limit: int = 20) -> dict[str, Any]:
@@ -23,18 +26,18 @@ def failures(job: JobSpec | str | os.PathLike[str], *, limit: int = 20) -> dict[
         "items": [],
         "errors_dir": sink.display("_errors"),
     }
-    if not os.path.exists(spec.ledger_path()):
+    if not ledger_exists(spec.ledger_path(), spec.name):
         return result
-    ledger = Ledger(spec.ledger_path())
+    ledger = open_ledger(spec.ledger_path(), job=spec.name)
     try:
         groups = ledger.failure_groups()
         items = ledger.dead_items()
     finally:
         ledger.close()
     result["rows_failed"] = len(items)
-    result["groups"] = groups
+    result["groups"] = [asdict(g) for g in groups]
     result["items"] = [
-        {k: item[k] for k in ("item_id", "shard_id", "row_index", "error_class", "error_kind", "attempts", "message")}
+        {k: getattr(item, k) for k in _ITEM_KEYS}
         for item in items[:limit]
     ]
     return result

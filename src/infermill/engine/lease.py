@@ -16,16 +16,17 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import InfermillError, JobLockedError, LedgerError
-from ..ledger import Lease, Ledger
+from ..ledger import Lease, Ledger, ledger_exists
+from ..ledger import open_ledger as _open_location
 from ..ledger.sqlite import move_aside
 from ..spec import JobSpec, load_spec
 
-__all__ = ["Heartbeat", "Held", "as_spec", "holding", "open_ledger"]
+__all__ = ["Heartbeat", "Held", "as_spec", "connect", "has_ledger", "holding", "open_ledger"]
 
 
 def as_spec(job: JobSpec | str | os.PathLike[str]) -> JobSpec:
@@ -36,17 +37,18 @@ def as_spec(job: JobSpec | str | os.PathLike[str]) -> JobSpec:
 class Heartbeat:
     """Keeps the lease fresh from its own thread and connection; notices a takeover."""
 
-    def __init__(self, ledger_path: str, lease: Lease, interval: float) -> None:
+    def __init__(self, connect: Callable[[], Ledger], lease: Lease, interval: float) -> None:
+        """``connect`` opens the same ledger again (same backend), for this thread's own connection."""
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._ledger_path = ledger_path
+        self._connect = connect
         self._lease = lease
         self._interval = interval
         self._thread = threading.Thread(target=self._run, name="infermill-heartbeat", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        ledger = Ledger(self._ledger_path)
+        ledger = self._connect()
         try:
             while not self._stop.wait(self._interval):
                 try:
@@ -63,18 +65,28 @@ class Heartbeat:
         self._thread.join()
 
 
+def connect(spec: JobSpec) -> Ledger:
+    """The job's ledger (SQLite file or PostgreSQL database, from ``[runtime] ledger``)."""
+    return _open_location(spec.ledger_path(), job=spec.name)
+
+
+def has_ledger(spec: JobSpec) -> bool:
+    """Whether the job has a ledger yet (nothing is created to find out)."""
+    return ledger_exists(spec.ledger_path(), spec.name)
+
+
 def open_ledger(spec: JobSpec, *, restart: bool = False, quiet: bool = False) -> Ledger:
-    """The job's ledger. With ``restart``, a ledger that cannot be opened (damaged, not a database) is
-    moved aside, kept with a timestamp, and a new one is started."""
+    """The job's ledger. With ``restart``, an SQLite ledger that cannot be opened (damaged, not a database)
+    is moved aside, kept with a timestamp, and a new one is started."""
     try:
-        return Ledger(spec.ledger_path())
+        return connect(spec)
     except LedgerError:
         if not restart or not os.path.isfile(spec.ledger_path()):
             raise
     kept = move_aside(spec.ledger_path())
     if not quiet:
         print(f"[{spec.name}] warning: the ledger could not be opened; moved it aside to {kept}", file=sys.stderr)
-    return Ledger(spec.ledger_path())
+    return connect(spec)
 
 
 def _acquire(ledger: Ledger, spec: JobSpec, wait: bool) -> Lease:
@@ -103,7 +115,7 @@ def holding(spec: JobSpec, *, wait: bool = False, restart: bool = False, quiet: 
     ledger = open_ledger(spec, restart=restart, quiet=quiet)
     try:
         lease = _acquire(ledger, spec, wait)
-        heartbeat = Heartbeat(spec.ledger_path(), lease, max(0.5, spec.runtime.lease_seconds / 3))
+        heartbeat = Heartbeat(lambda: connect(spec), lease, max(0.5, spec.runtime.lease_seconds / 3))
         try:
             yield Held(ledger, lease, heartbeat)
         finally:

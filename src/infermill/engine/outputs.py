@@ -18,8 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import OutputConflictError, SpecError
-from ..ledger import Ledger
-from ..ledger.sqlite import CommittedPart
+from ..ledger import CommittedPart, Ledger, ledger_exists, open_ledger
 from ..sinks import MANIFEST_NAME, Sink, open_sink
 from ..spec import JobSpec, is_url, load_spec
 
@@ -140,17 +139,17 @@ def verify(job: JobSpec | str | os.PathLike[str]) -> VerifyReport:
     """Check every committed part of ``job`` against the checksums in its ledger, and the manifest."""
     spec = job if isinstance(job, JobSpec) else load_spec(job)
     job_file = spec.source_file or spec.name
-    if not os.path.exists(spec.ledger_path()):
+    if not ledger_exists(spec.ledger_path(), spec.name):
         raise SpecError(
             f"job '{spec.name}' has not run yet: nothing to verify", hint=f"run it first: infermill run {job_file}"
         )
     sink = open_sink(spec)
-    ledger = Ledger(spec.ledger_path())
+    ledger = open_ledger(spec.ledger_path(), job=spec.name)
     try:
         parts = ledger.committed_parts()
         problems = damaged_parts(ledger, sink, full=True)
         record = ledger.job()
-        complete = record is not None and record["completed_at"] is not None
+        complete = record is not None and record.completed_at is not None
     finally:
         ledger.close()
     owned = {p.name for p in parts}

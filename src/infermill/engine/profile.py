@@ -6,7 +6,7 @@ import json
 import os
 
 from ..errors import SpecError
-from ..ledger import Ledger
+from ..ledger import ledger_exists, open_ledger
 from ..observe.profile import Profile, profile_from_stats
 from ..spec import JobSpec, load_spec
 
@@ -16,11 +16,11 @@ __all__ = ["profile"]
 def profile(job: JobSpec | str | os.PathLike[str]) -> Profile:
     """Stage totals and the bottleneck verdict over the job's committed shards."""
     spec = job if isinstance(job, JobSpec) else load_spec(job)
-    if not os.path.exists(spec.ledger_path()):
+    if not ledger_exists(spec.ledger_path(), spec.name):
         raise SpecError(
             f"job '{spec.name}' has not run yet: nothing to profile", hint="run it first: infermill run JOB"
         )
-    ledger = Ledger(spec.ledger_path())
+    ledger = open_ledger(spec.ledger_path(), job=spec.name)
     try:
         stats = [json.loads(raw) for raw in ledger.shard_stats() if raw]
     finally:

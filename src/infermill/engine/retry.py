@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InfermillError, JobChangedError, OutputError, SpecError
-from ..ledger import Lease, Ledger, ShardRow
+from ..ledger import DeadItemRecord, Lease, Ledger, ShardRow
 from ..models import load_adapter
 from ..sinks import Sink, open_sink
 from ..sources import open_source
@@ -35,7 +35,7 @@ from ..spec import JobSpec, default_batch_rows
 from .autosize import cache_key
 from .columns import Columns, resolve_columns
 from .executor import threads_per_worker
-from .lease import as_spec, holding
+from .lease import as_spec, has_ledger, holding
 from .outputs import damaged_parts
 from .runner import (
     RunResult,
@@ -55,7 +55,7 @@ def retry(job: JobSpec | str | os.PathLike[str], *, wait: bool = False) -> RunRe
     """Reprocess the job's dead-lettered items; returns the job's counts afterwards."""
     spec = as_spec(job)
     started = time.monotonic()
-    if not os.path.exists(spec.ledger_path()):
+    if not has_ledger(spec):
         raise SpecError(f"job '{spec.name}' has not run yet: nothing to retry", hint="run it first: infermill run JOB")
     with holding(spec, wait=wait) as held:
         return _retry(spec, held.ledger, held.lease, started)
@@ -68,7 +68,7 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
     source = open_source(spec)
     columns = resolve_columns(spec, source.schema())
     shards = {s.shard_id: s for s in source.plan()}
-    if record["spec_fingerprint"] != spec.fingerprint() or record["input_fingerprint"] != input_fingerprint(
+    if record.spec_fingerprint != spec.fingerprint() or record.input_fingerprint != input_fingerprint(
         list(shards.values())
     ):
         raise JobChangedError(
@@ -101,7 +101,7 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
         spec = replace(spec, batch=replace(spec.batch, size=cached or default))
     adapter.setup()
     run_id = ledger.start_run(lease)
-    if model_fp != record["model_fingerprint"]:
+    if model_fp != record.model_fingerprint:
         ledger.set_model_fingerprint(model_fp)
     sink.prepare()
     # The job's output is about to change: it is not complete again until the new manifest is written.
@@ -111,9 +111,9 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
         adapter, columns, spec.retry, spec.batch.rows(),
         max_bytes=spec.batch.max_bytes, max_tokens=spec.batch.max_tokens,
     )
-    by_shard: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_shard: dict[str, list[DeadItemRecord]] = defaultdict(list)
     for item in dead:
-        by_shard[item["shard_id"]].append(item)
+        by_shard[item.shard_id].append(item)
     rows_fixed = 0
     try:
         for shard_id, items in sorted(by_shard.items()):
@@ -126,7 +126,7 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
     finally:
         adapter.close()
     summary = ledger.summary()
-    if summary["shards_committed"] == summary["shards_total"]:
+    if summary.shards_committed == summary.shards_total:
         failed = nothing_scored(spec, ledger)
         if failed is not None:
             ledger.end_run(run_id, "failed", str(failed))
@@ -147,10 +147,10 @@ def _retry_shard(
     scorer: BatchScorer,
     columns: Columns,
     shard: Shard,
-    items: list[dict[str, Any]],
+    items: list[DeadItemRecord],
     run_id: int,
 ) -> int:
-    rows_by_index = {int(i["row_index"]): i for i in items}
+    rows_by_index = {i.row_index: i for i in items}
     wanted = np.array(sorted(rows_by_index), dtype=np.int64)
     # Gather the dead rows from the shard's input, in order.
     pieces: list[pa.RecordBatch] = []
@@ -181,7 +181,7 @@ def _retry_shard(
     row = _committed_row(ledger, shard.shard_id)
     rows_total = int(row.rows_out or 0) + int(row.rows_failed or 0)
     old_rows = sink.read_part(row.output_file) if row.output_file and rows_total > len(wanted) else None
-    retried_ids = pa.array([str(i["item_id"]) for i in items], pa.string())
+    retried_ids = pa.array([str(i.item_id) for i in items], pa.string())
     if old_rows is not None:
         keep = pc.invert(pc.is_in(pc.cast(old_rows.column(columns.id), pa.string()), value_set=retried_ids))
         old_rows = old_rows.filter(keep)

@@ -40,8 +40,15 @@ from ..errors import (
     LeaseLostError,
     OutputConflictError,
 )
-from ..ledger import Lease, Ledger
-from ..ledger.sqlite import PartCheck, lease_is_live
+from ..ledger import (
+    Lease,
+    Ledger,
+    LedgerSummary,
+    PartCheck,
+    derive_job_state,
+    display_location,
+    lease_is_live,
+)
 from ..models import load_adapter
 from ..observe.estimate import RowEstimate, sample_rows_per_byte
 from ..observe.profile import profile_from_stats
@@ -67,7 +74,7 @@ from .events import (
 )
 from .executor import make_executor, threads_per_worker
 from .faults import fault_point
-from .lease import Held, as_spec, holding
+from .lease import Held, as_spec, connect, has_ledger, holding
 from .outputs import check_output_location, damaged_parts
 from .validate import no_rows_error
 
@@ -252,13 +259,13 @@ class _Coordinator:
             changed = [
                 what
                 for what, old, new in (
-                    ("the job spec", record["spec_fingerprint"], spec.fingerprint()),
-                    ("the model", record["model_fingerprint"], model_fp),
-                    ("the input files", record["input_fingerprint"], input_fp),
+                    ("the job spec", record.spec_fingerprint, spec.fingerprint()),
+                    ("the model", record.model_fingerprint, model_fp),
+                    ("the input files", record.input_fingerprint, input_fp),
                 )
                 if old != new
             ]
-            if changed and not ledger.summary()["shards_committed"]:
+            if changed and not ledger.summary().shards_committed:
                 # Fingerprints bind once a shard has committed: before that there is nothing to mix up.
                 ledger.reset()
                 record = None
@@ -344,11 +351,12 @@ class _Coordinator:
         shards, columns, source, model_fp = self._plan(restart)
         self._recheck()
         summary = ledger.summary()
-        if summary["shards_committed"] == summary["shards_total"]:
+        if summary.shards_committed == summary.shards_total:
             budget = self._over_budget(final=True)
             if budget is not None:
                 raise budget
-            if sink.read_manifest() is None or ledger.job()["completed_at"] is None:  # type: ignore[index]
+            record = ledger.job()
+            if sink.read_manifest() is None or record is None or record.completed_at is None:
                 self._finish()
             result = self._result("complete", EXIT_COMPLETE, "nothing to do: the job is already complete", started, 0)
             return dataclasses.replace(result, already_complete=True)
@@ -363,10 +371,10 @@ class _Coordinator:
         summary = ledger.summary()
         reporter = ProgressReporter(
             job=spec.name,
-            rows_total=summary["rows_planned"] if summary["shards_with_rows_planned"] == len(shards) else None,
+            rows_total=summary.rows_planned if summary.shards_with_rows_planned == len(shards) else None,
             shards_total=len(shards),
-            rows_done=summary["rows_succeeded"],
-            shards_done=summary["shards_committed"],
+            rows_done=summary.rows_succeeded,
+            shards_done=summary.shards_committed,
             mode=self.progress_mode,
             interval=spec.runtime.progress_interval,
             estimate=RowEstimate.of_plan(
@@ -461,18 +469,18 @@ class _Coordinator:
             raise fatal
         if self.signals:
             message = (
-                f"interrupted: {summary['shards_committed']} of {summary['shards_total']} shards committed; "
+                f"interrupted: {summary.shards_committed} of {summary.shards_total} shards committed; "
                 "rerun the same command to resume"
             )
             self._end_run(run_id, "interrupted", message)
             raise InterruptedRunError(message, job=spec.name)
-        if failures or summary["shards_committed"] != summary["shards_total"]:
-            missing = summary["shards_total"] - summary["shards_committed"]
+        if failures or summary.shards_committed != summary.shards_total:
+            missing = summary.shards_total - summary.shards_committed
             first = failures[0] if failures else "worker stopped before finishing"
             # A shard fails on its input (a file gone, a bomb): that error's own hint says what to do, and a
             # generic "fix and rerun" would lead to "the input changed" once the file is fixed.
             first, _, own_hint = first.partition("\n  hint: ")
-            message = f"{missing} of {summary['shards_total']} shards failed; first error: {first}"
+            message = f"{missing} of {summary.shards_total} shards failed; first error: {first}"
             self._end_run(run_id, "failed", message)
             raise JobFailedError(
                 message,
@@ -527,13 +535,13 @@ class _Coordinator:
         if errors.max_failed_rows is None and errors.max_failed_fraction is None:
             return nothing_scored(self.spec, self.ledger) if final else None
         summary = self.ledger.summary()
-        failed = summary["rows_failed"]
+        failed = summary.rows_failed
         reason = None
         if errors.max_failed_rows is not None and failed > errors.max_failed_rows:
             reason = f"{failed:,} rows failed, more than errors.max_failed_rows = {errors.max_failed_rows:,}"
         elif errors.max_failed_fraction is not None:
-            known = summary["shards_with_rows_planned"] == summary["shards_total"]
-            total = summary["rows_planned"] if known else summary["rows_succeeded"] + failed
+            known = summary.shards_with_rows_planned == summary.shards_total
+            total = summary.rows_planned if known else summary.rows_succeeded + failed
             # With a known total the check is exact as soon as it trips; otherwise only at the end.
             if (known or final) and total and failed > errors.max_failed_fraction * total:
                 reason = (
@@ -597,15 +605,15 @@ def nothing_scored(spec: JobSpec, ledger: Ledger) -> JobFailedError | None:
     if spec.errors.max_failed_rows is not None or spec.errors.max_failed_fraction is not None:
         return None
     summary = ledger.summary()
-    failed = summary["rows_failed"]
-    if summary["rows_succeeded"] or not failed:
+    failed = summary.rows_failed
+    if summary.rows_succeeded or not failed:
         return None
     groups = ledger.failure_groups()
     cause = ""
     if groups:
         top = groups[0]
-        example = (top["example"] or "").splitlines()
-        cause = f"; {top['count']:,} with {top['error_class']}" + (f", e.g. {example[0]}" if example else "")
+        example = (top.example or "").splitlines()
+        cause = f"; {top.count:,} with {top.error_class}" + (f", e.g. {example[0]}" if example else "")
     ref = spec.source_file or spec.name
     return JobFailedError(
         f"no row was scored: all {failed:,} rows failed{cause}",
@@ -645,11 +653,11 @@ def finish_job(spec: JobSpec, ledger: Ledger, sink: Sink) -> None:
     ledger.mark_complete()
 
 
-def _rows_total(summary: dict[str, Any], complete: bool) -> int | None:
-    if summary["shards_with_rows_planned"] == summary["shards_total"]:
-        return int(summary["rows_planned"] or 0)
+def _rows_total(summary: LedgerSummary, complete: bool) -> int | None:
+    if summary.shards_with_rows_planned == summary.shards_total:
+        return int(summary.rows_planned or 0)
     if complete:
-        return int(summary["rows_succeeded"] + summary["rows_failed"])
+        return summary.rows_succeeded + summary.rows_failed
     return None
 
 
@@ -665,15 +673,15 @@ def job_result(
         exit_code=code,
         message=message,
         rows_total=_rows_total(summary, state == "complete"),
-        rows_succeeded=summary["rows_succeeded"],
-        rows_failed=summary["rows_failed"],
-        shards_total=summary["shards_total"],
-        shards_committed=summary["shards_committed"],
+        rows_succeeded=summary.rows_succeeded,
+        rows_failed=summary.rows_failed,
+        shards_total=summary.shards_total,
+        shards_committed=summary.shards_committed,
         rows_this_run=rows_this_run,
         seconds=time.monotonic() - started,
         output_path=sink.display(),
         manifest_path=sink.manifest_path() if state == "complete" else None,
-        ledger_path=spec.ledger_path(),
+        ledger_path=display_location(spec.ledger_path()),
         verdict=tuple(profile_from_stats([json.loads(raw) for raw in ledger.shard_stats() if raw]).lines()[:2]),
     )
 
@@ -688,10 +696,10 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
     spec = as_spec(job)
     base: dict[str, Any] = {
         "job": spec.name,
-        "ledger": spec.ledger_path(),
+        "ledger": display_location(spec.ledger_path()),
         "output": spec.resolve(spec.output.path),
     }
-    if not os.path.exists(spec.ledger_path()):
+    if not has_ledger(spec):
         return {
             **base,
             "state": "pending",
@@ -706,7 +714,7 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
             "failed_shards": [],
             "damaged_parts": [],
         }
-    ledger = Ledger(spec.ledger_path())
+    ledger = connect(spec)
     try:
         summary = ledger.summary()
         record = ledger.job()
@@ -714,21 +722,8 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
         holder = ledger.lease_holder()
         last = runs[-1] if runs else None
         live = lease_is_live(holder, spec.runtime.lease_seconds)
-        if record is not None and record["completed_at"] is not None and summary["shards_committed"] == summary[
-            "shards_total"
-        ]:
-            state = "complete"
-        elif live and last is not None and last["state"] == "running":
-            state = "running"
-        elif last is None:
-            state = "pending"
-        elif last["state"] == "running":
-            state = "interrupted"  # its process died without recording an end
-        else:
-            state = last["state"]
         damaged = damaged_parts(ledger, open_sink(spec))
-        if damaged and state == "complete":
-            state = "damaged"
+        state = derive_job_state(record, summary, last, lease_live=live, damaged=bool(damaged))
         total = _rows_total(summary, state == "complete")
         failed = [
             {"shard": row.shard_id, "error": row.error} for row in ledger.shards("failed")
@@ -737,19 +732,21 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
             **base,
             "state": state,
             "rows_total": total,
-            "rows_succeeded": summary["rows_succeeded"],
-            "rows_failed": summary["rows_failed"],
-            "shards_total": summary["shards_total"],
-            "shards_committed": summary["shards_committed"],
-            "shards_failed": summary["shards_failed"],
+            "rows_succeeded": summary.rows_succeeded,
+            "rows_failed": summary.rows_failed,
+            "shards_total": summary.shards_total,
+            "shards_committed": summary.shards_committed,
+            "shards_failed": summary.shards_failed,
             "runs": len(runs),
             "last_run": (
-                {k: last[k] for k in ("run_id", "state", "host", "pid", "started_at", "ended_at", "message")}
+                {k: getattr(last, k) for k in ("run_id", "state", "host", "pid", "started_at", "ended_at", "message")}
                 if last
                 else None
             ),
             "holder": (
-                {k: holder[k] for k in ("host", "pid", "acquired_at", "heartbeat_at")} if live and holder else None
+                {k: getattr(holder, k) for k in ("host", "pid", "acquired_at", "heartbeat_at")}
+                if live and holder
+                else None
             ),
             "failed_shards": failed,
             "damaged_parts": [p.describe() for p in damaged],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from ..errors import InputError, ModelLoadError
+from ..ledger import display_location
 from ..models import load_adapter
 from ..observe.progress import plural
 from ..sinks import open_sink
@@ -78,7 +79,7 @@ def validate(job: JobSpec | str | os.PathLike[str]) -> list[str]:
     sink = open_sink(spec)
     sink.probe()
     lines.append(f"output:   {spec.output.format} in {sink.display()}")
-    lines.append(f"ledger:   {spec.ledger_path()}")
+    lines.append(f"ledger:   {display_location(spec.ledger_path())}")
     lines.append("ok: the job is valid")
     return lines
 

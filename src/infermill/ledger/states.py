@@ -16,11 +16,14 @@ and is reported as ``interrupted``. A job's state is derived: the latest run's, 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from ..errors import LedgerError
 
-__all__ = ["JOB_STATES", "JobState", "RunState", "ShardState", "check_shard_transition"]
+if TYPE_CHECKING:
+    from .base import JobRecord, LedgerSummary, RunRecord
+
+__all__ = ["JOB_STATES", "JobState", "RunState", "ShardState", "check_shard_transition", "derive_job_state"]
 
 ShardState = Literal["pending", "running", "committed", "failed"]
 RunState = Literal["running", "complete", "failed", "interrupted"]
@@ -39,3 +42,27 @@ def check_shard_transition(old: str, new: str, shard_id: str) -> None:
     """Raise LedgerError for a transition the state machine does not allow."""
     if new not in _SHARD_TRANSITIONS.get(old, set()):
         raise LedgerError(f"shard {shard_id}: illegal state change {old} -> {new}")
+
+
+def derive_job_state(
+    job: JobRecord | None,
+    summary: LedgerSummary,
+    last_run: RunRecord | None,
+    *,
+    lease_live: bool,
+    damaged: bool,
+) -> JobState:
+    """A job's state from its records: ``complete`` once its manifest was written with every shard
+    committed (``damaged`` if a committed part is since missing or changed), ``running`` while its latest
+    run holds a live lease, ``pending`` before any run, ``interrupted`` for a latest run that died without
+    recording an end, else the latest run's own end state."""
+    state: JobState
+    if job is not None and job.completed_at is not None and summary.shards_committed == summary.shards_total:
+        state = "damaged" if damaged else "complete"
+    elif last_run is None:
+        state = "pending"
+    elif last_run.state == "running":
+        state = "running" if lease_live else "interrupted"
+    else:
+        state = cast(JobState, last_run.state)
+    return state

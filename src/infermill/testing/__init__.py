@@ -4,10 +4,13 @@
 (which needs pytest only when its tests run).
 ``infermill.testing.models`` holds :class:`EchoModel` and the :class:`ModelAdapterConformance` suite.
 ``infermill.testing.sinks`` holds the :class:`SinkConformance` suite every sink passes.
+``infermill.testing.ledger`` holds the :class:`LedgerConformance` suite every ledger backend runs, and
+:class:`FakeClock` for leases aged without sleeping.
 """
 
 from __future__ import annotations
 
+from .ledger import FakeClock, LedgerConformance
 from .models import (
     EchoModel,
     ModelAdapterConformance,
@@ -21,7 +24,9 @@ from .sources import InMemorySource, SourceConformance, conformance_rows, source
 
 __all__ = [
     "EchoModel",
+    "FakeClock",
     "InMemorySource",
+    "LedgerConformance",
     "ModelAdapterConformance",
     "SinkConformance",
     "SourceConformance",
