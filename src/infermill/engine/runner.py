@@ -76,6 +76,7 @@ from .executor import make_executor, threads_per_worker
 from .faults import fault_point
 from .lease import Held, as_spec, connect, has_ledger, holding
 from .outputs import check_output_location, damaged_parts
+from .plan import plan_record, stored_shards
 from .validate import no_rows_error
 
 ABANDON_AFTER_S = 5.0
@@ -224,6 +225,8 @@ class _Coordinator:
         self, spec: JobSpec, held: Held, progress: Mode | None, subscribers: Subscribers | None = None
     ) -> None:
         self.subscribers = subscribers or Subscribers()
+        self.planned_again = True
+        """False when this run took its shards from the ledger (a resume over an unchanged input)."""
         self.spec = spec
         self.ledger = held.ledger
         self.lease = held.lease
@@ -243,7 +246,15 @@ class _Coordinator:
         check_output_location(spec)
         source = open_source(spec)
         columns = resolve_columns(spec, source.schema())
-        shards = source.plan()
+        # A resume of the same spec over an unchanged listing takes the plan from the ledger: no metadata
+        # is read twice.
+        known = ledger.job()
+        same_spec = known is not None and known.spec_fingerprint == spec.fingerprint()
+        stored = stored_shards(known, ledger, source) if same_spec and not restart else None
+        if stored is not None:
+            shards, self.planned_again = stored, False
+        else:
+            shards, self.planned_again = source.plan(), True
         if not shards:  # before the ledger exists: a job of nothing would be "complete" for good
             raise no_rows_error(spec)
         model_fp = load_adapter(spec).fingerprint()
@@ -300,6 +311,7 @@ class _Coordinator:
                 output_path=sink.display(),
                 spec_json=json.dumps(spec.to_dict(redact=True), default=str),
                 shards=[(s.shard_id, s.ordinal, s.to_json(), s.rows) for s in shards],
+                plan_json=plan_record(source, columns, shards),
             )
         return shards, columns, source, model_fp
 

@@ -102,6 +102,7 @@ class SQLLedger:
             model_fingerprint=r["model_fingerprint"], input_fingerprint=r["input_fingerprint"],
             output_path=r["output_path"], spec_json=r["spec_json"], created_at=float(r["created_at"]),
             completed_at=None if r["completed_at"] is None else float(r["completed_at"]),
+            plan_json=r["plan_json"],
         )
 
     def create_job(
@@ -114,13 +115,16 @@ class SQLLedger:
         output_path: str,
         spec_json: str,
         shards: Sequence[tuple[str, int, str, int | None]],
+        plan_json: str | None = None,
     ) -> None:
         """Record the job's plan and its shards (all pending)."""
         with self._tx():
             self._x(
                 "UPDATE jobs SET spec_fingerprint = ?, model_fingerprint = ?, input_fingerprint = ?,"
-                " output_path = ?, spec_json = ?, created_at = now_s(), completed_at = NULL WHERE job_id = ?",
-                (spec_fingerprint, model_fingerprint, input_fingerprint, output_path, spec_json, self._job_id),
+                " output_path = ?, spec_json = ?, plan_json = ?, created_at = now_s(), completed_at = NULL"
+                " WHERE job_id = ?",
+                (spec_fingerprint, model_fingerprint, input_fingerprint, output_path, spec_json, plan_json,
+                 self._job_id),
             )
             self._xmany(
                 "INSERT INTO shards (job_id, shard_id, ordinal, descriptor, rows_planned) VALUES (?, ?, ?, ?, ?)",
@@ -134,7 +138,8 @@ class SQLLedger:
             self._x("DELETE FROM shards WHERE job_id = ?", (self._job_id,))
             self._x(
                 "UPDATE jobs SET spec_fingerprint = NULL, model_fingerprint = NULL, input_fingerprint = NULL,"
-                " output_path = NULL, spec_json = NULL, created_at = NULL, completed_at = NULL WHERE job_id = ?",
+                " output_path = NULL, spec_json = NULL, plan_json = NULL, created_at = NULL, completed_at = NULL"
+                " WHERE job_id = ?",
                 (self._job_id,),
             )
 

@@ -74,6 +74,8 @@ class JobRecord:
     created_at: float
     completed_at: float | None
     """Set when the manifest was written; None while the output is incomplete or being changed."""
+    plan_json: str | None = None
+    """The frozen run plan (JSON): what a resume needs to skip planning again (see ``engine/plan.py``)."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ class Ledger(Protocol):
     def create_job(
         self, *, name: str, spec_fingerprint: str, model_fingerprint: str, input_fingerprint: str,
         output_path: str, spec_json: str, shards: Sequence[tuple[str, int, str, int | None]],
+        plan_json: str | None = None,
     ) -> None: ...
     def reset(self) -> None: ...
     def mark_complete(self) -> None: ...

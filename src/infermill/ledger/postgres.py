@@ -24,7 +24,7 @@ from ._sql import Cursor, SQLLedger, iter_statements
 
 __all__ = ["SCHEMA_VERSION", "PostgresLedger", "display_url"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA_LOCK = 0x1E_D6E2  # advisory lock id held while the schema is created or migrated
 
 _SCHEMA = """
@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS infermill.jobs (
     input_fingerprint TEXT,
     output_path TEXT,
     spec_json TEXT,
+    plan_json TEXT,
     created_at DOUBLE PRECISION,
     completed_at DOUBLE PRECISION
 );
@@ -116,6 +117,7 @@ CREATE TABLE IF NOT EXISTS infermill.lease (
     heartbeat_at DOUBLE PRECISION NOT NULL,
     released INTEGER NOT NULL DEFAULT 0
 )
+ALTER TABLE infermill.jobs ADD COLUMN IF NOT EXISTS plan_json TEXT;
 """
 
 _NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"

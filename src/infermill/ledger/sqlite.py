@@ -33,7 +33,7 @@ from .base import ShardRow as ShardRow
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger", "move_aside"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 OPEN_TIMEOUT_S = 30.0
 """How long opening the ledger waits for another process that holds it (or is creating it)."""
 
@@ -43,6 +43,8 @@ _ADDED_COLUMNS = {
         ("output_bytes", "INTEGER"), ("output_sha256", "TEXT"), ("output_mtime_ns", "INTEGER"),
         ("errors_bytes", "INTEGER"), ("errors_sha256", "TEXT"), ("errors_mtime_ns", "INTEGER"),
     ),
+    # version 4: the frozen run plan (listing fingerprint, columns), so a resume needs no re-planning
+    "jobs": (("plan_json", "TEXT"),),
 }
 
 _SCHEMA = """
@@ -56,6 +58,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     input_fingerprint TEXT,
     output_path TEXT,
     spec_json TEXT,
+    plan_json TEXT,
     created_at REAL,
     completed_at REAL
 );

@@ -6,6 +6,8 @@ on the instance and survives pickling, while the filesystem handle and listing a
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +19,7 @@ from ..errors import InputError
 from ..spec import JobSpec
 from ._columns import ColumnSource
 from ._fs import InputFile, InputListing, display_path, list_input, open_filesystem
+from .base import Shard
 
 __all__ = ["FileSource"]
 
@@ -73,6 +76,26 @@ class FileSource(ColumnSource):
 
     def _load_schema(self) -> pa.Schema:
         return self._infer_schema(self.listing().files)
+
+    def listing_fingerprint(self) -> str | None:
+        """The listed files' paths relative to the input root with their sizes and mtimes (or etags): equal
+        exactly when the shards planned from this listing are the shards planning would give again."""
+        digest = hashlib.sha256(self.format.encode())
+        for file in self.listing().files:
+            digest.update(f"\n{file.relpath}\t{file.size}\t{file.fingerprint}".encode())
+        return digest.hexdigest()
+
+    def relocate(self, shards: list[Shard]) -> list[Shard] | None:
+        paths = {file.relpath: file.path for file in self.listing().files}
+        moved: list[Shard] = []
+        for shard in shards:
+            fragments = []
+            for fragment in shard.fragments:
+                if fragment.relpath not in paths:
+                    return None
+                fragments.append(dataclasses.replace(fragment, path=paths[fragment.relpath]))
+            moved.append(Shard(ordinal=shard.ordinal, fragments=tuple(fragments)))
+        return moved
 
     def schema_origin(self) -> str:
         return display_path(self.listing().files[0].path)

@@ -156,6 +156,16 @@ class Source(ABC):
     def describe(self) -> dict[str, Any]:
         return {"format": self.format, "path": self.spec.input.path}
 
+    def listing_fingerprint(self) -> str | None:
+        """A cheap identity of the input as it is now (a listing, no file read), equal whenever a plan made
+        earlier still holds; None (the default) when the source cannot tell, so every run plans again."""
+        return None
+
+    def relocate(self, shards: list[Shard]) -> list[Shard] | None:
+        """Shards planned earlier (from the ledger), with what locates their files brought up to date (the
+        job folder may have moved); None when that is not possible and the input must be planned again."""
+        return shards
+
     def use_schema(self, schema: pa.Schema) -> None:
         """Take the schema :meth:`schema` gave when the job was planned, so that a worker's source need not
         learn it again (for a folder, by listing every file). Sources with nothing costly to learn ignore it."""
