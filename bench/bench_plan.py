@@ -1,0 +1,151 @@
+"""Plan once: time to the first scored batch for a fresh run and for a resume, and list calls per run.
+
+A fresh run lists the input and reads every Parquet footer to plan its shards; a resume of the same job
+over an unchanged input takes its shards from the ledger (``engine/plan.py``). Measured in one process
+per run (the first ``Progress`` event, through a run subscriber, marks the first scored batch):
+
+- local: a folder of 20,000 Parquet files of 100 rows (``bench_files.py``'s data);
+- s3: 5,000 objects of 100 rows in moto's S3 server on 127.0.0.1 (``--s3``; uploading takes a minute).
+
+The resume is made by deleting one committed part after a complete run: the next run sends that shard
+back to pending and recomputes it, so it plans (or does not) exactly as a resume after a crash does.
+
+    python bench/bench_plan.py                 # local only
+    python bench/bench_plan.py --s3            # and the S3 leg
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import bench_files
+
+CHILD = textwrap.dedent("""\
+    import json, sys, time
+    started = time.perf_counter()
+    import infermill
+    from infermill.engine.events import Progress
+    from infermill.sources import _files
+    calls = {"list": 0}
+    real = _files.list_input
+    def counting(*args, **kwargs):
+        calls["list"] += 1
+        return real(*args, **kwargs)
+    _files.list_input = counting
+    first = {}
+    class First:
+        def on_event(self, event):
+            if isinstance(event, Progress) and "t" not in first:
+                first["t"] = time.perf_counter() - started
+    result = infermill.run(sys.argv[1], progress="off", subscribers=[First()])
+    print(json.dumps({"first_batch_s": first.get("t"), "total_s": time.perf_counter() - started,
+                      "list_calls": calls["list"], "rows_this_run": result.rows_this_run}))
+""")
+
+
+def _job(folder: Path, data: str, storage: str = "") -> Path:
+    model = "class Model:\n    def predict(self, batch):\n        return {'y': batch['f00']}\n"
+    (folder / "model.py").write_text(model)
+    job = folder / "job.toml"
+    job.write_text(
+        f'name = "plan"\n[input]\npath = "{data}"\nformat = "parquet"\nid_column = "id"\nshard_rows = 100000\n'
+        f'{storage}[model]\nkind = "python"\nentrypoint = "model.py:Model"\nfeatures = ["f00"]\noutputs = ["y"]\n'
+        f'[output]\npath = "out"\n'
+    )
+    return job
+
+
+def _run(job: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(job)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed: {proc.stderr[-2000:]}")
+    data: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return data
+
+
+def measure(label: str, job: Path, env: dict[str, str] | None = None) -> list[str]:
+    fresh = _run(job, env)
+    parts = sorted((job.parent / "out").glob("part-*.parquet"))
+    parts[0].unlink()
+    resumed = _run(job, env)
+    lines = []
+    for name, r in (("fresh", fresh), ("resume", resumed)):
+        lines.append(
+            f"{label:<28} {name:<7} first batch {r['first_batch_s']:6.2f} s   whole run {r['total_s']:6.2f} s   "
+            f"list calls {r['list_calls']}   rows this run {r['rows_this_run']:,}"
+        )
+    return lines
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def s3_leg(objects: int) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import s3fs
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "bench", "secret": "bench"}
+        env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+        os.environ.update(env)
+        fs = s3fs.S3FileSystem(**options)
+        fs.mkdir("bench")
+        print(f"uploading {objects:,} objects of 100 rows to moto ...", flush=True)
+        for i in range(objects):
+            table = pa.table({"id": pa.array(range(i * 100, (i + 1) * 100), pa.int64()),
+                              "f00": pa.array([float(j) for j in range(100)])})
+            with fs.open(f"bench/data/part-{i:05d}.parquet", "wb") as fh:
+                pq.write_table(table, fh)
+        folder = Path(tempfile.mkdtemp(prefix="bench-plan-s3-"))
+        storage = "storage_options = " + json.dumps(options).replace('": ', '" = ').replace('{"', '{ "') + "\n"
+        job = _job(folder, "s3://bench/data/", storage)
+        return measure(f"s3, {objects:,} objects", job, env)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=20_000)
+    parser.add_argument("--s3", action="store_true", help="also measure 5,000 objects in moto's S3 server")
+    parser.add_argument("--objects", type=int, default=5_000)
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parent / "data"))
+    args = parser.parse_args()
+    data = bench_files.make_data(Path(args.data_dir), args.files, 100, 0)
+    folder = Path(tempfile.mkdtemp(prefix="bench-plan-"))
+    lines = measure(f"local, {args.files:,} files", _job(folder, str(data)))
+    if args.s3:
+        lines += s3_leg(args.objects)
+    print("\nplan once: time to the first scored batch (fresh plans; a resume takes the plan from the ledger)")
+    for line in lines:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
