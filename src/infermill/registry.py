@@ -93,7 +93,8 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
             "process": ("infermill.engine.executor:ProcessExecutor", None, {}),
         }),
         "ledgers": group("ledgers", {
-            "sqlite": ("infermill.ledger.sqlite:Ledger", None, {}),
+            "sqlite": ("infermill.ledger.sqlite:SQLiteLedger", None, {}),
+            "postgresql": ("infermill.ledger.postgres:PostgresLedger", "postgres", {}),
         }),
     }
 

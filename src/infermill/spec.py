@@ -369,6 +369,12 @@ class JobSpec:
         for key in ("max_bytes", "max_tokens", "sort_window"):  # unset: as the fingerprint before these keys
             if data["batch"][key] is None:
                 data["batch"].pop(key)
+        # Keys added after jobs were already running: at their defaults they leave the fingerprint as it was,
+        # so upgrading infermill does not make a started job "changed".
+        for key, default in (("encoding", "utf-8"), ("max_row_bytes", 16 * 1024 * 1024),
+                             ("max_decompressed_bytes", 64 * 1024**3)):
+            if data["input"].get(key) == default:
+                data["input"].pop(key)
         data.pop("retry")
         data["errors"].pop("max_failed_rows")
         data["errors"].pop("max_failed_fraction")

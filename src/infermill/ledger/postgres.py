@@ -116,8 +116,8 @@ CREATE TABLE IF NOT EXISTS infermill.lease (
     acquired_at DOUBLE PRECISION NOT NULL,
     heartbeat_at DOUBLE PRECISION NOT NULL,
     released INTEGER NOT NULL DEFAULT 0
-)
-ALTER TABLE infermill.jobs ADD COLUMN IF NOT EXISTS plan_json TEXT;
+);
+ALTER TABLE infermill.jobs ADD COLUMN IF NOT EXISTS plan_json TEXT
 """
 
 _NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"

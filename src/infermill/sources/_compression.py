@@ -43,10 +43,12 @@ _OPENERS: dict[str, Any] = {
 class DecompressedFile(io.RawIOBase):
     """The decompressed bytes of ``raw`` (closed with it), failing once more than ``limit`` came out."""
 
-    def __init__(self, raw: Any, stream: Any, path: str, limit: int) -> None:
+    def __init__(self, raw: Any, stream: Any, path: str, limit: int, reopen: Any = None) -> None:
         super().__init__()
         self._raw = raw
         self._stream = stream
+        self._reopen = reopen
+        """Makes a new decompressor over ``raw`` from its start (a seek backwards starts again)."""
         self._path = path
         self._limit = limit
 
@@ -60,6 +62,13 @@ class DecompressedFile(io.RawIOBase):
         return int(self._stream.tell())
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        here = int(self._stream.tell())
+        if (whence == io.SEEK_SET and offset == here) or (whence == io.SEEK_CUR and offset == 0):
+            return here  # zstd refuses even a seek to where it stands
+        if whence == io.SEEK_SET and offset < here and self._reopen is not None:
+            # A compressed stream cannot go back (zstd refuses to): decompress again from the start.
+            self._raw.seek(0)
+            self._stream = self._reopen(self._raw)
         position = int(self._stream.seek(offset, whence))
         self._check(position)
         return position
@@ -110,4 +119,4 @@ def open_decompressed(raw: Any, compression: str, path: str, limit: int) -> Deco
     except BaseException:
         raw.close()
         raise
-    return DecompressedFile(raw, stream, path, limit)
+    return DecompressedFile(raw, stream, path, limit, reopen=_OPENERS[compression])
