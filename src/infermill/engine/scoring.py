@@ -32,7 +32,7 @@ from .batching import budget_end, cumulative, row_bytes, token_estimate
 from .columns import Columns
 from .policy import ErrorKind, classify
 
-__all__ = ["BatchScorer", "DeadItem", "ScoreStats"]
+__all__ = ["BatchScorer", "DeadItem", "RunAborted", "ScoreStats"]
 
 TRACEBACK_CHARS = 2_000
 GROW_AFTER = 4
@@ -110,6 +110,11 @@ def _in_input_order(pieces: list[tuple[np.ndarray, pa.Table]]) -> list[pa.Table]
         return tables
     merged = pa.concat_tables(tables, promote_options="default")
     return [merged.take(pa.array(np.argsort(order, kind="stable")))]
+
+
+class RunAborted(Exception):  # noqa: N818 - a signal to stop, not an error to report
+    """Raised out of a retry's wait when the run was aborted meanwhile (another worker's fatal error, a
+    grace period over): whoever aborted has reported why, so the worker stops without a report of its own."""
 
 
 class BatchScorer:
@@ -297,7 +302,7 @@ class BatchScorer:
         if kind == "transient" and attempt < self.retry.max_attempts:
             stats.retries += 1
             if self._wait(self._backoff(attempt)):
-                raise errors[0]
+                raise RunAborted("the run was aborted while a call waited for its retry") from errors[0]
             stack.append((rows, attempt + 1))
             return
         if kind in ("item", "oom") and size > 1:

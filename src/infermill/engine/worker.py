@@ -49,7 +49,7 @@ from .events import Progress, ShardFailed, ShardStaged, ShardStarted, WorkerExit
 from .faults import fault_point
 from .memory import reusing_arrow_memory
 from .policy import classify
-from .scoring import BatchScorer, DeadItem, ScoreStats
+from .scoring import BatchScorer, DeadItem, RunAborted, ScoreStats
 
 __all__ = ["EventQueue", "StopFlags", "WorkerConfig", "dead_letter_table", "run_worker"]
 
@@ -177,6 +177,8 @@ def run_worker(
         with reusing_arrow_memory():
             _Pipeline(config, source, adapter, sink, events, flags).run(next_shard)
         adapter.close()
+    except RunAborted:
+        pass  # aborted from outside this worker: the coordinator already knows why
     except BaseException as exc:  # noqa: BLE001 - reported to the coordinator, which decides
         events.put(WorkerFatal(wid, _as_fatal(exc)))
     finally:
