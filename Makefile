@@ -60,6 +60,7 @@ bench: install-dev
 	$(BIN)/python bench/bench_embeddings.py
 	$(BIN)/python bench/bench_ray.py
 	$(BIN)/python bench/bench_files.py
+	$(BIN)/python bench/bench_plan.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache infermill-demo
