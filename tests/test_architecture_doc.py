@@ -1,6 +1,6 @@
 """docs/architecture.md: its Python blocks run, in order, in one namespace, in a fresh folder (each holds
-its own asserts): the examples of adding a model kind, a source, a sink and an executor, and of
-subscribing to a run's events."""
+its own asserts): the examples of adding a model kind, a source, a sink, an executor and a ledger
+backend, and of subscribing to a run's events."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
 def test_every_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) >= 6
+    assert len(blocks) >= 7
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
     before = {group: dict(registry._FROM_CODE[group]) for group in registry.GROUPS}

@@ -76,14 +76,16 @@ def test_register_adds_a_model_kind_from_code(tmp_path: Path) -> None:
 
 
 def test_building_a_spec_imports_no_plugin_module() -> None:
+    """Only the formats' light settings modules (their keys are checked while the spec is built)."""
     code = (
         "import sys, infermill\n"
-        "infermill.JobSpec.from_dict({'input': {'path': 'x.csv', 'format': 'csv'}, 'model': {'kind': 'python', "
-        "'entrypoint': 'm.py:M'}, 'output': {'path': 'out', 'format': 'jsonl'}})\n"
+        "spec = infermill.JobSpec.from_dict({'input': {'path': 'x.csv', 'format': 'csv', 'csv_delimiter': ';'}, "
+        "'model': {'kind': 'python', 'entrypoint': 'm.py:M'}, 'output': {'path': 'out', 'compression': 'zstd'}})\n"
+        "assert spec.input_settings().csv_delimiter == ';' and spec.output_settings().compression == 'zstd'\n"
         "print(sorted(m for m in sys.modules if m.startswith(('infermill.sources.', 'infermill.sinks.'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.strip() == "['infermill.sinks.settings', 'infermill.sources.settings']"
 
 
 @pytest.mark.slow

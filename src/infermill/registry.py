@@ -32,7 +32,10 @@ from typing import Any, Literal
 
 from .errors import SpecError
 
-__all__ = ["GROUPS", "Group", "Plugin", "builtin", "find", "import_target", "load", "names", "register", "unknown"]
+__all__ = [
+    "GROUPS", "Group", "Plugin", "builtin", "find", "import_target", "load", "names", "register", "settings_class",
+    "unknown",
+]
 
 Group = Literal["models", "sources", "sinks", "executors", "ledgers"]
 GROUPS: tuple[Group, ...] = ("models", "sources", "sinks", "executors", "ledgers")
@@ -52,7 +55,17 @@ class Plugin:
     extra: str | None = None
     """The ``pip install 'infermill[extra]'`` that provides its dependencies (None: none needed)."""
     meta: dict[str, Any] = field(default_factory=dict)
-    """Facts the engine needs before importing the plugin (an input format's file extensions, ...)."""
+    """Facts the engine needs before importing the plugin: ``settings`` (``"module:Class"`` of the frozen
+    dataclass of its own keys, in a module that imports nothing heavy), an input format's ``extensions``,
+    ``compressed`` (its files may be compressed), ``pathless`` (it reads no files: no ``[input] path``),
+    a model kind's ``tabular``."""
+
+
+def _s(module: str, cls: str, **meta: Any) -> dict[str, Any]:
+    return {"settings": f"{module}:{cls}", **meta}
+
+
+M, S, K = "infermill.models.settings", "infermill.sources.settings", "infermill.sinks.settings"
 
 
 def _builtin() -> dict[Group, dict[str, Plugin]]:
@@ -67,7 +80,8 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
             "torch": ("infermill.models.torch_model:TorchModel", "torch", {}),
             "hf": ("infermill.models.hf:HFModel", "hf", {}),
             "sentence-transformers": (
-                "infermill.models.sentence_transformers_model:SentenceModel", "sentence-transformers", {}
+                "infermill.models.sentence_transformers_model:SentenceModel", "sentence-transformers",
+                {},
             ),
             "llm": ("infermill.models.llm:LlmModel", "llm", {}),
             "http": ("infermill.models.http:HttpModel", "http", {}),
@@ -75,15 +89,20 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
         }),
         "sources": group("sources", {
             "parquet": ("infermill.sources.parquet:ParquetSource", None, {"extensions": (".parquet", ".pq")}),
-            "csv": ("infermill.sources.text:CsvSource", None, {"extensions": (".csv", ".tsv"), "compressed": True}),
+            "csv": (
+                "infermill.sources.text:CsvSource", None,
+                _s(S, "CsvSettings", extensions=(".csv", ".tsv"), compressed=True),
+            ),
             "jsonl": (
                 "infermill.sources.text:JsonlSource", None,
-                {"extensions": (".jsonl", ".ndjson", ".json"), "compressed": True},
+                _s(S, "TextSettings", extensions=(".jsonl", ".ndjson", ".json"), compressed=True),
             ),
-            "openai-batch": ("infermill.sources.openai_batch:OpenAIBatchSource", None, {"extensions": ()}),
+            "openai-batch": (
+                "infermill.sources.openai_batch:OpenAIBatchSource", None, _s(S, "TextSettings", extensions=()),
+            ),
         }),
         "sinks": group("sinks", {
-            "parquet": ("infermill.sinks.formats:ParquetSink", None, {}),
+            "parquet": ("infermill.sinks.formats:ParquetSink", None, _s(K, "ParquetSettings")),
             "jsonl": ("infermill.sinks.formats:JsonlSink", None, {}),
             "csv": ("infermill.sinks.formats:CsvSink", None, {}),
             "openai-batch": ("infermill.sinks.openai_batch:OpenAIBatchSink", None, {}),
@@ -180,6 +199,30 @@ def import_target(plugin: Plugin) -> Any:
             "not define",
             hint="check the plugin's entry point or register() call",
         ) from None
+
+
+DEFERRED: Any = object()
+""":func:`settings_class` for a plugin whose keys are known only once it is imported."""
+
+
+def settings_class(group: Group, name: str) -> Any:
+    """The frozen dataclass of the plugin's own keys, from its ``settings`` meta: imports only that light
+    module, never the plugin. None when it takes no keys of its own. A plugin that names no ``settings``
+    (an entry point, or ``register()`` without ``settings=``) declares its keys on its class
+    (``settings_cls``), known only once it is imported: then this returns :data:`DEFERRED`, and the keys
+    are checked when the plugin loads."""
+    plugin = find(group, name)
+    if plugin is None:
+        return None
+    target = plugin.meta.get("settings")
+    if target is None:
+        if not isinstance(plugin.target, str):
+            return getattr(plugin.target, "settings_cls", None)  # a class from code: imported already
+        return None if _BUILTIN[group].get(name) is plugin else DEFERRED
+    if isinstance(target, str):
+        module_name, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+    return target
 
 
 def load(group: Group, name: str) -> Any:

@@ -2,8 +2,8 @@
 
 Each section is a dataclass of ``spec.py`` (its fields, types, defaults and the docstring under each
 field); the names of model kinds, input and output formats and executors come from the registry, and each
-model kind's own keys from its adapter's ``settings_cls``. Editors that read JSON Schema for TOML (Taplo,
-Even Better TOML, the JetBrains TOML plugin) then complete and check job files::
+plugin's own keys (a model kind's, an input or output format's) from its settings dataclass. Editors that
+read JSON Schema for TOML (Taplo, Even Better TOML, the JetBrains TOML plugin) then complete and check job files::
 
     infermill schema > infermill.schema.json
     #:schema ./infermill.schema.json           (first line of a job file, for Taplo)
@@ -21,7 +21,8 @@ import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from . import registry
-from .spec import _SECTIONS, ModelSpec
+from .errors import SpecError
+from .spec import _SECTIONS
 
 __all__ = ["SCHEMA_ID", "job_schema", "schema_text"]
 
@@ -29,7 +30,15 @@ SCHEMA_ID = "https://infermill.dev/schemas/job-file.json"
 
 
 def _field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a dataclass."""
+    """The docstring written under each field of a dataclass (and of the dataclasses it extends)."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            docs.update(_own_field_docs(base))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     try:
         tree = ast.parse(inspect.getsource(cls))
     except (OSError, TypeError):
@@ -103,35 +112,49 @@ def _object(cls: type, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     return schema
 
 
-def _model_section() -> dict[str, Any]:
-    """``[model]``: the common keys, and each kind's own keys when ``kind`` names it."""
-    from .models import adapter_class
-
-    schema = _object(ModelSpec, skip=("settings",))
-    schema["properties"]["kind"]["enum"] = registry.names("models")
-    schema["additionalProperties"] = True  # a kind's own keys, listed per kind below
+def _plugin_section(section: str, group: registry.Group) -> dict[str, Any]:
+    """``[model]``, ``[input]`` or ``[output]``: the common keys, and each plugin's own keys when its
+    ``kind`` or ``format`` names it."""
+    key = "kind" if section == "model" else "format"
+    schema = _object(_SECTIONS[section], skip=("settings",))
+    schema["properties"][key]["enum"] = registry.names(group)
+    schema["additionalProperties"] = True  # a plugin's own keys, listed per plugin below
     branches: list[dict[str, Any]] = []
-    for kind in registry.names("models"):
+    every = set(schema["properties"])
+    complete = True
+    for name in registry.names(group):
         try:
-            settings = getattr(adapter_class(kind), "settings_cls", None)
-        except ImportError:
-            continue  # its library is not installed here: its own keys cannot be listed, none are refused
+            settings = _settings_class(group, name)
+        except (ImportError, SpecError):
+            complete = False  # its library is not installed here: its own keys cannot be listed
+            continue
         own = _object(settings)["properties"] if settings is not None else {}
         allowed = {**schema["properties"], **own}
+        every |= set(own)
         branches.append({
-            "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+            "if": {"properties": {key: {"const": name}}, "required": [key]},
             "then": {"properties": own, "propertyNames": {"enum": sorted(allowed)}},
         })
+    if complete and section != "model":
+        # No format named (inferred from the file extension): any format's key may be meant.
+        branches.append({"if": {"not": {"required": [key]}}, "then": {"propertyNames": {"enum": sorted(every)}}})
     schema["allOf"] = branches
     return schema
 
 
+def _settings_class(group: registry.Group, name: str) -> Any:
+    cls = registry.settings_class(group, name)
+    if cls is registry.DEFERRED or (group == "models" and cls is None):
+        cls = getattr(registry.load(group, name), "settings_cls", None)
+    return cls
+
+
 def job_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a job file."""
-    sections = {name: _object(cls) for name, cls in _SECTIONS.items() if name != "model"}
-    sections["model"] = _model_section()
-    sections["input"]["properties"]["format"]["enum"] = registry.names("sources")
-    sections["output"]["properties"]["format"]["enum"] = registry.names("sinks")
+    sections = {name: _object(cls) for name, cls in _SECTIONS.items()}
+    sections["model"] = _plugin_section("model", "models")
+    sections["input"] = _plugin_section("input", "sources")
+    sections["output"] = _plugin_section("output", "sinks")
     sections["runtime"]["properties"]["executor"]["enum"] = ["auto", *registry.names("executors")]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

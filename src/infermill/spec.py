@@ -16,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import difflib
 import hashlib
@@ -42,6 +41,8 @@ __all__ = [
     "compression_of",
     "is_url",
     "load_spec",
+    "mask_url",
+    "parse_section_settings",
     "parse_settings",
     "strip_compression",
 ]
@@ -90,37 +91,43 @@ def is_url(path: str) -> bool:
     return bool(sep) and len(head) > 1
 
 
+def _open_keys(cls: type) -> type:
+    """Let a section dataclass take its plugin's own keys as keyword arguments too: in Python, as in a job
+    file, ``InputSpec(path="x.csv", csv_delimiter=";")`` puts ``csv_delimiter`` into ``settings``."""
+    init = cls.__dict__["__init__"]
+    known = {f.name for f in dataclasses.fields(cls)}
+
+    def __init__(self: Any, *args: Any, settings: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in known}
+        init(self, *args, settings={**(settings or {}), **extra}, **kwargs)
+
+    __init__.__doc__ = init.__doc__
+    cls.__init__ = __init__  # type: ignore[misc]
+    return cls
+
+
+@_open_keys
 @dataclass(frozen=True)
 class InputSpec:
-    """Where the rows come from."""
+    """Where the rows come from. Besides these keys, ``[input]`` takes the keys of its format (csv:
+    ``csv_delimiter``, ``encoding``, ``shard_bytes``, ...; see docs/sources.md), held in ``settings``."""
 
-    path: str
-    """A file, a directory, a glob, or an fsspec URL (``s3://...``, ``memory://...``)."""
+    path: str = ""
+    """A file, a directory, a glob, or an fsspec URL (``s3://...``, ``memory://...``). Required by the file
+    formats."""
     format: str | None = None
-    """parquet, csv, jsonl or openai-batch; inferred from the file extension when omitted."""
+    """parquet, csv, jsonl, openai-batch or a plugin's format; inferred from the file extension when omitted."""
     id_column: str | None = None
     """Column holding each row's unique id; without it each row gets a stable synthetic ``_row_id``."""
     columns: list[str] | None = None
     """Read only these columns (a projection)."""
     shard_rows: int = 500_000
     """Target rows per shard (Parquet: runs of row groups; small files are merged into one shard)."""
-    shard_bytes: int = 128 * 1024 * 1024
-    """Target bytes per shard for CSV and JSONL (byte ranges aligned on line ends)."""
-    split_files: bool = True
-    """Split large CSV/JSONL files into byte ranges. Set false when quoted CSV values contain newlines."""
-    csv_delimiter: str | None = None
-    """CSV field delimiter; default ``,`` (``\\t`` for .tsv files)."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """Options passed to fsspec for URLs (e.g. ``endpoint_url``); never logged."""
-    encoding: str = "utf-8"
-    """CSV and JSONL: the text encoding of the files (any Python codec name, e.g. ``latin-1``). A row whose
-    bytes are not valid in it is dead-lettered (class ``input``), never written."""
-    max_row_bytes: int = 16 * 1024 * 1024
-    """CSV and JSONL: the longest row (line) read, in bytes; a longer one is dead-lettered (class ``input``)
-    without being held in memory."""
-    max_decompressed_bytes: int = 64 * 1024**3
-    """Compressed CSV and JSONL (``.gz``, ``.bz2``, ``.xz``, ``.zst``): the most bytes one file may expand to;
-    a file that expands further (a decompression bomb) fails its shard with an input error."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The format's own keys (written directly under [input] in a job file); each format declares and
+    checks its own (registry meta ``settings``): read them parsed with ``JobSpec.input_settings()``."""
 
 
 @dataclass(frozen=True)
@@ -232,20 +239,23 @@ class ErrorsSpec:
     (every such row is dead-lettered)."""
 
 
+@_open_keys
 @dataclass(frozen=True)
 class OutputSpec:
-    """Where results go."""
+    """Where results go. Besides these keys, ``[output]`` takes the keys of its format (parquet:
+    ``compression``; see docs/sinks.md), held in ``settings``."""
 
-    path: str
-    """Output directory, local or an fsspec URL."""
+    path: str = ""
+    """Output directory, local or an fsspec URL. Required by the file formats."""
     format: str = "parquet"
-    """parquet, jsonl, csv or openai-batch."""
+    """parquet, jsonl, csv, openai-batch or a plugin's format."""
     keep: list[str] = field(default_factory=list)
     """Input columns written next to the predictions (the id is always kept)."""
-    compression: str | None = None
-    """Parquet compression codec (default snappy)."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """Options passed to fsspec for URLs; never logged."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The format's own keys (written directly under [output] in a job file); read them parsed with
+    ``JobSpec.output_settings()``."""
 
 
 @dataclass(frozen=True)
@@ -339,16 +349,45 @@ class JobSpec:
         )
 
     def to_dict(self, *, redact: bool = False) -> dict[str, Any]:
-        """The spec as plain data (what a job file holds). With ``redact``, storage option values (which
-        may hold credentials) are masked, for anything written to a ledger, log or report."""
+        """The spec as plain data, in a job file's shape (a plugin's own keys directly in its section). With
+        ``redact``, storage option values and the passwords of URLs (which may hold credentials) are
+        masked, for anything written to a ledger, log or report."""
         out: dict[str, Any] = {"name": self.name}
         for key in _SECTIONS:
-            out[key] = dataclasses.asdict(getattr(self, key))
+            section = dataclasses.asdict(getattr(self, key))
+            if key in ("input", "output"):
+                section.update(section.pop("settings"))
+            out[key] = section
         if redact:
             for key in ("input", "output"):
                 options = out[key].get("storage_options") or {}
                 out[key]["storage_options"] = dict.fromkeys(options, "***")
+                for name, value in out[key].items():
+                    if isinstance(value, str) and is_url(value):
+                        out[key][name] = mask_url(value)
         return out
+
+    def input_settings(self, fmt: str | None = None) -> Any:
+        """The input format's own keys, parsed (its settings dataclass, defaults filled in), or None for a
+        format with none. ``fmt``: the format when the spec cannot name it (a folder of files)."""
+        return self._settings("sources", fmt or self.input_format(), self.input.settings, "input")
+
+    def output_settings(self) -> Any:
+        """The output format's own keys, parsed (see :meth:`input_settings`)."""
+        return self._settings("sinks", self.output.format, self.output.settings, "output")
+
+    def _settings(self, group: Any, name: str, raw: dict[str, Any], section: str) -> Any:
+        cache: dict[tuple[str, str], Any] = self.__dict__.setdefault("_parsed_settings", {})
+        if (group, name) not in cache:
+            from . import registry
+
+            cls = registry.settings_class(group, name)
+            if cls is registry.DEFERRED:
+                cls = getattr(registry.load(group, name), "settings_cls", None)
+            cache[(group, name)] = parse_section_settings(
+                cls, raw, section, _SECTIONS[section], f"{section} format {name!r}", self.source_file or "job spec"
+            )
+        return cache[(group, name)]
 
     def resolve(self, path: str) -> str:
         """Resolve a path from the spec against ``base_dir`` (URLs and absolute paths are kept)."""
@@ -363,6 +402,10 @@ class JobSpec:
         """Hash of everything that affects results (runtime settings excluded), free of absolute paths: the
         same job file in another folder, or naming its input or model at another path, has the same one."""
         data = self.to_dict()
+        # Keys that moved from [input]/[output] into their format's settings: fingerprinted as the release
+        # before the move did (present, at their defaults when unset), so started jobs stay unchanged.
+        data["input"] = {**_LEGACY_INPUT_KEYS, **data["input"]}
+        data["output"] = {**_LEGACY_OUTPUT_KEYS, **data["output"]}
         for key in _neutral_settings(self.model.kind):
             data["model"]["settings"].pop(key, None)
         data.pop("runtime")
@@ -415,6 +458,19 @@ class JobSpec:
         )
 
 
+_LEGACY_INPUT_KEYS: dict[str, Any] = {
+    "shard_bytes": 128 * 1024 * 1024, "split_files": True, "csv_delimiter": None,
+    "encoding": "utf-8", "max_row_bytes": 16 * 1024 * 1024, "max_decompressed_bytes": 64 * 1024**3,
+}
+"""[input] keys that were the spec's own before formats had settings, with the defaults they had."""
+_LEGACY_OUTPUT_KEYS: dict[str, Any] = {"compression": None}
+
+
+def mask_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db`` (any scheme)."""
+    return re.sub(r"^([a-zA-Z][\w+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", url)
+
+
 _SECTIONS: dict[str, type] = {
     "input": InputSpec,
     "model": ModelSpec,
@@ -452,8 +508,8 @@ def _unknown(key: str, allowed: list[str], section: str, where: str) -> None:
 def _build(cls: type, raw: dict[str, Any], section: str, where: str) -> Any:
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    if cls is ModelSpec:
-        # Keys the base spec does not know belong to the kind's adapter; checked in _validate.
+    if cls in (ModelSpec, InputSpec, OutputSpec):
+        # Keys the base spec does not know belong to the plugin (kind, format); checked in _validate.
         extra = {k: v for k, v in raw.items() if k not in names}
         raw = {k: v for k, v in raw.items() if k in names}
         if extra:
@@ -550,6 +606,31 @@ def parse_settings(cls: type | None, settings: dict[str, Any], kind: str, where:
     return _build(cls, settings, "model", where)
 
 
+def parse_section_settings(
+    cls: type | None, settings: dict[str, Any], section: str, base: type, owner: str, where: str
+) -> Any:
+    """Check a plugin's own keys in ``[section]`` against its settings dataclass and build it (defaults
+    filled in); an unknown key gets the "did you mean" of the section's common and the plugin's keys."""
+    common = [f.name for f in dataclasses.fields(base) if f.name != "settings"]
+    if cls is None:
+        if settings:
+            key = sorted(settings)[0]
+            close = difflib.get_close_matches(key, common, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"the {owner} takes no key '{key}'"
+            raise SpecError(f"{where}: unknown key '{section}.{key}'", hint=hint)
+        return None
+    own = [f.name for f in dataclasses.fields(cls)]
+    for key in settings:
+        if key not in own:
+            _unknown(key, common + own, section, where)
+    try:
+        return _build(cls, settings, section, where)
+    except SpecError as exc:
+        if exc.message.startswith(where):
+            raise
+        raise SpecError(f"{where}: {exc.message}", hint=exc.hint) from None
+
+
 def _as_written(path: str) -> str:
     """A path as the job file spells it, normalised (``./out/`` and ``out`` are one path), never resolved."""
     if is_url(path):
@@ -583,12 +664,43 @@ def _validate_settings(spec: JobSpec, where: str) -> None:
     parse_settings(getattr(cls, "settings_cls", None), spec.model.settings, spec.model.kind, where)
 
 
+def _validate_formats(spec: JobSpec, where: str) -> None:
+    """The input and output formats' own keys, and the path each needs (a format that reads or writes no
+    files, such as a SQL table, registers ``pathless``)."""
+    from . import registry
+
+    try:
+        fmt: str | None = spec.input_format()
+    except SpecError:
+        fmt = None  # a folder: its files name the format, checked when the source opens
+    checks: tuple[tuple[registry.Group, str | None, str], ...] = (
+        ("sources", fmt, "input"), ("sinks", spec.output.format, "output")
+    )
+    for group, name, section in checks:
+        plugin = registry.find(group, name) if name else None
+        if plugin is None or name is None:
+            continue
+        if not plugin.meta.get("pathless") and not getattr(spec, section).path:
+            raise SpecError(
+                f"{where}: '{section}.path' is empty", hint=f"set [{section}] path (format {name!r} needs it)"
+            )
+        if registry.settings_class(group, name) is not registry.DEFERRED:
+            spec.input_settings(name) if section == "input" else spec.output_settings()
+    if fmt is None and not spec.input.path:
+        raise SpecError(f"{where}: 'input.path' is empty")
+
+
 def _validate_ledger(runtime: RuntimeSpec, where: str) -> None:
+    from . import registry
+
     ledger = runtime.ledger
-    if ledger and is_url(ledger) and not ledger.lower().startswith(("postgresql://", "postgres://")):
-        shown = re.sub(r"^([a-zA-Z][\w+.-]*://)[^/@]*@", r"\1", ledger)
+    if not ledger or not is_url(ledger):
+        return
+    scheme = ledger.split("://", 1)[0].lower()
+    if registry.find("ledgers", "postgresql" if scheme == "postgres" else scheme) is None:
         raise SpecError(
-            f"{where}: 'runtime.ledger' must be a file path (SQLite) or a postgresql:// URL, not {shown!r}",
+            f"{where}: 'runtime.ledger' must be a file path (SQLite) or the URL of a ledger backend "
+            f"(postgresql://, or a plugin's), not {mask_url(ledger)!r}",
             hint='e.g. ledger = ".infermill/jobs.sqlite" or ledger = "postgresql://user@host/db"',
         )
 
@@ -624,10 +736,7 @@ def _validate(spec: JobSpec) -> None:
     if spec.runtime.executor != "auto" and registry.find("executors", spec.runtime.executor) is None:
         raise registry.unknown("executors", spec.runtime.executor, where)
     _validate_settings(spec, where)
-    if not spec.input.path:
-        raise SpecError(f"{where}: 'input.path' is empty")
-    if not spec.output.path:
-        raise SpecError(f"{where}: 'output.path' is empty")
+    _validate_formats(spec, where)
     if spec.batch.size not in ("auto", None) and (not isinstance(spec.batch.size, int) or spec.batch.size < 1):
         raise SpecError(f"{where}: 'batch.size' must be at least 1 or \"auto\", not {spec.batch.size!r}")
     if not 0.0 < spec.batch.memory_fraction <= 1.0:
@@ -636,17 +745,8 @@ def _validate(spec: JobSpec) -> None:
         value = getattr(spec.batch, key)
         if value is not None and value < 1:
             raise SpecError(f"{where}: 'batch.{key}' must be at least 1, not {value}")
-    if spec.input.shard_rows < 1 or spec.input.shard_bytes < 1:
-        raise SpecError(f"{where}: 'input.shard_rows' and 'input.shard_bytes' must be positive")
-    if spec.input.max_row_bytes < 1 or spec.input.max_decompressed_bytes < 1:
-        raise SpecError(f"{where}: 'input.max_row_bytes' and 'input.max_decompressed_bytes' must be positive")
-    try:
-        codecs.lookup(spec.input.encoding)
-    except LookupError:
-        raise SpecError(
-            f"{where}: unknown 'input.encoding' {spec.input.encoding!r}",
-            hint='use a Python codec name such as "utf-8", "latin-1" or "cp1252"',
-        ) from None
+    if spec.input.shard_rows < 1:
+        raise SpecError(f"{where}: 'input.shard_rows' must be positive")
     if spec.runtime.workers < 1:
         raise SpecError(f"{where}: 'runtime.workers' must be at least 1, not {spec.runtime.workers}")
     _validate_devices(spec.runtime, where)

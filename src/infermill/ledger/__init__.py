@@ -1,11 +1,18 @@
 """Durable job state: jobs, runs, shards, dead letters and the lease. SQLite by default, PostgreSQL for
-``[runtime] ledger = "postgresql://..."``; both behind the :class:`Ledger` protocol."""
+``[runtime] ledger = "postgresql://..."``; both behind the :class:`Ledger` protocol.
+
+A ledger location is a file path (SQLite) or a URL whose scheme names a backend of the registry's
+``ledgers`` group (``postgresql``, or a plugin's). A backend class is constructed as
+``cls(location, job=..., whoami=..., clock=...)`` and may define the classmethods
+``job_exists(location, job)`` (default: True, so the ledger is opened to read the job) and
+``display(location)`` (default: the location with any URL password masked).
+"""
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
+from typing import Any
 
 from ._sql import lease_is_live
 from .base import (
@@ -39,6 +46,8 @@ __all__ = [
     "RunState",
     "ShardRow",
     "ShardState",
+    "backend_class",
+    "backend_name",
     "derive_job_state",
     "display_location",
     "is_postgres",
@@ -55,13 +64,35 @@ def is_postgres(location: str) -> bool:
     return location.lower().startswith(_POSTGRES_SCHEMES)
 
 
+def backend_name(location: str) -> str:
+    """The registry name of the backend for ``location``: ``sqlite`` for a path, else the URL's scheme
+    (``postgres://`` is ``postgresql``)."""
+    from ..spec import is_url
+
+    if not is_url(location):
+        return "sqlite"
+    scheme = location.split("://", 1)[0].lower()
+    return "postgresql" if scheme == "postgres" else scheme
+
+
+def backend_class(location: str) -> Any:
+    """The ledger class for ``location``, from :mod:`infermill.registry` (group ``ledgers``)."""
+    from .. import registry
+
+    return registry.load("ledgers", backend_name(location))
+
+
 def display_location(location: str) -> str:
     """The ledger's location fit for messages, logs and status: credentials masked."""
-    if is_postgres(location):
-        from .postgres import display_url
+    if backend_name(location) == "sqlite":
+        return location
+    from ..spec import mask_url
 
-        return display_url(location)
-    return location
+    try:
+        display = getattr(backend_class(location), "display", None)
+    except Exception:  # noqa: BLE001 - an unknown or uninstalled backend: still never show the password
+        display = None
+    return display(location) if callable(display) else mask_url(location)
 
 
 def open_ledger(
@@ -71,26 +102,23 @@ def open_ledger(
     clock: Callable[[], float] | None = None,
     whoami: tuple[str, int] | None = None,
 ) -> Ledger:
-    """Open ``job``'s ledger at ``location``: an SQLite file path, or a ``postgresql://`` URL.
+    """Open ``job``'s ledger at ``location``: an SQLite file path, a ``postgresql://`` URL, or the URL of
+    a backend a plugin registers (group ``ledgers``, named by the URL's scheme).
 
     ``clock`` (SQLite only) replaces ``time.time`` as the lease clock, for tests; a PostgreSQL ledger
     always uses the server's clock. ``whoami`` is the (host, pid) leases are taken under.
 
     >>> ledger = open_ledger(".infermill/scores.sqlite", job="scores")   # doctest: +SKIP
     """
-    if is_postgres(location):
-        from .postgres import PostgresLedger
-
-        return PostgresLedger(location, job=job, whoami=whoami)
-    from .sqlite import SQLiteLedger
-
-    return SQLiteLedger(location, job=job, clock=clock or time.time, whoami=whoami)
+    ledger: Ledger = backend_class(location)(location, job=job, clock=clock, whoami=whoami)
+    return ledger
 
 
 def ledger_exists(location: str, job: str) -> bool:
     """Whether ``job`` has a ledger at ``location`` yet (nothing is created to find out)."""
-    if is_postgres(location):
-        from .postgres import postgres_job_exists
+    if backend_name(location) == "sqlite":
+        return os.path.exists(location)
+    exists = getattr(backend_class(location), "job_exists", None)
+    return bool(exists(location, job)) if callable(exists) else True
 
-        return postgres_job_exists(location, job)
-    return os.path.exists(location)
+

@@ -169,8 +169,11 @@ def _cannot_open(url: str, exc: Exception) -> LedgerError:
 class PostgresLedger(SQLLedger):
     """One job's state in a PostgreSQL database. Safe to share between threads of one process."""
 
-    def __init__(self, url: str, *, job: str, whoami: tuple[str, int] | None = None) -> None:
-        """``whoami``: the (host, pid) its leases are taken under (default this process)."""
+    def __init__(
+        self, url: str, *, job: str, whoami: tuple[str, int] | None = None, clock: object | None = None
+    ) -> None:
+        """``whoami``: the (host, pid) its leases are taken under (default this process). ``clock`` is
+        accepted for the common constructor and ignored: lease times are always the server's."""
         self._url = url
         self._job_name = job
         self._whoami = whoami
@@ -181,6 +184,16 @@ class PostgresLedger(SQLLedger):
         except BaseException:
             self._conn.close()
             raise
+
+    @classmethod
+    def job_exists(cls, url: str, job: str) -> bool:
+        """Whether the database holds a ledger for ``job`` (without creating anything)."""
+        return postgres_job_exists(url, job)
+
+    @classmethod
+    def display(cls, url: str) -> str:
+        """The URL fit for messages: credentials removed."""
+        return display_url(url)
 
     @property
     def path(self) -> str:

@@ -153,14 +153,14 @@ class SQLiteLedger(SQLLedger):
         path: str,
         *,
         job: str,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         whoami: tuple[str, int] | None = None,
     ) -> None:
         """``clock``: the lease clock, epoch seconds. ``whoami``: the (host, pid) its leases are taken under
         (default this process; tests stand in for a run on another machine)."""
         self._path = path
         self._job_name = job
-        self._clock = clock
+        self._clock = clock or time.time
         self._whoami = whoami
         directory = os.path.dirname(os.path.abspath(path))
         deadline = time.monotonic() + OPEN_TIMEOUT_S

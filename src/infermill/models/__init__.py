@@ -6,10 +6,23 @@ and the extra that provides its dependencies.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .. import registry
 from ..errors import ModelLoadError
 from ..spec import JobSpec
-from .base import ModelAdapter
+
+if TYPE_CHECKING:
+    from .base import ModelAdapter
+
+
+def __getattr__(name: str) -> Any:
+    # The contract imports numpy and pyarrow: importing this package (for ``models.settings``) must not.
+    if name == "ModelAdapter":
+        from .base import ModelAdapter
+
+        return ModelAdapter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["MODEL_KINDS", "ModelAdapter", "adapter_class", "load_adapter"]
 

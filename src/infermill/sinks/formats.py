@@ -134,7 +134,7 @@ class ParquetSink(FileSink):
             ) from None
 
     def _make_writer(self, path: str, final_name: str, errors: bool) -> ShardWriter:
-        return ParquetWriter(path, final_name, self.spec.output.compression or "snappy")
+        return ParquetWriter(path, final_name, self.spec.output_settings().compression or "snappy")
 
 
 class JsonlSink(FileSink):

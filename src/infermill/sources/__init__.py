@@ -13,10 +13,25 @@ Example::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .. import registry
 from ..errors import SpecError
 from ..spec import JobSpec
-from .base import SYNTHETIC_ID, Fragment, Shard, Source, rebatch
+
+if TYPE_CHECKING:
+    from .base import SYNTHETIC_ID, Fragment, Shard, Source, rebatch
+
+_LAZY = {"SYNTHETIC_ID", "Fragment", "Shard", "Source", "rebatch"}
+
+
+def __getattr__(name: str) -> Any:
+    # The contract imports pyarrow: importing this package (for ``sources.settings``, say) must not.
+    if name in _LAZY:
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "SOURCE_FORMATS",
@@ -36,6 +51,8 @@ SOURCE_FORMATS: dict[str, str] = {name: str(p.target) for name, p in registry.bu
 
 def source_class(fmt: str) -> type[Source]:
     """The :class:`Source` subclass registered for ``fmt``."""
+    from .base import Source
+
     cls = registry.load("sources", fmt)
     if not (isinstance(cls, type) and issubclass(cls, Source)):
         raise TypeError(f"the input format {fmt!r} is registered as {cls!r}, which is not a Source subclass")

@@ -41,6 +41,7 @@ from ._files import FileSource
 from ._fs import InputFile, InputListing, display_path, list_input
 from ._lines import LineRange, plan_byte_ranges
 from .base import SYNTHETIC_ID, Fragment, Shard, rebatch
+from .settings import TextSettings
 
 __all__ = ["COLUMNS", "OpenAIBatchSource", "parse_request"]
 
@@ -60,6 +61,7 @@ class OpenAIBatchSource(FileSource):
 
     def __init__(self, spec: JobSpec) -> None:
         super().__init__(spec)
+        self.settings: TextSettings = spec.input_settings(self.format)
         if spec.input.id_column not in (None, "custom_id"):
             raise InputError(
                 f"[input] id_column = {spec.input.id_column!r}: an openai-batch input is identified by "
@@ -83,7 +85,7 @@ class OpenAIBatchSource(FileSource):
             return []
         self.check_columns()
         self._check_unique_ids(files)
-        return plan_byte_ranges(files, self.spec.input.shard_bytes, self.spec.input.split_files)
+        return plan_byte_ranges(files, self.settings.shard_bytes, self.settings.split_files)
 
     def read(
         self, shard: Shard, batch_size: int, columns: Sequence[str] | None = None

@@ -42,6 +42,7 @@ from ._fs import InputFile, display_path
 from ._lines import LineRange, plan_byte_ranges
 from ._records import Block, LongRecord, read_blocks, split_records
 from .base import INPUT_ERROR, INPUT_ERROR_TYPE, Fragment, Shard, rebatch
+from .settings import CsvSettings, TextSettings
 
 __all__ = ["BLOCK_BYTES", "SAMPLE_BYTES", "CsvSource", "JsonlSource", "TextSource"]
 
@@ -65,19 +66,21 @@ def _shorten(text: str) -> str:
 class TextSource(FileSource):
     """Shared planning and reading of line-oriented formats."""
 
+    settings: TextSettings
     quoted = False
     """Whether a record may span lines (CSV with quoted line breaks, when files are not split)."""
 
     def __init__(self, spec: JobSpec) -> None:
         super().__init__(spec)
         self._schema_file: str | None = None
+        self.settings = spec.input_settings(self.format)
 
     def plan(self) -> list[Shard]:
         files = self.listing().files
         if not any(f.size for f in files):
             return []
         self.check_columns()
-        return plan_byte_ranges(files, self.spec.input.shard_bytes, self.spec.input.split_files)
+        return plan_byte_ranges(files, self.settings.shard_bytes, self.settings.split_files)
 
     def open_text(self, path: str) -> Any:
         """Open an input file for reading, decompressed when its name says it is compressed."""
@@ -85,7 +88,7 @@ class TextSource(FileSource):
         compression = compression_of(path)
         if compression is None:
             return handle
-        return open_decompressed(handle, compression, path, self.spec.input.max_decompressed_bytes)
+        return open_decompressed(handle, compression, path, self.settings.max_decompressed_bytes)
 
     def _records(self, path: str, handle: Any, start: int, stop: int) -> tuple[LineRange, Iterator[Block | LongRecord]]:
         """The blocks of the records whose first byte lies in ``[start, stop)`` (a compressed file is
@@ -97,7 +100,7 @@ class TextSource(FileSource):
             stream,
             stream.begin,
             block_bytes=BLOCK_BYTES,
-            max_row_bytes=self.spec.input.max_row_bytes,
+            max_row_bytes=self.settings.max_row_bytes,
             quoted=self.quoted,
         )
         return stream, blocks
@@ -138,7 +141,7 @@ class TextSource(FileSource):
                     if not taken and self.format == "csv":
                         raise InputError(
                             f"the header line of {display_path(file.path)} is longer than "
-                            f"{self.spec.input.max_row_bytes:,} bytes ([input] max_row_bytes)",
+                            f"{self.settings.max_row_bytes:,} bytes ([input] max_row_bytes)",
                             hint="check [input] format and csv_delimiter; raise [input] max_row_bytes if the "
                             "header is genuine",
                         )
@@ -161,14 +164,14 @@ class TextSource(FileSource):
 
     def _header_error(self, path: str, exc: UnicodeError) -> InputError:
         return InputError(
-            f"the header line of {display_path(path)} is not valid {self.spec.input.encoding}: {exc}",
+            f"the header line of {display_path(path)} is not valid {self.settings.encoding}: {exc}",
             hint='set [input] encoding to the files\' encoding (e.g. encoding = "latin-1"), then run '
             "`infermill validate JOB`",
         )
 
     def _decode(self, data: bytes) -> bytes:
         """``data`` as UTF-8, checked: bytes that are not valid in ``[input] encoding`` raise."""
-        encoding = self.spec.input.encoding
+        encoding = self.settings.encoding
         if encoding.replace("-", "").replace("_", "").lower() in ("utf8", "utf"):
             data.decode("utf-8")  # checks only: pyarrow's JSON reader would pass invalid bytes on
             return data
@@ -233,7 +236,7 @@ class TextSource(FileSource):
     def _why(self, record: bytes, exc: Exception) -> str:
         """Why a single record cannot be read, for its dead letter."""
         if isinstance(exc, UnicodeError):
-            return f"bytes that are not valid {self.spec.input.encoding} ({exc})"
+            return f"bytes that are not valid {self.settings.encoding} ({exc})"
         return f"{type(exc).__name__}: {exc}"
 
     def _raw_id(self, record: bytes, fragment: Fragment) -> Any:
@@ -357,7 +360,7 @@ class TextSource(FileSource):
     def _blocks_to_tables(
         self, blocks: Iterator[Block | LongRecord], fragment: Fragment, names: list[str], where: str
     ) -> Iterator[pa.Table]:
-        limit = self.spec.input.max_row_bytes
+        limit = self.settings.max_row_bytes
         for piece in blocks:
             if isinstance(piece, LongRecord):
                 reason = (
@@ -374,21 +377,22 @@ class CsvSource(TextSource):
     ``split_files = false``."""
 
     format = "csv"
+    settings: CsvSettings
 
     def __init__(self, spec: JobSpec) -> None:
         super().__init__(spec)
         self._headers: dict[str, tuple[int, bytes]] = {}
         self._field_index: dict[str, dict[str, int]] = {}
-        self.quoted = not spec.input.split_files
+        self.quoted = not self.settings.split_files
 
     def _delimiter(self, relpath: str) -> str:
-        if self.spec.input.csv_delimiter:
-            return self.spec.input.csv_delimiter
+        if self.settings.csv_delimiter:
+            return self.settings.csv_delimiter
         return "\t" if relpath.lower().endswith((".tsv", ".tsv.gz", ".tsv.bz2", ".tsv.xz", ".tsv.zst")) else ","
 
     def _parse_options(self, relpath: str) -> pa_csv.ParseOptions:
         return pa_csv.ParseOptions(
-            delimiter=self._delimiter(relpath), newlines_in_values=not self.spec.input.split_files
+            delimiter=self._delimiter(relpath), newlines_in_values=not self.settings.split_files
         )
 
     def _header(self, fragment: Fragment) -> tuple[int, bytes]:
@@ -398,7 +402,7 @@ class CsvSource(TextSource):
         key = f"{fragment.path}|{fragment.file_fingerprint}"
         header = self._headers.get(key)
         if header is None:
-            limit = self.spec.input.max_row_bytes
+            limit = self.settings.max_row_bytes
             head = bytearray()
             with self.open_text(fragment.path) as handle:
                 while b"\n" not in head and len(head) <= limit:
@@ -500,13 +504,13 @@ class CsvSource(TextSource):
         return None
 
     def _with_hint(self, reason: str) -> str:
-        if self.spec.input.split_files:
+        if self.settings.split_files:
             reason += " (if quoted values contain line breaks, set [input] split_files = false)"
         return reason
 
     def _why(self, record: bytes, exc: Exception) -> str:
         reason = super()._why(record, exc)
-        if self.spec.input.split_files and "Expected" in str(exc):
+        if self.settings.split_files and "Expected" in str(exc):
             reason += " (if quoted values contain line breaks, set [input] split_files = false)"
         return reason
 
@@ -514,7 +518,7 @@ class CsvSource(TextSource):
         # Python's csv module takes a row with too many or too few fields; pyarrow would refuse it.
         delimiter = self._delimiter(fragment.relpath)
         names = next(csv.reader([self._header(fragment)[1].decode("utf-8")], delimiter=delimiter))
-        values = next(csv.reader([record.decode(self.spec.input.encoding, errors="replace")], delimiter=delimiter))
+        values = next(csv.reader([record.decode(self.settings.encoding, errors="replace")], delimiter=delimiter))
         index = names.index(str(self.spec.input.id_column))
         return values[index].strip() if index < len(values) else None
 
@@ -605,7 +609,7 @@ class JsonlSource(TextSource):
         )
 
     def _raw_id(self, record: bytes, fragment: Fragment) -> Any:
-        value = json.loads(record.decode(self.spec.input.encoding, errors="replace"))
+        value = json.loads(record.decode(self.settings.encoding, errors="replace"))
         return value.get(self.spec.input.id_column) if isinstance(value, dict) else None
 
     def _read_fragment(self, fragment: Fragment, names: list[str], where: str) -> Iterator[pa.Table]:
