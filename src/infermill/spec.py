@@ -686,8 +686,27 @@ def _validate_formats(spec: JobSpec, where: str) -> None:
             )
         if registry.settings_class(group, name) is not registry.DEFERRED:
             spec.input_settings(name) if section == "input" else spec.output_settings()
-    if fmt is None and not spec.input.path:
-        raise SpecError(f"{where}: 'input.path' is empty")
+    if fmt is None:
+        if not spec.input.path:
+            raise SpecError(f"{where}: 'input.path' is empty")
+        _check_any_format_takes(spec.input.settings, where)
+
+
+def _check_any_format_takes(settings: dict[str, Any], where: str) -> None:
+    """A folder's format is known once its files are listed (then its keys are checked in full): until
+    then, refuse a key that no input format takes, so a typo does not wait for the listing."""
+    from . import registry
+
+    known = {f.name for f in dataclasses.fields(InputSpec) if f.name != "settings"}
+    for name in registry.names("sources"):
+        cls = registry.settings_class("sources", name)
+        if cls is registry.DEFERRED:
+            return  # a plugin's keys are unknown until it loads: leave them to the source
+        if cls is not None:
+            known |= {f.name for f in dataclasses.fields(cls)}
+    for key in sorted(settings):
+        if key not in known:
+            _unknown(key, sorted(known), "input", where)
 
 
 def _validate_ledger(runtime: RuntimeSpec, where: str) -> None:

@@ -62,3 +62,40 @@ def test_unknown_format() -> None:
 def test_opening_a_source_reads_nothing(tmp_path: Path) -> None:
     source = open_source(source_spec(str(tmp_path / "nothing-here.csv")))
     assert source.id_column == "_row_id"
+
+
+def _spec(input_: dict[str, object], output: dict[str, object] | None = None) -> object:
+    from infermill.spec import JobSpec
+
+    return JobSpec.from_dict({
+        "input": input_, "model": {"kind": "python", "entrypoint": "m.py:M"}, "output": output or {"path": "o"},
+    })
+
+
+def test_a_formats_own_keys_are_checked_against_that_format() -> None:
+    from infermill.spec import JobSpec
+
+    spec = _spec({"path": "x.csv", "csv_delimiter": ";", "encoding": "latin-1"}, {"path": "o", "compression": "zstd"})
+    assert isinstance(spec, JobSpec)
+    assert (spec.input_settings().csv_delimiter, spec.input_settings().encoding) == (";", "latin-1")
+    assert spec.output_settings().compression == "zstd"
+    with pytest.raises(SpecError, match="unknown key 'input.csv_delimiter'") as info:
+        _spec({"path": "x.parquet", "csv_delimiter": ";"})
+    assert "the input format 'parquet' takes no key 'csv_delimiter'" in (info.value.hint or "")
+    with pytest.raises(SpecError, match="unknown key 'output.compression'"):
+        _spec({"path": "x.parquet"}, {"path": "o", "format": "jsonl", "compression": "zstd"})
+    with pytest.raises(SpecError, match="unknown 'input.encoding' 'klingon'"):
+        _spec({"path": "x.csv", "encoding": "klingon"})
+
+
+def test_a_folders_keys_are_checked_once_its_files_name_the_format(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with pytest.raises(SpecError, match="unknown key 'input.shard_rowz'") as info:
+        _spec({"path": str(tmp_path), "shard_rowz": 5})  # no format takes it: refused at once
+    assert info.value.hint == "did you mean 'shard_rows'?"
+    pq.write_table(pa.table({"x": [1.0]}), tmp_path / "a.parquet")
+    spec = _spec({"path": str(tmp_path), "csv_delimiter": ";"})  # some format takes it: wait for the files
+    with pytest.raises(SpecError, match="unknown key 'input.csv_delimiter'"):
+        open_source(spec)  # type: ignore[arg-type]

@@ -75,4 +75,6 @@ def input_format(spec: JobSpec) -> str:
 
 def open_source(spec: JobSpec) -> Source:
     """The source that reads ``spec``'s input (chosen by :func:`input_format`); nothing is read yet."""
-    return source_class(input_format(spec))(spec)
+    fmt = input_format(spec)
+    spec.input_settings(fmt)  # a folder's format was not known when the spec was built: check its keys now
+    return source_class(fmt)(spec)
