@@ -26,6 +26,7 @@ from infermill.spec import JobSpec, load_spec
 from infermill.testing.sources import SourceConformance, conformance_rows, source_spec
 from tests.conftest import read_output, write_job
 from tests.sources.documents import docx_bytes, image_bytes, pdf_bytes
+from tests.test_s3 import bucket, s3_endpoint  # noqa: F401 - fixtures of test_files_on_s3
 
 pytest.importorskip("pypdf")
 pytest.importorskip("PIL")
@@ -278,6 +279,25 @@ def test_remote_input_through_fsspec(tmp_path: Path) -> None:
         fs.rm("/files-test", recursive=True)
     assert [(r["path"], r["text"]) for r in rows] == [("a.txt", "alpha"), ("sub/b.pdf", "beta")]
     assert all(r["sha256"] and r["modified"] is not None and INPUT_ERROR not in r for r in rows)
+
+
+@pytest.mark.s3
+def test_files_on_s3(request: pytest.FixtureRequest) -> None:
+    """An S3 prefix (moto's server on 127.0.0.1): the listing's etags are the fingerprints read checks."""
+    fs, info = request.getfixturevalue("bucket")
+    name, options = info["name"], info["options"]
+    files = {"uploads/a.txt": b"alpha", "uploads/x/b.pdf": pdf_bytes(["beta"]), "uploads/x/c.png": image_bytes(4),
+             "uploads/x/empty.png": b""}
+    for key, data in files.items():
+        fs.pipe(f"{name}/{key}", data)
+    spec = source_spec(f"s3://{name}/uploads/", format="files", storage_options=options, settings={"shard_files": 2})
+    rows = read_all(spec)
+    assert [r["path"] for r in rows] == ["a.txt", "x/b.pdf", "x/c.png", "x/empty.png"]
+    assert [r["text"] for r in rows] == ["alpha", "beta", None, None]
+    assert rows[2]["image"] == files["uploads/x/c.png"] and rows[2][INPUT_ERROR] is None
+    assert all(r["modified"] is not None and r["size"] == len(files["uploads/" + r["path"]]) for r in rows)
+    assert rows[3][INPUT_ERROR]["item"] == "x/empty.png" and f"s3://{name}/uploads/x/empty.png" in rows[3][
+        INPUT_ERROR]["message"]
 
 
 # -- end to end ----------------------------------------------------------------------------------------
