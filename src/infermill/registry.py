@@ -100,6 +100,11 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
             "openai-batch": (
                 "infermill.sources.openai_batch:OpenAIBatchSource", None, _s(S, "TextSettings", extensions=()),
             ),
+            # Files of any type, one row per file: no extension names it, so `format = "files"` is always given.
+            "files": (
+                "infermill.sources.files:FilesSource", "files",
+                _s("infermill.sources.files_settings", "FilesSettings", extensions=()),
+            ),
         }),
         "sinks": group("sinks", {
             "parquet": ("infermill.sinks.formats:ParquetSink", None, _s(K, "ParquetSettings")),

@@ -31,7 +31,7 @@ def test_public_names() -> None:
 
 
 def test_every_input_format_has_a_source() -> None:
-    assert sorted(SOURCE_FORMATS) == ["csv", "jsonl", "openai-batch", "parquet"]
+    assert sorted(SOURCE_FORMATS) == ["csv", "files", "jsonl", "openai-batch", "parquet"]
     assert source_class("parquet") is ParquetSource
     assert source_class("csv") is CsvSource
     assert source_class("jsonl") is JsonlSource
@@ -56,7 +56,7 @@ def test_open_source_picks_by_format(path: str, options: dict[str, str], cls: ty
 def test_unknown_format() -> None:
     with pytest.raises(SpecError, match="unknown input format 'xml'") as info:
         source_class("xml")
-    assert "csv, jsonl, openai-batch, parquet" in str(info.value)
+    assert "csv, files, jsonl, openai-batch, parquet" in str(info.value)
 
 
 def test_opening_a_source_reads_nothing(tmp_path: Path) -> None:

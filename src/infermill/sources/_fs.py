@@ -83,11 +83,12 @@ def open_filesystem(spec: JobSpec) -> tuple[AbstractFileSystem, str]:
     return fs, str(fspath)
 
 
-def list_input(spec: JobSpec, fmt: str) -> InputListing:
+def list_input(spec: JobSpec, fmt: str, *, every_file: bool = False) -> InputListing:
     """List the files of ``spec.input.path`` for format ``fmt``, sorted, with fingerprints.
 
-    A directory yields every file below it with an extension of ``fmt`` (e.g. ``.csv``/``.tsv``),
-    skipping names that start with ``.`` or ``_`` (hidden files, ``_SUCCESS``, staging folders).
+    A directory yields every file below it with an extension of ``fmt`` (e.g. ``.csv``/``.tsv``), or every
+    file at all with ``every_file`` (``format = "files"``, whose rows are files of any type), skipping
+    names that start with ``.`` or ``_`` (hidden files, ``_SUCCESS``, staging folders).
     A glob yields the files it matches, skipping the same hidden names below its fixed prefix.
     """
     fs, fspath = open_filesystem(spec)
@@ -115,11 +116,15 @@ def list_input(spec: JobSpec, fmt: str) -> InputListing:
             found = [
                 (p, i)
                 for p, i in infos.items()
-                if i.get("type") != "directory" and _named(p, fmt).endswith(exts) and not _hidden(p, root)
+                if i.get("type") != "directory"
+                and (every_file or _named(p, fmt).endswith(exts))
+                and not _hidden(p, root)
             ]
             if not found:
                 raise InputError(
-                    f"the input folder {shown} holds no {fmt} files ({', '.join(exts)})",
+                    f"the input folder {shown} holds no files"
+                    if every_file
+                    else f"the input folder {shown} holds no {fmt} files ({', '.join(exts)})",
                     hint="check [input] path and format; names starting with '.' or '_' are skipped",
                 )
         else:

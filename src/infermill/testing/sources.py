@@ -112,6 +112,13 @@ class SourceConformance(ABC):
 
     shuffles_listing: bool = False
     """True for file sources: the suite then shuffles the file listing to prove the plan sorts it."""
+    roles: dict[str, str] = {"key": "key", "x": "x", "name": "name", "flag": "flag"}  # noqa: RUF012 - read only
+    """The columns of :meth:`dataset_rows` the suite reads by name: ``key`` (unique, used as ``id_column``),
+    ``x`` and ``name`` (projected together) and ``flag`` (projected alone). A source whose columns are fixed
+    (one row per file, say) maps them to its own."""
+    free_columns: bool = True
+    """Whether the source stores whatever columns it is given; False skips the test of a column named like
+    the synthetic id."""
 
     @abstractmethod
     def make_dataset(self, tmp_path: Path, rows: list[dict[str, Any]], **input_options: Any) -> JobSpec:
@@ -121,6 +128,11 @@ class SourceConformance(ABC):
     def open_source(self, spec: JobSpec) -> Source:
         """The source under test for ``spec``."""
         return _open_source(spec)
+
+    def dataset_rows(self) -> list[dict[str, Any]]:
+        """The rows the suite stores through :meth:`make_dataset` (:func:`conformance_rows`, unless the
+        source's columns are fixed: then rows of its columns, in its column order, with :attr:`roles`)."""
+        return conformance_rows()
 
     # -- helpers --------------------------------------------------------------------------------
     def _read(
@@ -137,7 +149,7 @@ class SourceConformance(ABC):
         return [row for batches in per_shard for batch in batches for row in batch.to_pylist()]
 
     def _dataset(self, tmp_path: Path, **input_options: Any) -> tuple[JobSpec, list[dict[str, Any]]]:
-        rows = conformance_rows()
+        rows = self.dataset_rows()
         return self.make_dataset(tmp_path, rows, **input_options), rows
 
     # -- planning -------------------------------------------------------------------------------
@@ -192,7 +204,7 @@ class SourceConformance(ABC):
         if not self.shuffles_listing:
             pytest.skip("this source has no files")
         here, there, copy = tmp_path / "here", tmp_path / "there", tmp_path / "copy"
-        spec = self.make_dataset(here, conformance_rows())
+        spec = self.make_dataset(here, self.dataset_rows())
         before = self.open_source(spec).plan()
         expected = self._rows(self._read(self.open_source(spec), before))
 
@@ -260,24 +272,27 @@ class SourceConformance(ABC):
         assert self._rows(self._read(clone, shards)) == self._rows(self._read(source, shards))
 
     def test_id_column_passthrough(self, tmp_path: Path) -> None:
-        spec, rows = self._dataset(tmp_path, id_column="key")
+        key = self.roles["key"]
+        spec, rows = self._dataset(tmp_path, id_column=key)
         source = self.open_source(spec)
         batches = self._read(source, source.plan(), 5)
         assert all(SYNTHETIC_ID not in b.schema.names for bs in batches for b in bs)
-        assert [r["key"] for r in self._rows(batches)] == [r["key"] for r in rows]
+        assert [r[key] for r in self._rows(batches)] == [r[key] for r in rows]
 
     def test_projection(self, tmp_path: Path) -> None:
         spec, rows = self._dataset(tmp_path)
         source = self.open_source(spec)
-        batches = self._read(source, source.plan(), 5, columns=["x", "name"])
-        assert {tuple(b.schema.names) for bs in batches for b in bs} == {("x", "name", SYNTHETIC_ID)}
-        assert [(r["x"], r["name"]) for r in self._rows(batches)] == [(r["x"], r["name"]) for r in rows]
+        x, name = self.roles["x"], self.roles["name"]
+        batches = self._read(source, source.plan(), 5, columns=[x, name])
+        assert {tuple(b.schema.names) for bs in batches for b in bs} == {(x, name, SYNTHETIC_ID)}
+        assert [(r[x], r[name]) for r in self._rows(batches)] == [(r[x], r[name]) for r in rows]
 
     def test_projection_keeps_the_id_column(self, tmp_path: Path) -> None:
-        spec, rows = self._dataset(tmp_path, id_column="key")
+        key, flag = self.roles["key"], self.roles["flag"]
+        spec, rows = self._dataset(tmp_path, id_column=key)
         source = self.open_source(spec)
-        got = self._rows(self._read(source, source.plan(), 5, columns=["flag"]))
-        assert got == [{"flag": r["flag"], "key": r["key"]} for r in rows]
+        got = self._rows(self._read(source, source.plan(), 5, columns=[flag]))
+        assert got == [{flag: r[flag], key: r[key]} for r in rows]
 
     def test_projection_of_nothing_but_the_id(self, tmp_path: Path) -> None:
         spec, rows = self._dataset(tmp_path)
@@ -286,11 +301,12 @@ class SourceConformance(ABC):
         assert len(got) == len(rows) and all(list(r) == [SYNTHETIC_ID] for r in got)
 
     def test_spec_columns_is_the_default_projection(self, tmp_path: Path) -> None:
-        spec, rows = self._dataset(tmp_path, columns=["name"])
+        name = self.roles["name"]
+        spec, rows = self._dataset(tmp_path, columns=[name])
         source = self.open_source(spec)
         got = self._rows(self._read(source, source.plan()))
-        assert [list(r) for r in got[:1]] == [["name", SYNTHETIC_ID]]
-        assert [r["name"] for r in got] == [r["name"] for r in rows]
+        assert [list(r) for r in got[:1]] == [[name, SYNTHETIC_ID]]
+        assert [r[name] for r in got] == [r[name] for r in rows]
         assert source.schema().names == list(rows[0])  # the schema is before projection
 
     def test_unknown_column_is_an_input_error(self, tmp_path: Path) -> None:
@@ -300,8 +316,8 @@ class SourceConformance(ABC):
         source = self.open_source(spec)
         shard = source.plan()[0]
         with pytest.raises(InputError, match="'nope'") as info:
-            list(source.read(shard, 10, columns=["x", "nope"]))
-        assert "x" in str(info.value) and "available" in str(info.value)
+            list(source.read(shard, 10, columns=[self.roles["x"], "nope"]))
+        assert self.roles["x"] in str(info.value) and "available" in str(info.value)
 
     def test_unknown_id_column_fails_at_plan(self, tmp_path: Path) -> None:
         import pytest
@@ -313,6 +329,8 @@ class SourceConformance(ABC):
     def test_column_named_like_the_synthetic_id(self, tmp_path: Path) -> None:
         import pytest
 
+        if not self.free_columns:
+            pytest.skip("this source's columns are fixed")
         rows = [{SYNTHETIC_ID: f"r{i}", "x": float(i)} for i in range(20)]
         with pytest.raises(InputError, match=SYNTHETIC_ID):
             self.open_source(self.make_dataset(tmp_path / "a", rows)).plan()
