@@ -58,7 +58,8 @@ class Plugin:
     """Facts the engine needs before importing the plugin: ``settings`` (``"module:Class"`` of the frozen
     dataclass of its own keys, in a module that imports nothing heavy), an input format's ``extensions``,
     ``compressed`` (its files may be compressed), ``pathless`` (it reads no files: no ``[input] path``),
-    a model kind's ``tabular``."""
+    a model kind's ``tabular`` (large default batches) and ``neutral`` (its keys that cannot change
+    results, such as rate limits: left out of the job's fingerprint, so editing them is no spec change)."""
 
 
 def _s(module: str, cls: str, **meta: Any) -> dict[str, Any]:
@@ -66,6 +67,9 @@ def _s(module: str, cls: str, **meta: Any) -> dict[str, Any]:
 
 
 M, S, K = "infermill.models.settings", "infermill.sources.settings", "infermill.sinks.settings"
+_TORCH = ("parallel",)
+_HTTP = ("concurrency", "requests_per_minute", "tokens_per_minute", "timeout_seconds", "max_retries",
+         "backoff_seconds", "max_backoff_seconds", "health_path")
 
 
 def _builtin() -> dict[Group, dict[str, Plugin]]:
@@ -74,18 +78,21 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
 
     return {
         "models": group("models", {
-            "python": ("infermill.models.python:PythonModel", None, {}),
-            "sklearn": ("infermill.models.sklearn:SklearnModel", "sklearn", {"tabular": True}),
-            "onnx": ("infermill.models.onnx:OnnxModel", "onnx", {"tabular": True}),
-            "torch": ("infermill.models.torch_model:TorchModel", "torch", {}),
-            "hf": ("infermill.models.hf:HFModel", "hf", {}),
+            "python": ("infermill.models.python:PythonModel", None, _s(M, "PythonSettings")),
+            "sklearn": (
+                "infermill.models.sklearn:SklearnModel", "sklearn",
+                _s(M, "SklearnSettings", tabular=True, neutral=("parallel",)),
+            ),
+            "onnx": ("infermill.models.onnx:OnnxModel", "onnx", _s(M, "OnnxSettings", tabular=True)),
+            "torch": ("infermill.models.torch_model:TorchModel", "torch", _s(M, "TorchSettings", neutral=_TORCH)),
+            "hf": ("infermill.models.hf:HFModel", "hf", _s(M, "HFSettings", neutral=_TORCH)),
             "sentence-transformers": (
                 "infermill.models.sentence_transformers_model:SentenceModel", "sentence-transformers",
-                {},
+                _s(M, "SentenceSettings", neutral=_TORCH),
             ),
-            "llm": ("infermill.models.llm:LlmModel", "llm", {}),
-            "http": ("infermill.models.http:HttpModel", "http", {}),
-            "mlflow": ("infermill.models.mlflow_model:MlflowModel", "mlflow", {}),
+            "llm": ("infermill.models.llm:LlmModel", "llm", _s(M, "LlmSettings")),
+            "http": ("infermill.models.http:HttpModel", "http", _s(M, "HttpSettings", neutral=_HTTP)),
+            "mlflow": ("infermill.models.mlflow_model:MlflowModel", "mlflow", _s(M, "MlflowSettings")),
         }),
         "sources": group("sources", {
             "parquet": ("infermill.sources.parquet:ParquetSource", None, {"extensions": (".parquet", ".pq")}),

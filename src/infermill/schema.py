@@ -144,7 +144,7 @@ def _plugin_section(section: str, group: registry.Group) -> dict[str, Any]:
 
 def _settings_class(group: registry.Group, name: str) -> Any:
     cls = registry.settings_class(group, name)
-    if cls is registry.DEFERRED or (group == "models" and cls is None):
+    if cls is registry.DEFERRED:  # a plugin that declares its keys only on its class: imported to read them
         cls = getattr(registry.load(group, name), "settings_cls", None)
     return cls
 

@@ -47,8 +47,6 @@ __all__ = [
     "strip_compression",
 ]
 
-BatchFormat = Literal["numpy", "pandas", "arrow"]
-
 def input_extensions() -> dict[str, str]:
     """File extension -> input format, from the registered input formats (``.parquet`` -> ``parquet``)."""
     from . import registry
@@ -131,34 +129,36 @@ class InputSpec:
     checks its own (registry meta ``settings``): read them parsed with ``JobSpec.input_settings()``."""
 
 
+@_open_keys
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which model to run and how to call it."""
+    """Which model to run. Besides these keys, ``[model]`` takes the keys of its kind (python:
+    ``entrypoint``, ``options``; sklearn: ``method``; torch: ``device``; ...; see docs/models.md), held in
+    ``settings``."""
 
     kind: str
-    """python, sklearn, onnx, torch, hf, sentence-transformers, llm, mlflow or http (docs/models.md)."""
-    entrypoint: str | None = None
-    """kind=python: ``pkg.module:Name`` or ``path/to/file.py:Name`` (relative to the job file)."""
+    """python, sklearn, onnx, torch, hf, sentence-transformers, llm, mlflow, http or a plugin's kind
+    (docs/models.md)."""
     path: str | None = None
-    """File-based kinds (sklearn, onnx): the model file, relative to the job file."""
+    """File-based kinds (sklearn, onnx, torch, ...): the model file or folder, relative to the job file."""
     features: list[str] | None = None
     """Columns given to the model; default: every input column but the id."""
     outputs: list[str] | None = None
     """Names of the prediction columns (default depends on the kind, usually ``["prediction"]``)."""
-    batch_format: BatchFormat = "numpy"
-    """kind=python: numpy (dict of arrays), pandas (DataFrame) or arrow (RecordBatch)."""
     trusted: bool = False
     """Allow formats that run code on load (pickle, joblib). Only for files you trust."""
-    method: str | None = None
-    """kind=sklearn: predict_proba (positive column), predict, or decision_function. Default: predict_proba
-    when the model has it, else predict."""
-    positive_class: Any = None
-    """kind=sklearn/onnx with probabilities: the class whose probability is the score (default: the last)."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments passed to a python model's constructor."""
     settings: dict[str, Any] = field(default_factory=dict)
-    """Keys specific to the kind (e.g. ``device`` for torch, ``task`` for hf). In a job file they are
-    written directly under [model]; each adapter declares and checks its own (``settings_cls``)."""
+    """The kind's own keys (written directly under [model] in a job file); each kind declares and checks
+    its own (registry meta ``settings``, or the adapter's ``settings_cls``): read them parsed with
+    ``JobSpec.model_settings()``."""
+
+    def __post_init__(self) -> None:
+        # Keys that were ModelSpec's own before kinds had settings, passed at the value they had when
+        # unset (``ModelSpec(kind="hf", options={})``, generic code): as before, they mean nothing, so a
+        # kind that does not take them does not refuse them.
+        kept = {k: v for k, v in self.settings.items() if not _legacy_default(k, v)}
+        if len(kept) != len(self.settings):
+            object.__setattr__(self, "settings", kept)
 
 
 DEFAULT_BATCH_ROWS = 8192
@@ -356,7 +356,7 @@ class JobSpec:
         out: dict[str, Any] = {"name": self.name}
         for key in _SECTIONS:
             section = dataclasses.asdict(getattr(self, key))
-            if key in ("input", "output"):
+            if key in ("input", "model", "output"):
                 section.update(section.pop("settings"))
             out[key] = section
         if redact:
@@ -377,6 +377,11 @@ class JobSpec:
         """The output format's own keys, parsed (see :meth:`input_settings`)."""
         return self._settings("sinks", self.output.format, self.output.settings, "output")
 
+    def model_settings(self) -> Any:
+        """The model kind's own keys, parsed (see :meth:`input_settings`); a plugin kind that declares
+        them only on its class (``settings_cls``) is imported to read them."""
+        return self._settings("models", self.model.kind, self.model.settings, "model")
+
     def _settings(self, group: Any, name: str, raw: dict[str, Any], section: str) -> Any:
         cache: dict[tuple[str, str], Any] = self.__dict__.setdefault("_parsed_settings", {})
         if (group, name) not in cache:
@@ -385,8 +390,9 @@ class JobSpec:
             cls = registry.settings_class(group, name)
             if cls is registry.DEFERRED:
                 cls = getattr(registry.load(group, name), "settings_cls", None)
+            owner = f"model kind {name!r}" if section == "model" else f"{section} format {name!r}"
             cache[(group, name)] = parse_section_settings(
-                cls, raw, section, _SECTIONS[section], f"{section} format {name!r}", self.source_file or "job spec"
+                cls, raw, section, _SECTIONS[section], owner, self.source_file or "job spec"
             )
         return cache[(group, name)]
 
@@ -407,8 +413,7 @@ class JobSpec:
         # before the move did (present, at their defaults when unset), so started jobs stay unchanged.
         data["input"] = {**_LEGACY_INPUT_KEYS, **data["input"]}
         data["output"] = {**_LEGACY_OUTPUT_KEYS, **data["output"]}
-        for key in _neutral_settings(self.model.kind):
-            data["model"]["settings"].pop(key, None)
+        data["model"] = _legacy_model(data["model"], _neutral_settings(self.model.kind))
         data.pop("runtime")
         for key in ("max_bytes", "max_tokens", "sort_window"):  # unset: as the fingerprint before these keys
             if data["batch"][key] is None:
@@ -465,6 +470,28 @@ _LEGACY_INPUT_KEYS: dict[str, Any] = {
 }
 """[input] keys that were the spec's own before formats had settings, with the defaults they had."""
 _LEGACY_OUTPUT_KEYS: dict[str, Any] = {"compression": None}
+_LEGACY_MODEL_KEYS: dict[str, Any] = {
+    "entrypoint": None, "batch_format": "numpy", "method": None, "positive_class": None, "options": {},
+}
+"""[model] keys that were the spec's own before kinds had settings, with the defaults they had."""
+
+
+def _legacy_default(key: str, value: Any) -> bool:
+    if key not in _LEGACY_MODEL_KEYS:
+        return False
+    default = _LEGACY_MODEL_KEYS[key]
+    return value is None if default is None else type(value) is type(default) and bool(value == default)
+
+
+def _legacy_model(model: dict[str, Any], neutral: frozenset[str]) -> dict[str, Any]:
+    """The [model] section (a kind's keys flat in it, as ``to_dict`` gives it) in the shape the fingerprint
+    had before kinds had settings: the keys that were the spec's own at the top (at their defaults when
+    unset), the kind's other keys under ``settings`` (those that cannot change results left out)."""
+    common = {f.name for f in dataclasses.fields(ModelSpec)} - {"settings"}
+    own = {k: v for k, v in model.items() if k not in common}
+    legacy = {k: own.pop(k, default) for k, default in _LEGACY_MODEL_KEYS.items()}
+    settings = {k: v for k, v in own.items() if k not in neutral}
+    return {**{k: model[k] for k in common}, **legacy, "settings": settings}
 
 
 def mask_url(url: str) -> str:
@@ -640,29 +667,34 @@ def _as_written(path: str) -> str:
 
 
 def _neutral_settings(kind: str) -> frozenset[str]:
-    """A kind's [model] keys that cannot change results (rate limits, concurrency): not fingerprinted."""
+    """A kind's [model] keys that cannot change results (rate limits, concurrency): not fingerprinted.
+    Registry meta ``neutral`` says it without importing the adapter; a plugin that does not register it
+    says it on its class (``result_neutral_settings``), read by importing it (as before meta existed)."""
     from . import registry
-    from .models import adapter_class
 
-    if registry.find("models", kind) is None:
+    plugin = registry.find("models", kind)
+    if plugin is None:
+        return frozenset()
+    if "neutral" in plugin.meta:
+        return frozenset(plugin.meta["neutral"])
+    if registry.builtin("models").get(kind) is plugin:
         return frozenset()
     try:
-        return frozenset(getattr(adapter_class(kind), "result_neutral_settings", ()))
-    except ImportError:
+        return frozenset(getattr(registry.import_target(plugin), "result_neutral_settings", ()))
+    except (ImportError, SpecError):
         return frozenset()
 
 
 def _validate_settings(spec: JobSpec, where: str) -> None:
+    """The model kind's own keys, checked against its settings dataclass (imports no adapter). A plugin
+    kind that declares its keys only on its class is checked when it loads (``ModelAdapter``)."""
     from . import registry
-    from .models import adapter_class
 
     if registry.find("models", spec.model.kind) is None:
         return  # reported with the list of kinds when the model is loaded
-    try:
-        cls = adapter_class(spec.model.kind)
-    except ImportError:
-        return  # reported with the install hint when the model is loaded
-    parse_settings(getattr(cls, "settings_cls", None), spec.model.settings, spec.model.kind, where)
+    if registry.settings_class("models", spec.model.kind) is registry.DEFERRED:
+        return
+    spec.model_settings()
 
 
 def _validate_formats(spec: JobSpec, where: str) -> None:

@@ -43,11 +43,8 @@ from ..errors import (
 from ..ledger import (
     Lease,
     Ledger,
-    LedgerSummary,
     PartCheck,
-    derive_job_state,
     display_location,
-    lease_is_live,
 )
 from ..models import load_adapter
 from ..observe.estimate import RowEstimate, sample_rows_per_byte
@@ -74,7 +71,9 @@ from .events import (
 )
 from .executor import make_executor, threads_per_worker
 from .faults import fault_point
-from .lease import Held, as_spec, connect, has_ledger, holding
+from .job_status import rows_total as _rows_total
+from .job_status import status
+from .lease import Held, as_spec, holding
 from .outputs import check_output_location, damaged_parts
 from .plan import plan_record, stored_shards
 from .validate import no_rows_error
@@ -665,14 +664,6 @@ def finish_job(spec: JobSpec, ledger: Ledger, sink: Sink) -> None:
     ledger.mark_complete()
 
 
-def _rows_total(summary: LedgerSummary, complete: bool) -> int | None:
-    if summary.shards_with_rows_planned == summary.shards_total:
-        return int(summary.rows_planned or 0)
-    if complete:
-        return summary.rows_succeeded + summary.rows_failed
-    return None
-
-
 def job_result(
     spec: JobSpec, ledger: Ledger, sink: Sink, state: str, message: str, started: float, rows_this_run: int,
     code: int = EXIT_COMPLETE,
@@ -696,73 +687,3 @@ def job_result(
         ledger_path=display_location(spec.ledger_path()),
         verdict=tuple(profile_from_stats([json.loads(raw) for raw in ledger.shard_stats() if raw]).lines()[:2]),
     )
-
-
-def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
-    """The job's state from its ledger, without running anything.
-
-    Keys: ``state`` (pending, running, complete, failed, interrupted, damaged: complete but a committed
-    part is missing or changed, see ``damaged_parts``; a rerun recomputes those), ``rows_total``, ``rows_succeeded``,
-    ``rows_failed``, ``shards_total``, ``shards_committed``, ``shards_failed``, ``runs``, ``last_run``, ...
-    """
-    spec = as_spec(job)
-    base: dict[str, Any] = {
-        "job": spec.name,
-        "ledger": display_location(spec.ledger_path()),
-        "output": spec.resolve(spec.output.path),
-    }
-    if not has_ledger(spec):
-        return {
-            **base,
-            "state": "pending",
-            "rows_total": None,
-            "rows_succeeded": 0,
-            "rows_failed": 0,
-            "shards_total": 0,
-            "shards_committed": 0,
-            "shards_failed": 0,
-            "runs": 0,
-            "last_run": None,
-            "failed_shards": [],
-            "damaged_parts": [],
-        }
-    ledger = connect(spec)
-    try:
-        summary = ledger.summary()
-        record = ledger.job()
-        runs = ledger.runs()
-        holder = ledger.lease_holder()
-        last = runs[-1] if runs else None
-        live = lease_is_live(holder, spec.runtime.lease_seconds)
-        damaged = damaged_parts(ledger, open_sink(spec))
-        state = derive_job_state(record, summary, last, lease_live=live, damaged=bool(damaged))
-        total = _rows_total(summary, state == "complete")
-        failed = [
-            {"shard": row.shard_id, "error": row.error} for row in ledger.shards("failed")
-        ]
-        return {
-            **base,
-            "state": state,
-            "rows_total": total,
-            "rows_succeeded": summary.rows_succeeded,
-            "rows_failed": summary.rows_failed,
-            "shards_total": summary.shards_total,
-            "shards_committed": summary.shards_committed,
-            "shards_failed": summary.shards_failed,
-            "runs": len(runs),
-            "last_run": (
-                {k: getattr(last, k) for k in ("run_id", "state", "host", "pid", "started_at", "ended_at", "message")}
-                if last
-                else None
-            ),
-            "holder": (
-                {k: getattr(holder, k) for k in ("host", "pid", "acquired_at", "heartbeat_at")}
-                if live and holder
-                else None
-            ),
-            "failed_shards": failed,
-            "damaged_parts": [p.describe() for p in damaged],
-        }
-    finally:
-        ledger.close()
-

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ModelLoadError
 from .base import ModelAdapter
+from .settings import DTypeName, ParallelName
 
 if TYPE_CHECKING:
     import torch
@@ -47,8 +48,6 @@ __all__ = [
     "worker_index",
 ]
 
-DTypeName = Literal["float32", "bfloat16", "float16"]
-ParallelName = Literal["batches", "library"]
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 _WORKER = re.compile(r"^infermill-worker-(\d+)$")

@@ -51,8 +51,6 @@ from . import missing_extra
 from ._hf_tasks import TASKS, Encoded, Task, make_task
 from ._text import chunks, folder_digest, pick_column, text_values
 from ._torch_runtime import (
-    DTypeName,
-    ParallelName,
     TorchAdapter,
     check_device,
     classify_torch_error,
@@ -65,68 +63,13 @@ from ._torch_runtime import (
     torch_dtype,
 )
 from ._weights import refuse_pickled_weights, unpickling_refused
+from .settings import HFSettings
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["HFModel", "HFSettings"]
 
-HFTask = Literal[
-    "text-classification",
-    "token-classification",
-    "zero-shot-classification",
-    "feature-extraction",
-    "fill-mask",
-    "image-classification",
-]
-
-
-@dataclass(frozen=True)
-class HFSettings:
-    """The ``[model]`` keys of ``kind = "hf"``."""
-
-    task: HFTask | None = None
-    """Required: text-classification, token-classification, zero-shot-classification, feature-extraction,
-    fill-mask or image-classification."""
-    device: str = "auto"
-    """cpu, cuda, cuda:N, or auto (a GPU when one is available, else the CPU)."""
-    dtype: DTypeName = "float32"
-    """Weights as float32, bfloat16 or float16 (scores are written as float32)."""
-    text_column: str | None = None
-    """The text feature (default: the only feature)."""
-    image_column: str | None = None
-    """image-classification: the image feature, bytes or paths (default: the only feature)."""
-    truncation: bool = True
-    """Cut texts longer than max_length; false: such a row is an item error."""
-    max_length: int | None = None
-    """Tokens per text (default: the tokenizer's model_max_length, else the model's positions)."""
-    micro_batch: int = 32
-    """Rows per forward pass (zero-shot: text-label pairs); a batch is split into these."""
-    all_scores: bool = False
-    """Classification and fill-mask: add a 'scores' list column with every label's score."""
-    function_to_apply: Literal["auto", "softmax", "sigmoid", "none"] = "auto"
-    """Classification scores: auto picks like the pipeline (sigmoid for multi-label models)."""
-    aggregation_strategy: Literal["none", "simple", "first", "average", "max"] = "none"
-    """token-classification: how tokens are grouped into entities (the pipeline's strategies)."""
-    ignore_labels: list[str] | None = None
-    """token-classification: entity labels left out (default ["O"])."""
-    candidate_labels: list[str] | None = None
-    """zero-shot-classification: the labels to choose from (required)."""
-    hypothesis_template: str = "This example is {}."
-    """zero-shot-classification: the hypothesis each label is put into."""
-    multi_label: bool = False
-    """zero-shot-classification: score each label independently (they need not sum to 1)."""
-    pooling: Literal["mean", "cls"] = "mean"
-    """feature-extraction: mean of the token vectors (attention-masked) or the first token's vector."""
-    normalize: bool = False
-    """feature-extraction: L2-normalise the embedding."""
-    top_k: int = 5
-    """fill-mask: how many tokens the 'scores' list holds (with all_scores)."""
-    trust_remote_code: bool = False
-    """Run model code shipped in the folder; needs trusted = true."""
-    parallel: ParallelName = "batches"
-    """On the CPU: "batches" scores threads_per_worker batches at once, one torch thread each; "library"
-    scores one batch at a time with that many torch threads."""
 
 
 @dataclass
@@ -156,11 +99,6 @@ class HFModel(TorchAdapter):
             raise ModelLoadError(
                 "trust_remote_code = true runs Python code shipped in the model folder",
                 hint="set trusted = true in [model] as well, only for a model folder you trust",
-            )
-        if ms.options or ms.method is not None or ms.positive_class is not None:
-            raise ModelLoadError(
-                "kind 'hf' takes no [model.options], 'model.method' or 'model.positive_class'",
-                hint="its settings are [model] keys; see docs/models/hf.md",
             )
         if s.micro_batch < 1:
             raise ModelLoadError(f"'model.micro_batch' must be at least 1, not {s.micro_batch}")

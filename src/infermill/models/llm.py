@@ -40,7 +40,7 @@ import json
 import os
 import string
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -51,6 +51,7 @@ from . import missing_extra
 from ._llm_engines import Generation, choose_engine, gpu_available, vllm_installed
 from ._weights import PICKLED_SUFFIXES, refuse_pickled_weights
 from .base import ModelAdapter
+from .settings import LlmSettings
 
 __all__ = ["OUTPUTS", "LlmModel", "LlmSettings", "PromptTooLongError"]
 
@@ -69,40 +70,6 @@ _NO_LIMIT = 10_000_000  # a tokenizer's model_max_length this large means "unkno
 
 class PromptTooLongError(ItemError):
     """A prompt has more tokens than ``max_prompt_tokens`` (the item is dead-lettered, the job goes on)."""
-
-
-@dataclass(frozen=True)
-class LlmSettings:
-    """The ``[model]`` keys of ``kind = "llm"``."""
-
-    prompt_column: str | None = None
-    """The column holding each row's prompt text."""
-    prompt_template: str | None = None
-    """A ``str.format`` template over the row's columns, e.g. ``"Classify: {title}\\n{body}"``."""
-    messages_column: str | None = None
-    """A column holding a JSON list of chat messages (``{"role", "content"}``), rendered as a chat."""
-    system_prompt: str | None = None
-    """A system message put before every prompt."""
-    use_chat_template: bool | None = None
-    """Render prompts with the tokenizer's chat template; default: when the tokenizer has one."""
-    max_new_tokens: int = 128
-    """Most tokens generated per row."""
-    max_prompt_tokens: int | None = None
-    """Longest prompt in tokens; a longer one is dead-lettered. Default: model max length - max_new_tokens."""
-    temperature: float = 0.0
-    """0 is greedy decoding; above 0, sampling with this temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p."""
-    seed: int = 0
-    """Seed of the per-row sampling streams: the same seed and prompt give the same text."""
-    engine: Literal["auto", "transformers", "vllm"] = "auto"
-    """auto: vLLM when installed and a GPU is present, else transformers."""
-    device: str = "auto"
-    """transformers: ``cpu``, ``cuda``, ``cuda:1``...; auto: cuda when available, else cpu."""
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """Weights' type; auto: float32 on the CPU, the checkpoint's type on a GPU."""
-    vllm_options: dict[str, Any] = field(default_factory=dict)
-    """engine vllm: extra keyword arguments of ``vllm.LLM`` (e.g. ``gpu_memory_utilization``)."""
 
 
 @dataclass(frozen=True)
@@ -125,8 +92,6 @@ class LlmModel(ModelAdapter):
         super().__init__(spec, threads=threads, device=device)
         self.settings: LlmSettings
         ms = self.model_spec
-        if ms.options:
-            raise ModelLoadError("kind 'llm' takes no [model.options]", hint="write its keys directly under [model]")
         unknown = [n for n in self.outputs if n not in OUTPUTS]
         if unknown:
             raise ModelLoadError(

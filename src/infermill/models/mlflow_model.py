@@ -37,8 +37,8 @@ import os
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
@@ -50,6 +50,7 @@ from . import missing_extra
 from ._columns import MatrixPool, feature_matrix
 from .base import ModelAdapter, file_digest
 from .outputs import to_array
+from .settings import MlflowSettings
 
 __all__ = ["MlflowModel", "MlflowSettings", "code_on_load"]
 
@@ -65,22 +66,6 @@ COLSPEC_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),
     "binary": pa.binary(),
 }
-
-
-@dataclass(frozen=True)
-class MlflowSettings:
-    """The kind's own [model] keys."""
-
-    uri: str | None = None
-    """Instead of path: file:///..., models:/name/version, models:/name@alias or runs:/run_id/path (the
-    last three need a local tracking store)."""
-    tracking_uri: str | None = None
-    """For models:/ and runs:/ URIs: the local tracking store (a folder, file:///... or sqlite:///...).
-    Default: the MLFLOW_TRACKING_URI environment variable."""
-    input_format: Literal["pandas", "numpy"] = "pandas"
-    """What predict gets: a DataFrame (default) or one 2-D array (also chosen by a tensor signature)."""
-    params: dict[str, Any] = field(default_factory=dict)
-    """Inference parameters, passed as predict(data, params=...) (the model's signature must declare them)."""
 
 
 @dataclass(frozen=True)
@@ -133,11 +118,6 @@ class MlflowModel(ModelAdapter):
     def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
         super().__init__(spec, threads=threads, device=device)
         ms = self.model_spec
-        for key in ("entrypoint", "method", "positive_class"):
-            if getattr(ms, key) is not None:
-                raise ModelLoadError(f"model kind 'mlflow' does not use 'model.{key}'")
-        if ms.options:
-            raise ModelLoadError("model kind 'mlflow' does not use [model.options]", hint="use params")
         self.model_dir = self._locate()
         """The local folder holding MLmodel."""
         self.mlmodel = _read_mlmodel(self.model_dir)

@@ -50,6 +50,7 @@ from ._labels import class_columns, class_index
 from ._onnx_graph import GraphInfo, ValueInfo, check_external_data, read_graph
 from .base import ModelAdapter, file_digest
 from .outputs import to_columns
+from .settings import OnnxSettings
 
 __all__ = ["OnnxModel"]
 
@@ -72,17 +73,17 @@ class OnnxModel(ModelAdapter):
     """An ONNX model; see the module docstring for the input and output rules."""
 
     kind = "onnx"
+    settings_cls = OnnxSettings
 
     def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
         super().__init__(spec, threads=threads, device=device)
-        ms = self.model_spec
-        if ms.method is not None and ms.method not in METHODS:
+        self.settings: OnnxSettings
+        method = self.settings.method
+        if method is not None and method not in METHODS:
             raise ModelLoadError(
-                f"unknown method '{ms.method}' for kind 'onnx' (from 'model.method')",
+                f"unknown method '{method}' for kind 'onnx' (from 'model.method')",
                 hint=f"use one of: {', '.join(METHODS)}, or name graph outputs in 'model.outputs'",
             )
-        if ms.options:
-            raise ModelLoadError("kind 'onnx' takes no [model.options]", hint="remove [model.options]")
         self.path = self.model_file()
         self.session: Any = None
         """The onnxruntime InferenceSession, after setup()."""
@@ -99,7 +100,7 @@ class OnnxModel(ModelAdapter):
     def plan(self) -> _OutputPlan:
         """How outputs are chosen; needs no session."""
         return _plan_outputs(
-            self.graph, self.model_spec.outputs, self.model_spec.method, self.model_spec.positive_class
+            self.graph, self.model_spec.outputs, self.settings.method, self.settings.positive_class
         )
 
     @property

@@ -34,6 +34,7 @@ from ..errors import InfermillError, ModelLoadError
 from ..spec import JobSpec
 from ._entrypoint import import_target, parse_entrypoint, source_file, temporary_path
 from .base import ModelAdapter, file_digest
+from .settings import PythonSettings
 
 __all__ = ["PythonModel"]
 
@@ -42,17 +43,19 @@ class PythonModel(ModelAdapter):
     """Runs a user class or function; see the module docstring for the contract."""
 
     kind = "python"
+    settings_cls = PythonSettings
 
     def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
         super().__init__(spec, threads=threads, device=device)
-        self.entry = parse_entrypoint(self.model_spec.entrypoint, spec.base_dir, spec.resolve)
+        self.settings: PythonSettings
+        self.entry = parse_entrypoint(self.settings.entrypoint, spec.base_dir, spec.resolve)
         self.model: Any = None
         """The user's model object (an instance, or the function), after setup()."""
         self._predict: Callable[[Any], Any] | None = None
 
     def setup(self) -> None:
         entry = self.entry
-        options = dict(self.model_spec.options)
+        options = dict(self.settings.options)
         with temporary_path(entry.search_dir, front=entry.file is not None):
             target = import_target(entry)
             if inspect.isclass(target):
@@ -100,7 +103,7 @@ class PythonModel(ModelAdapter):
         return model
 
     def preprocess(self, batch: pa.RecordBatch) -> Any:
-        fmt = self.model_spec.batch_format
+        fmt = self.settings.batch_format
         if fmt == "arrow":
             return batch
         if fmt == "pandas":
@@ -117,7 +120,7 @@ class PythonModel(ModelAdapter):
         path = source_file(self.entry)
         source = file_digest(path) if path else "no-source-file"
         blob = json.dumps(
-            {"entrypoint": self.entry.text, "options": self.model_spec.options, "source": source},
+            {"entrypoint": self.entry.text, "options": self.settings.options, "source": source},
             sort_keys=True,
             default=repr,
         )

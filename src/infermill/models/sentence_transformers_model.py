@@ -34,8 +34,6 @@ from ..spec import JobSpec
 from . import missing_extra
 from ._text import chunks, folder_digest, pick_column, text_values
 from ._torch_runtime import (
-    DTypeName,
-    ParallelName,
     TorchAdapter,
     check_device,
     classify_torch_error,
@@ -49,40 +47,12 @@ from ._torch_runtime import (
     torch_dtype,
 )
 from ._weights import module_folders, refuse_pickled_weights, unpickling_refused
+from .settings import SentenceSettings
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["SentenceModel", "SentenceSettings"]
-
-
-@dataclass(frozen=True)
-class SentenceSettings:
-    """The ``[model]`` keys of ``kind = "sentence-transformers"``."""
-
-    device: str = "auto"
-    """cpu, cuda, cuda:N, or auto (a GPU when one is available, else the CPU)."""
-    dtype: DTypeName = "float32"
-    """Weights as float32, bfloat16 or float16 (embeddings are written as float32)."""
-    normalize: bool = False
-    """L2-normalise each embedding (unit length: cosine similarity becomes a dot product)."""
-    text_column: str | None = None
-    """The text feature (default: the only feature)."""
-    max_seq_length: int | None = None
-    """Tokens per text; longer texts are truncated (default: the model's own max_seq_length)."""
-    micro_batch: int = 32
-    """Texts per forward pass (encode's batch_size); a batch is split into these, longest first."""
-    prompt: str | None = None
-    """Text put before every input (e.g. "query: "), as encode(prompt=...)."""
-    prompt_name: str | None = None
-    """A prompt from the model's configured prompts, as encode(prompt_name=...)."""
-    truncate_dim: int | None = None
-    """Keep only the first N dimensions (Matryoshka models)."""
-    trust_remote_code: bool = False
-    """Run model code shipped in the folder; needs trusted = true."""
-    parallel: ParallelName = "batches"
-    """On the CPU: "batches" scores threads_per_worker batches at once, one torch thread each; "library"
-    scores one batch at a time with that many torch threads."""
 
 
 @dataclass
@@ -109,11 +79,6 @@ class SentenceModel(TorchAdapter):
             raise ModelLoadError(
                 "trust_remote_code = true runs Python code shipped in the model folder",
                 hint="set trusted = true in [model] as well, only for a model folder you trust",
-            )
-        if ms.options or ms.method is not None or ms.positive_class is not None:
-            raise ModelLoadError(
-                f"kind '{self.kind}' takes no [model.options], 'model.method' or 'model.positive_class'",
-                hint="its settings are [model] keys; see docs/models/sentence-transformers.md",
             )
         if s.micro_batch < 1:
             raise ModelLoadError(f"'model.micro_batch' must be at least 1, not {s.micro_batch}")

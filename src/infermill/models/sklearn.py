@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +51,7 @@ from ._columns import MatrixPool, check_numeric, feature_matrix
 from ._labels import class_columns, class_index
 from .base import ModelAdapter, file_digest
 from .outputs import to_columns
+from .settings import SklearnSettings
 
 __all__ = ["SklearnModel", "SklearnSettings"]
 
@@ -58,17 +59,6 @@ METHODS = ("predict_proba", "predict", "decision_function")
 _FLOAT64 = np.dtype(np.float64)
 MIN_ROWS_PER_THREAD = 1024
 """With parallel = "rows", a batch is cut only into ranges of at least this many rows."""
-
-
-@dataclass(frozen=True)
-class SklearnSettings:
-    """The ``[model]`` keys of ``kind = "sklearn"`` besides method, positive_class and options."""
-
-    parallel: Literal["rows", "library"] = "rows"
-    """How a worker's threads are used: "rows" scores each batch as row ranges on that many threads at
-    once, each call single-threaded; "library" makes one call per batch and lets the estimator's own
-    OpenMP/BLAS threads (limited to the worker's threads) do the work. Use "library" for an estimator that
-    is not safe to call from two threads at once."""
 
 
 @dataclass(frozen=True)
@@ -92,16 +82,17 @@ class SklearnModel(ModelAdapter):
 
     def __init__(self, spec: JobSpec, *, threads: int = 1, device: str | None = None) -> None:
         super().__init__(spec, threads=threads, device=device)
-        ms = self.model_spec
-        if ms.method is not None and ms.method not in METHODS:
+        ms, s = self.model_spec, self.settings
+        self.settings: SklearnSettings
+        if s.method is not None and s.method not in METHODS:
             raise ModelLoadError(
-                f"unknown method '{ms.method}' for kind 'sklearn' (from 'model.method')",
+                f"unknown method '{s.method}' for kind 'sklearn' (from 'model.method')",
                 hint=f"use one of: {', '.join(METHODS)}",
             )
-        unknown = sorted(set(ms.options) - {"input"})
-        if unknown or ms.options.get("input", "numpy") not in ("numpy", "pandas"):
+        unknown = sorted(set(s.options) - {"input"})
+        if unknown or s.options.get("input", "numpy") not in ("numpy", "pandas"):
             raise ModelLoadError(
-                f"invalid [model.options] for kind 'sklearn': {ms.options}",
+                f"invalid [model.options] for kind 'sklearn': {s.options}",
                 hint='the only option is input = "numpy" (default) or "pandas" (a DataFrame)',
             )
         if not ms.trusted:
@@ -114,8 +105,8 @@ class SklearnModel(ModelAdapter):
         self.path = self.model_file()
         self.estimator: Any = None
         """The loaded estimator (after setup, or after ``outputs`` needed the default method)."""
-        self._method = ms.method
-        self._pandas = ms.options.get("input") == "pandas"
+        self._method = s.method
+        self._pandas = s.options.get("input") == "pandas"
         self.feature_names: list[str] | None = None
         """The names the estimator was fitted with (None when fitted on an array)."""
         self.n_features: int | None = None
@@ -211,7 +202,7 @@ class SklearnModel(ModelAdapter):
                 f"{self.path} holds a {type(estimator).__name__}, not a fitted scikit-learn estimator",
                 hint="save the fitted estimator or pipeline itself",
             )
-        method = self.model_spec.method or ("predict_proba" if "predict_proba" in available else "predict")
+        method = self.settings.method or ("predict_proba" if "predict_proba" in available else "predict")
         if method not in available:
             raise ModelLoadError(
                 f"{type(estimator).__name__} has no method '{method}' (from 'model.method')",
@@ -222,7 +213,7 @@ class SklearnModel(ModelAdapter):
         self.n_features = getattr(estimator, "n_features_in_", None)
         nested = list(_estimators(estimator, BaseEstimator))
         if self.feature_names is not None and not self._pandas:
-            self._pandas = "input" not in self.model_spec.options and any(
+            self._pandas = "input" not in self.settings.options and any(
                 isinstance(e, ColumnTransformer) for e in nested
             )
         for e in nested:
@@ -236,12 +227,12 @@ class SklearnModel(ModelAdapter):
         self._call = getattr(estimator, method)
 
     def _make_plan(self) -> _Plan:
-        ms, method, outputs = self.model_spec, self.method, self.outputs
+        method, outputs = self.method, self.outputs
         found = getattr(self.estimator, "classes_", None)
         # Multi-output classifiers have a list of arrays: no single class order to pick columns from.
         classes = found if isinstance(found, np.ndarray) and found.ndim == 1 else None
         if method == "predict":
-            if ms.positive_class is not None:
+            if self.settings.positive_class is not None:
                 raise ModelLoadError(
                     "'model.positive_class' applies to predict_proba and decision_function, not predict",
                     hint='remove positive_class, or set method = "predict_proba"',
@@ -255,7 +246,7 @@ class SklearnModel(ModelAdapter):
                     "infermill cannot map to columns",
                     hint='use method = "predict"',
                 )
-            if ms.positive_class is not None:
+            if self.settings.positive_class is not None:
                 raise ModelLoadError("'model.positive_class' is set, but the model has no classes_")
             return _Plan(None, False, pa.float64())
         if method == "decision_function" and len(classes) == 2:
@@ -265,10 +256,10 @@ class SklearnModel(ModelAdapter):
                     f"{len(outputs)} names",
                     hint="give one output name",
                 )
-            return _Plan(None, class_index(classes, ms.positive_class) == 0, pa.float64())
+            return _Plan(None, class_index(classes, self.settings.positive_class) == 0, pa.float64())
         if class_columns(len(outputs), len(classes), outputs):
             return _Plan(None, False, pa.float64())
-        return _Plan(class_index(classes, ms.positive_class), False, pa.float64())
+        return _Plan(class_index(classes, self.settings.positive_class), False, pa.float64())
 
     def _check_features(self, columns: list[str], source: str) -> None:
         expected = self.feature_names

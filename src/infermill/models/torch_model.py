@@ -43,7 +43,6 @@ import hashlib
 import json
 import os
 import zipfile
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -55,8 +54,6 @@ from . import missing_extra
 from ._columns import column_values
 from ._entrypoint import EntryPoint, import_target, parse_entrypoint, source_file, temporary_path
 from ._torch_runtime import (
-    DTypeName,
-    ParallelName,
     TorchAdapter,
     check_device,
     classify_torch_error,
@@ -71,6 +68,7 @@ from ._torch_runtime import (
 )
 from .base import file_digest
 from .outputs import to_columns
+from .settings import TorchSettings
 
 if TYPE_CHECKING:
     import torch
@@ -78,31 +76,6 @@ if TYPE_CHECKING:
 __all__ = ["TorchModel", "TorchSettings", "detect_format"]
 
 Format = Literal["torchscript", "export", "checkpoint"]
-
-
-@dataclass(frozen=True)
-class TorchSettings:
-    """The ``[model]`` keys of ``kind = "torch"``."""
-
-    device: str = "auto"
-    """cpu, cuda, cuda:N, or auto (a GPU when one is available, else the CPU)."""
-    dtype: DTypeName = "float32"
-    """Parameters and float inputs as float32, bfloat16 or float16 (results are written as float32)."""
-    compile: bool = False
-    """Wrap the model in torch.compile (faster per batch, slow first batches)."""
-    format: Literal["auto", "torchscript", "export", "checkpoint"] = "auto"
-    """What 'path' holds; auto tells the formats apart from the file's archive entries."""
-    factory: str | None = None
-    """'pkg.module:build' or 'file.py:build': returns the nn.Module (instead of 'path')."""
-    weights: str | None = None
-    """With factory: a state dict (.safetensors, or a torch.save'd dict read with weights_only)."""
-    strict: bool = True
-    """With weights: every parameter must be in the file and every entry must be a parameter."""
-    inputs: Literal["tensor", "dict", "kwargs"] = "tensor"
-    """tensor: one [N, F] float tensor; dict: one dict of name -> tensor; kwargs: model(**tensors)."""
-    parallel: ParallelName = "library"
-    """On the CPU: "library" scores one batch at a time with threads_per_worker torch threads; "batches"
-    scores that many batches at once, one torch thread each (the module's forward must be thread-safe)."""
 
 
 class TorchModel(TorchAdapter):
@@ -122,11 +95,6 @@ class TorchModel(TorchAdapter):
                 "kind 'torch': parallel = \"batches\" calls the model from several threads at once, "
                 "which a torch.compile'd model does not support",
                 hint='use parallel = "library" with compile = true, or leave compile out',
-            )
-        if ms.method is not None or ms.positive_class is not None:
-            raise ModelLoadError(
-                "kind 'torch' takes no 'model.method' or 'model.positive_class'",
-                hint="the model's forward() is called; choose its outputs with 'model.outputs'",
             )
         self.entry: EntryPoint | None = None
         self.path: str | None = None
@@ -152,7 +120,7 @@ class TorchModel(TorchAdapter):
                     "'model.weights' needs 'model.factory', the function that builds the module",
                     hint='set factory = "file.py:build", or export the whole model (torch.export.save)',
                 )
-            if ms.options:
+            if s.options:
                 raise ModelLoadError(
                     "[model.options] are passed to 'model.factory', which is not set", hint="remove [model.options]"
                 )
@@ -234,7 +202,7 @@ class TorchModel(TorchAdapter):
         with temporary_path(entry.search_dir, front=entry.file is not None):
             target = _rename(import_target, entry)
             try:
-                module = target(**self.model_spec.options)
+                module = target(**self.settings.options)
             except InfermillError:
                 raise
             except Exception as exc:  # noqa: BLE001 - user code
@@ -332,7 +300,7 @@ class TorchModel(TorchAdapter):
                 "factory": self.entry.text,
                 "source": file_digest(source) if source else "no-source-file",
                 "weights": file_digest(self.weights) if self.weights else None,
-                "options": self.model_spec.options,
+                "options": self.settings.options,
             },
             sort_keys=True,
             default=repr,

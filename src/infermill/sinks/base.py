@@ -34,12 +34,13 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OutputError
 from ..spec import JobSpec
+
+if TYPE_CHECKING:
+    import pyarrow as pa  # annotations only: `infermill status` opens a sink and must not import pyarrow
 
 __all__ = [
     "ERRORS_DIR",

@@ -15,9 +15,7 @@ import json
 import os
 import time
 import uuid
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OutputConflictError, OutputError
 from ..spec import JobSpec, is_url
@@ -37,6 +35,9 @@ from .base import (
     attempt_name,
     file_sha256,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa  # annotations only; read_part imports it (`infermill status` must not)
 
 __all__ = ["FileSink"]
 
@@ -370,6 +371,8 @@ class FileSink(Sink):
         path = self.display(name)
         try:
             if self.remote:
+                import pyarrow as pa
+
                 with self.fs.open(path, "rb") as fh:
                     return self._read(pa.BufferReader(fh.read()))
             if not os.path.exists(path):

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OutputError
 from .base import ShardWriter, Sink
 from .files import FileSink
 from .openai_batch import OpenAIBatchSink
+
+if TYPE_CHECKING:
+    # pyarrow is imported where a part is written or read: `infermill status` opens a sink (to check the
+    # committed parts) and must not pay for it.
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
 
 __all__ = ["SINK_FORMATS"]
 
@@ -33,6 +36,9 @@ class ParquetWriter(ShardWriter):
         self._pending_rows = 0
 
     def _write(self, table: pa.Table) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         if self._writer is None:
             text = [
                 f.name for f in table.schema
@@ -54,6 +60,8 @@ class ParquetWriter(ShardWriter):
             self._flush()
 
     def _flush(self) -> None:
+        import pyarrow as pa
+
         if self._pending and self._writer is not None:
             self._writer.write_table(pa.concat_tables(self._pending), row_group_size=self.ROW_GROUP_ROWS)
         self._pending, self._pending_rows = [], 0
@@ -100,6 +108,9 @@ class CsvWriter(ShardWriter):
         self._writer: pacsv.CSVWriter | None = None
 
     def _write(self, table: pa.Table) -> None:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
         # CSV has no nested values: lists and structs are written as JSON text.
         columns = []
         for _name, col in zip(table.column_names, table.columns, strict=True):
@@ -122,6 +133,9 @@ class ParquetSink(FileSink):
     writer_cls = ParquetWriter
 
     def _read(self, source: Any) -> pa.Table:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         try:
             return pq.read_table(source, page_checksum_verification=True)
         except FileNotFoundError:
@@ -152,6 +166,8 @@ class CsvSink(FileSink):
     writer_cls = CsvWriter
 
     def _read(self, source: Any) -> pa.Table:
+        import pyarrow.csv as pacsv
+
         return pacsv.read_csv(source)
 
 

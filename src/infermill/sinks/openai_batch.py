@@ -41,14 +41,15 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, TextIO
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import OutputError
 from ..spec import JobSpec, is_url
 from .base import ShardWriter
 from .files import FileSink
+
+if TYPE_CHECKING:
+    import pyarrow as pa  # annotations only: `infermill status` opens sinks and must not import it
 
 __all__ = ["ERROR_CODES", "OpenAIBatchSink", "OpenAIBatchWriter", "error_line", "result_line"]
 

@@ -65,7 +65,8 @@ def make_python_spec(
 ) -> JobSpec:
     """A spec for a ``kind = "python"`` model (default: :class:`EchoModel`); ``model`` holds more
     :class:`~infermill.spec.ModelSpec` fields, e.g. ``options={"column": "f1"}``."""
-    return model_spec_for(base_dir, ModelSpec(kind="python", entrypoint=entrypoint, **model))
+    # The kind's keys (entrypoint, options, batch_format) go into ``settings`` (ModelSpec takes them as keywords).
+    return model_spec_for(base_dir, ModelSpec("python", **{"entrypoint": entrypoint, **model}))
 
 
 def _column(batch: Any, name: str | None) -> Any:

@@ -32,7 +32,7 @@ def sink_spec(tmp_path: Path, output: str, **output_options: Any) -> JobSpec:
     """A job spec whose output is ``output`` (a folder or URL), with a placeholder input and model."""
     return JobSpec(
         input=InputSpec(path="data.parquet"),
-        model=ModelSpec(kind="python", entrypoint="model.py:Model"),
+        model=ModelSpec(kind="python", settings={"entrypoint": "model.py:Model"}),
         output=OutputSpec(path=output, **output_options),
         base_dir=str(tmp_path),
         name="conformance",

@@ -35,7 +35,7 @@ def source_spec(path: str, **input_options: Any) -> JobSpec:
     """A job spec around ``InputSpec(path, **input_options)``, with a placeholder model and output."""
     return JobSpec(
         input=InputSpec(path=path, **input_options),
-        model=ModelSpec(kind="python", entrypoint="model.py:Model"),
+        model=ModelSpec(kind="python", settings={"entrypoint": "model.py:Model"}),
         output=OutputSpec(path="out"),
     )
 

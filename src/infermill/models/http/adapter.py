@@ -77,13 +77,10 @@ class HttpModel(ModelAdapter):
         s: HttpSettings = self.settings
         ms = self.model_spec
         _check(s)
-        for key in ("path", "entrypoint", "method", "positive_class"):
-            if getattr(ms, key) is not None:
-                raise ModelLoadError(
-                    f"model kind 'http' does not use 'model.{key}'", hint="the server is given by 'model.url'"
-                )
-        if ms.options:
-            raise ModelLoadError("model kind 'http' does not use [model.options]", hint="use extra_body or headers")
+        if ms.path is not None:
+            raise ModelLoadError(
+                "model kind 'http' does not use 'model.path'", hint="the server is given by 'model.url'"
+            )
         workers = max(1, spec.runtime.workers)
         self.concurrency = max(1, s.concurrency // workers)
         """Requests in flight in this worker (the job's concurrency, split between workers)."""
