@@ -123,6 +123,11 @@ class InputSpec:
     """Read only these columns (a projection)."""
     shard_rows: int = 500_000
     """Target rows per shard (Parquet: runs of row groups; small files are merged into one shard)."""
+    on_deleted: Literal["delete", "keep"] = "delete"
+    """When a rerun finds an input file deleted since the last run (an incremental run): ``"delete"``
+    removes its rows from the output (the output stays what a run over the input as it is now would write);
+    ``"keep"`` keeps them (an output that accumulates, e.g. over daily partitions). Not part of the
+    fingerprint: it applies from the next run on."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """Options passed to fsspec for URLs (e.g. ``endpoint_url``); never logged."""
     settings: dict[str, Any] = field(default_factory=dict)
@@ -291,6 +296,9 @@ class RuntimeSpec:
     executor: str = "auto"
     """How workers run: ``"auto"`` (one worker in this process, more in worker processes), ``"inline"``,
     ``"process"``, or an executor a plugin registers (``infermill.registry``, group ``executors``)."""
+    timezone: str = "UTC"
+    """The job's timezone (an IANA name such as ``Europe/Paris``): ``{date}`` in ``[input] path`` defaults to
+    today there."""
 
 
 @dataclass(frozen=True)
@@ -310,14 +318,21 @@ class JobSpec:
     """Folder that relative paths are resolved against (the job file's folder)."""
     source_file: str | None = None
     """The job file this spec was loaded from, if any."""
+    params: dict[str, str] = field(default_factory=dict)
+    """Values for the placeholders of ``[input] path`` (``data/{date}/*.parquet``), as ``--param
+    date=2026-12-01`` gives them; ``date`` defaults to today in ``[runtime] timezone``."""
+    input_template: str | None = None
+    """``[input] path`` as written, when it has placeholders; ``input.path`` then holds it filled in.
+    Set by the spec itself."""
 
     def __post_init__(self) -> None:
+        _render_input(self)
         _validate(self)
 
     @classmethod
     def from_dict(
         cls, data: dict[str, Any], *, base_dir: str | os.PathLike[str] | None = None, name: str | None = None,
-        source_file: str | None = None,
+        source_file: str | None = None, params: dict[str, str] | None = None,
     ) -> JobSpec:
         """Build a spec from a parsed job file mapping, checking keys and types."""
         where = source_file or "job spec"
@@ -345,6 +360,7 @@ class JobSpec:
             name=job_name,
             base_dir=str(Path(base_dir or os.getcwd()).resolve()),
             source_file=source_file,
+            params=dict(params or {}),
             **sections,
         )
 
@@ -419,6 +435,7 @@ class JobSpec:
             if data["input"].get(key) == default:
                 data["input"].pop(key)
         data.pop("retry")
+        data["input"].pop("on_deleted")  # a policy for the next incremental run, not for results made
         data["errors"].pop("max_failed_rows")
         data["errors"].pop("max_failed_fraction")
         data["errors"].pop("stop_after_identical_batch_failures")
@@ -482,8 +499,8 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def load_spec(path: str | os.PathLike[str]) -> JobSpec:
-    """Read and validate a TOML job file."""
+def load_spec(path: str | os.PathLike[str], params: dict[str, str] | None = None) -> JobSpec:
+    """Read and validate a TOML job file; ``params`` fill the placeholders of ``[input] path``."""
     file = Path(path)
     if not file.exists():
         raise SpecError(f"job file not found: {file}", hint="check the path, or run `infermill demo`")
@@ -495,7 +512,9 @@ def load_spec(path: str | os.PathLike[str]) -> JobSpec:
         raise SpecError(f"{file}: invalid TOML: {exc}", hint="fix the syntax at the line shown") from exc
     except UnicodeDecodeError as exc:
         raise SpecError(f"{file}: not a UTF-8 text file") from exc
-    return JobSpec.from_dict(data, base_dir=file.resolve().parent, name=file.stem, source_file=str(file))
+    return JobSpec.from_dict(
+        data, base_dir=file.resolve().parent, name=file.stem, source_file=str(file), params=params
+    )
 
 
 def _unknown(key: str, allowed: list[str], section: str, where: str) -> None:
@@ -725,6 +744,37 @@ def _validate_devices(runtime: RuntimeSpec, where: str) -> None:
         raise SpecError(f"{where}: 'runtime.replicas_per_device' must be at least 1, not {runtime.replicas_per_device}")
 
 
+def _render_input(spec: JobSpec) -> None:
+    """Fill the placeholders of ``[input] path`` from ``params`` (see ``infermill.templates``)."""
+    template = spec.input_template
+    if template is None and "{" in spec.input.path:
+        template = spec.input.path
+    if template is None and not spec.params:
+        return
+    from .templates import render
+
+    where = spec.source_file or "job spec"
+    if template is None:
+        render("", spec.params, spec.runtime.timezone, where)  # refuses params that fill nothing
+        return
+    _validate_timezone(spec.runtime, where)
+    path = render(template, spec.params, spec.runtime.timezone, where)
+    object.__setattr__(spec, "input_template", template)
+    object.__setattr__(spec, "input", dataclasses.replace(spec.input, path=path))
+
+
+def _validate_timezone(runtime: RuntimeSpec, where: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(runtime.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SpecError(
+            f"{where}: unknown 'runtime.timezone' {runtime.timezone!r}",
+            hint='use an IANA timezone name, e.g. "UTC" or "Europe/Paris"',
+        ) from None
+
+
 def _validate(spec: JobSpec) -> None:
     from . import registry
 
@@ -751,6 +801,7 @@ def _validate(spec: JobSpec) -> None:
         raise SpecError(f"{where}: 'runtime.workers' must be at least 1, not {spec.runtime.workers}")
     _validate_devices(spec.runtime, where)
     _validate_ledger(spec.runtime, where)
+    _validate_timezone(spec.runtime, where)
     if spec.runtime.threads_per_worker is not None and spec.runtime.threads_per_worker < 1:
         raise SpecError(f"{where}: 'runtime.threads_per_worker' must be at least 1")
     if spec.retry.max_attempts < 1:
