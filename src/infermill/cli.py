@@ -173,10 +173,11 @@ def cmd_failures(args: argparse.Namespace) -> int:
     if kinds - {"input"}:
         print("fix the model or the data, then reprocess only these items: infermill retry JOB")
     if "input" in kinds:
-        # A retry reads the same bytes again; a fixed file changes the input, which only --restart accepts.
+        # A retry reads the same bytes again; a fixed file changes the input, and a plain run (incremental)
+        # recomputes that file's shards.
         print(
             "class input: the rows could not be read from the input files (file and byte offset shown); "
-            "fix or remove them there, then rerun everything: infermill run JOB --restart"
+            "fix or remove them there, then rerun: infermill run JOB (it recomputes the fixed files' shards)"
         )
     return 0
 

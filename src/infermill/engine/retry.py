@@ -74,7 +74,8 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
         raise JobChangedError(
             f"the job spec or its input changed since job '{spec.name}' ran; retry only reprocesses failed items "
             "of the same input",
-            hint="undo the change, or rerun everything with `infermill run JOB --restart`",
+            hint="undo the change, or rerun with `infermill run JOB` (a changed input is an incremental run; "
+            "a changed spec needs --restart)",
             job=spec.name,
         )
     dead = ledger.dead_items()
