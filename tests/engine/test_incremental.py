@@ -197,6 +197,34 @@ def test_on_deleted_keep_refuses_a_shard_that_is_half_deleted_half_changed(tmp_p
     assert result.rows_this_run == 450 + 1_500
 
 
+FLAKY = SCORER.replace(
+    "    def predict(self, batch):\n",
+    "    def predict(self, batch):\n"
+    "        import os\n"
+    "        if not os.environ.get('FLAKY_FIXED') and (batch['f0'] > 2.0).any():\n"
+    "            raise RuntimeError('boom')\n",
+)
+
+
+def test_retry_after_an_incremental_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an incremental run the ledger's shards are numbered as the rounds made them ([c2] and [d],
+    where planning afresh would make [c2, d]): retry takes them from the stored plan, not a new one."""
+    data = tmp_path / "data"
+    _file(data, "a.parquet", 0, 400)
+    _file(data, "b.parquet", 1_000, 400, seed=1)
+    _file(data, "c.parquet", 2_000, 1_500, seed=2)
+    job = _job(tmp_path)
+    (tmp_path / "scorer.py").write_text(FLAKY)
+    infermill.run(job, progress="off")
+    _file(data, "d.parquet", 5_000, 300, seed=3)
+    result = infermill.run(job, progress="off")
+    assert result.shards_total == 4 and result.rows_failed > 0
+    monkeypatch.setenv("FLAKY_FIXED", "1")
+    fixed = infermill.retry(job)
+    assert (fixed.rows_succeeded, fixed.rows_failed) == (2_600, 0)
+    assert _output(tmp_path).equals(_scratch(data, tmp_path / "scratch"))
+
+
 def test_full_recomputes_everything(tmp_path: Path) -> None:
     job = _round0(tmp_path)
     _file(tmp_path / "data", "d.parquet", 5_000, 300, seed=3)

@@ -37,6 +37,7 @@ from .columns import Columns, resolve_columns
 from .executor import threads_per_worker
 from .lease import as_spec, has_ledger, holding
 from .outputs import damaged_parts
+from .plan import stored_shards
 from .runner import (
     RunResult,
     commit_shard,
@@ -67,7 +68,10 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
         raise SpecError(f"job '{spec.name}' has not run yet: nothing to retry", hint="run it first: infermill run JOB")
     source = open_source(spec)
     columns = resolve_columns(spec, source.schema())
-    shards = {s.shard_id: s for s in source.plan()}
+    # The stored plan when the listing is unchanged: after an incremental run the ledger's shards are numbered
+    # as the rounds made them, which planning afresh would not repeat.
+    planned = stored_shards(record, ledger, source)
+    shards = {s.shard_id: s for s in (planned if planned is not None else source.plan())}
     if record.spec_fingerprint != spec.fingerprint() or record.input_fingerprint != input_fingerprint(
         list(shards.values())
     ):
