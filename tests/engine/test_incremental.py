@@ -197,6 +197,45 @@ def test_on_deleted_keep_refuses_a_shard_that_is_half_deleted_half_changed(tmp_p
     assert result.rows_this_run == 450 + 1_500
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_text_formats_add_change_delete(tmp_path: Path, fmt: str) -> None:
+    """CSV and JSONL files are cut into byte ranges and small files merge: the same rules hold."""
+    import pyarrow.csv as pacsv
+
+    def write(name: str, start: int, rows: int, seed: int) -> None:
+        path = tmp_path / "data" / f"{name}.{fmt}"
+        path.parent.mkdir(exist_ok=True)
+        existed = path.exists()
+        table = make_table(rows, seed=seed, start_id=start)
+        if fmt == "csv":
+            pacsv.write_csv(table, path)
+        else:
+            path.write_text("".join(json.dumps(row) + "\n" for row in table.to_pylist()))
+        if existed:
+            stat = path.stat()
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+    write("a", 0, 300, 0)
+    write("b", 1_000, 300, 1)
+    write("c", 2_000, 300, 2)
+    extra = f'format = "{fmt}"\nshard_bytes = 40000'
+    job = _job(tmp_path, extra=extra)
+    infermill.run(job, progress="off")
+    write("d", 5_000, 300, 3)
+    write("b", 1_000, 350, 11)
+    (tmp_path / "data" / f"c.{fmt}").unlink()
+    result = infermill.run(job, progress="off")
+    assert result.input_changes is not None
+    assert (result.input_changes.added, result.input_changes.changed, result.input_changes.deleted) == (
+        (f"d.{fmt}",), (f"b.{fmt}",), (f"c.{fmt}",)
+    )
+    shutil.copytree(tmp_path / "data", tmp_path / "scratch" / "data")
+    scratch = _job(tmp_path / "scratch", extra=extra)
+    infermill.run(scratch, progress="off")
+    assert _output(tmp_path).equals(read_output(tmp_path / "scratch" / "out").sort_by("customer_id"))
+    assert _output(tmp_path).num_rows == 950
+
+
 FLAKY = SCORER.replace(
     "    def predict(self, batch):\n",
     "    def predict(self, batch):\n"
