@@ -27,13 +27,23 @@ exit codes:
   75  interrupted (SIGTERM/SIGINT); committed work is kept, rerun to resume
 """
 
+def _example_job() -> str:
+    """The example job of ``run --help``, listing the formats the registry knows (plugins' too)."""
+    from . import registry
+
+    return EXAMPLE_JOB.replace("{sources}", " | ".join(registry.names("sources"))).replace(
+        "{sinks}", " | ".join(registry.names("sinks"))
+    )
+
+
 EXAMPLE_JOB = """\
 example job file (job.toml):
   name = "churn-scores"
   [input]
   path = "data/customers/*.parquet"     # file, directory, glob or fsspec URL
   id_column = "customer_id"             # optional: else a stable synthetic _row_id
-  format = "parquet"                    # parquet | csv | jsonl | openai-batch (default: from the extension)
+  format = "parquet"                    # {sources}
+                                        # (default: from the extension)
   [model]
   kind = "sklearn"                      # python | sklearn | onnx | torch | hf | sentence-transformers
                                         # | llm | http | mlflow
@@ -44,7 +54,7 @@ example job file (job.toml):
   size = 65536                          # rows per call; default by kind (sklearn/onnx 65,536, else 8,192)
   [output]
   path = "out/churn/"
-  format = "parquet"                    # parquet | jsonl | csv | openai-batch
+  format = "parquet"                    # {sinks}
   [runtime]
   workers = 1
 """
@@ -65,10 +75,43 @@ def _progress_mode(args: argparse.Namespace) -> Any:
     return getattr(args, "progress", None)
 
 
+def _param_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--param", action="append", metavar="NAME=VALUE",
+        help="a value for a placeholder of [input] path, e.g. --param date=2026-12-01 for data/{date}/*.parquet "
+        "(repeatable; {date} defaults to today in [runtime] timezone)",
+    )
+
+
+def _params(values: list[str] | None) -> dict[str, str]:
+    """``--param NAME=VALUE`` options as a mapping."""
+    params: dict[str, str] = {}
+    for item in values or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            from .errors import SpecError
+
+            raise SpecError(f"--param {item!r} is not NAME=VALUE", hint="e.g. `--param date=2026-12-01`")
+        params[name] = value
+    return params
+
+
+def _job(args: argparse.Namespace) -> Any:
+    """The job as the command names it: the file, loaded with its ``--param`` values when given."""
+    params = _params(getattr(args, "param", None))
+    if not params:
+        return args.job
+    from .spec import load_spec
+
+    return load_spec(args.job, params=params)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine import run
 
-    result = run(args.job, restart=args.restart, wait=args.wait, progress=_progress_mode(args))
+    result = run(
+        _job(args), restart=args.restart, full=args.full, wait=args.wait, progress=_progress_mode(args)
+    )
     for line in result.lines():
         print(line)
     if not result.already_complete and not getattr(args, "quiet", False):
@@ -92,7 +135,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from .engine import status
 
-    info = status(args.job)
+    info = status(_job(args))
     if args.json:
         print(json.dumps(info, default=str, sort_keys=True))
         return 0
@@ -140,10 +183,11 @@ def cmd_failures(args: argparse.Namespace) -> int:
     if kinds - {"input"}:
         print("fix the model or the data, then reprocess only these items: infermill retry JOB")
     if "input" in kinds:
-        # A retry reads the same bytes again; a fixed file changes the input, which only --restart accepts.
+        # A retry reads the same bytes again; a fixed file changes the input, and a plain run (incremental)
+        # recomputes that file's shards.
         print(
             "class input: the rows could not be read from the input files (file and byte offset shown); "
-            "fix or remove them there, then rerun everything: infermill run JOB --restart"
+            "fix or remove them there, then rerun: infermill run JOB (it recomputes the fixed files' shards)"
         )
     return 0
 
@@ -191,7 +235,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .engine.validate import validate
 
-    report = validate(args.job)
+    report = validate(_job(args))
     for line in report:
         print(line)
     return 0
@@ -238,14 +282,27 @@ def build_parser() -> argparse.ArgumentParser:
         textwrap.dedent("""\
         Run JOB: plan shards from the input, score them with the model, commit each shard's results
         atomically and record it in the ledger. Rerunning after a crash, kill or preemption resumes
-        where it stopped; rerunning a complete job does nothing. If the spec, model or input changed
-        since the last run, infermill refuses to mix results: use --restart to start over.
+        where it stopped; rerunning a complete job does nothing. If the spec or model changed since
+        the last run, infermill refuses to mix results: use --restart to start over.
+
+        If only the input changed (files added, changed or deleted), the rerun is incremental: it
+        prints what changed, scores only new and changed files (a changed file's shards are
+        recomputed, no others), and removes the rows of deleted files from the output ([input]
+        on_deleted = "keep" keeps them); the manifest describes the whole output after. --full
+        recomputes everything over the input as it is now. [input] path may be a template,
+        "data/{date}/*.parquet", filled by --param date=2026-12-01 ({date} defaults to today in
+        [runtime] timezone, default UTC).
 
         """)
-        + EXAMPLE_JOB,
+        + _example_job(),
     )
     p.add_argument("job", help="the job file (TOML)")
     p.add_argument("--restart", action="store_true", help="discard earlier results of this job and start over")
+    p.add_argument(
+        "--full", action="store_true",
+        help="recompute everything over the input as it is now, instead of only what changed (as --restart)",
+    )
+    _param_option(p)
     p.add_argument("--wait", action="store_true", help="if another run of this job is active, wait for it")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.add_argument(
@@ -263,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         """,
     )
     p.add_argument("job", help="the job file (TOML)")
+    _param_option(p)
     p.add_argument(
         "--json", action="store_true",
         help="print one JSON object (keys: state, rows_total, rows_succeeded, rows_failed, shards_total, "
@@ -338,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         """,
     )
     p.add_argument("job", help="the job file (TOML)")
+    _param_option(p)
 
     p = sub.add_parser(
         "schema",

@@ -122,6 +122,11 @@ class InputSpec:
     """Read only these columns (a projection)."""
     shard_rows: int = 500_000
     """Target rows per shard (Parquet: runs of row groups; small files are merged into one shard)."""
+    on_deleted: Literal["delete", "keep"] = "delete"
+    """When a rerun finds an input file deleted since the last run (an incremental run): ``"delete"``
+    removes its rows from the output (the output stays what a run over the input as it is now would write);
+    ``"keep"`` keeps them (an output that accumulates, e.g. over daily partitions). Not part of the
+    fingerprint: it applies from the next run on."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """Options passed to fsspec for URLs (e.g. ``endpoint_url``); never logged."""
     settings: dict[str, Any] = field(default_factory=dict)
@@ -292,6 +297,9 @@ class RuntimeSpec:
     executor: str = "auto"
     """How workers run: ``"auto"`` (one worker in this process, more in worker processes), ``"inline"``,
     ``"process"``, or an executor a plugin registers (``infermill.registry``, group ``executors``)."""
+    timezone: str = "UTC"
+    """The job's timezone (an IANA name such as ``Europe/Paris``): ``{date}`` in ``[input] path`` defaults to
+    today there."""
 
 
 @dataclass(frozen=True)
@@ -311,14 +319,21 @@ class JobSpec:
     """Folder that relative paths are resolved against (the job file's folder)."""
     source_file: str | None = None
     """The job file this spec was loaded from, if any."""
+    params: dict[str, str] = field(default_factory=dict)
+    """Values for the placeholders of ``[input] path`` (``data/{date}/*.parquet``), as ``--param
+    date=2026-12-01`` gives them; ``date`` defaults to today in ``[runtime] timezone``."""
+    input_template: str | None = None
+    """``[input] path`` as written, when it has placeholders; ``input.path`` then holds it filled in.
+    Set by the spec itself."""
 
     def __post_init__(self) -> None:
+        _render_input(self)
         _validate(self)
 
     @classmethod
     def from_dict(
         cls, data: dict[str, Any], *, base_dir: str | os.PathLike[str] | None = None, name: str | None = None,
-        source_file: str | None = None,
+        source_file: str | None = None, params: dict[str, str] | None = None,
     ) -> JobSpec:
         """Build a spec from a parsed job file mapping, checking keys and types."""
         where = source_file or "job spec"
@@ -346,6 +361,7 @@ class JobSpec:
             name=job_name,
             base_dir=str(Path(base_dir or os.getcwd()).resolve()),
             source_file=source_file,
+            params=dict(params or {}),
             **sections,
         )
 
@@ -391,10 +407,25 @@ class JobSpec:
             if cls is registry.DEFERRED:
                 cls = getattr(registry.load(group, name), "settings_cls", None)
             owner = f"model kind {name!r}" if section == "model" else f"{section} format {name!r}"
+            legacy = {"input": _LEGACY_INPUT_KEYS, "output": _LEGACY_OUTPUT_KEYS}.get(section, {})
+            known = cls is not None and cls is not registry.DEFERRED
+            own = {f.name for f in dataclasses.fields(cls)} if known else set()
+            # Keys every format took before formats had settings: a job file written then may carry one its
+            # format ignores (shard_bytes in a Parquet job). It still runs, and is told the key does nothing.
+            ignored = sorted(k for k in raw if k in legacy and k not in own)
+            if ignored:
+                raw = {k: v for k, v in raw.items() if k not in ignored}
+                notes: list[str] = self.__dict__.setdefault("_ignored_keys", [])
+                notes.extend(f"[{section}] {k} does not apply to the {name} format; it is ignored (remove it)"
+                             for k in ignored)
             cache[(group, name)] = parse_section_settings(
                 cls, raw, section, _SECTIONS[section], owner, self.source_file or "job spec"
             )
         return cache[(group, name)]
+
+    def ignored_keys(self) -> list[str]:
+        """Notes on keys of an older job file that its format ignores (see :meth:`input_settings`)."""
+        return list(self.__dict__.get("_ignored_keys", []))
 
     def resolve(self, path: str) -> str:
         """Resolve a path from the spec against ``base_dir`` (URLs and absolute paths are kept)."""
@@ -425,6 +456,7 @@ class JobSpec:
             if data["input"].get(key) == default:
                 data["input"].pop(key)
         data.pop("retry")
+        data["input"].pop("on_deleted")  # a policy for the next incremental run, not for results made
         data["errors"].pop("max_failed_rows")
         data["errors"].pop("max_failed_fraction")
         data["errors"].pop("stop_after_identical_batch_failures")
@@ -510,8 +542,8 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def load_spec(path: str | os.PathLike[str]) -> JobSpec:
-    """Read and validate a TOML job file."""
+def load_spec(path: str | os.PathLike[str], params: dict[str, str] | None = None) -> JobSpec:
+    """Read and validate a TOML job file; ``params`` fill the placeholders of ``[input] path``."""
     file = Path(path)
     if not file.exists():
         raise SpecError(f"job file not found: {file}", hint="check the path, or run `infermill demo`")
@@ -523,7 +555,9 @@ def load_spec(path: str | os.PathLike[str]) -> JobSpec:
         raise SpecError(f"{file}: invalid TOML: {exc}", hint="fix the syntax at the line shown") from exc
     except UnicodeDecodeError as exc:
         raise SpecError(f"{file}: not a UTF-8 text file") from exc
-    return JobSpec.from_dict(data, base_dir=file.resolve().parent, name=file.stem, source_file=str(file))
+    return JobSpec.from_dict(
+        data, base_dir=file.resolve().parent, name=file.stem, source_file=str(file), params=params
+    )
 
 
 def _unknown(key: str, allowed: list[str], section: str, where: str) -> None:
@@ -777,6 +811,37 @@ def _validate_devices(runtime: RuntimeSpec, where: str) -> None:
         raise SpecError(f"{where}: 'runtime.replicas_per_device' must be at least 1, not {runtime.replicas_per_device}")
 
 
+def _render_input(spec: JobSpec) -> None:
+    """Fill the placeholders of ``[input] path`` from ``params`` (see ``infermill.templates``)."""
+    template = spec.input_template
+    if template is None and "{" in spec.input.path:
+        template = spec.input.path
+    if template is None and not spec.params:
+        return
+    from .templates import render
+
+    where = spec.source_file or "job spec"
+    if template is None:
+        render("", spec.params, spec.runtime.timezone, where)  # refuses params that fill nothing
+        return
+    _validate_timezone(spec.runtime, where)
+    path = render(template, spec.params, spec.runtime.timezone, where)
+    object.__setattr__(spec, "input_template", template)
+    object.__setattr__(spec, "input", dataclasses.replace(spec.input, path=path))
+
+
+def _validate_timezone(runtime: RuntimeSpec, where: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(runtime.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SpecError(
+            f"{where}: unknown 'runtime.timezone' {runtime.timezone!r}",
+            hint='use an IANA timezone name, e.g. "UTC" or "Europe/Paris"',
+        ) from None
+
+
 def _validate(spec: JobSpec) -> None:
     from . import registry
 
@@ -803,6 +868,7 @@ def _validate(spec: JobSpec) -> None:
         raise SpecError(f"{where}: 'runtime.workers' must be at least 1, not {spec.runtime.workers}")
     _validate_devices(spec.runtime, where)
     _validate_ledger(spec.runtime, where)
+    _validate_timezone(spec.runtime, where)
     if spec.runtime.threads_per_worker is not None and spec.runtime.threads_per_worker < 1:
         raise SpecError(f"{where}: 'runtime.threads_per_worker' must be at least 1")
     if spec.retry.max_attempts < 1:

@@ -286,7 +286,7 @@ def test_failures_says_what_to_do_with_input_rows(tmp_path: Path) -> None:
     done = run_cli("failures", str(job), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "InputError  input" in done.stdout
-    assert "infermill run JOB --restart" in done.stdout
+    assert "then rerun: infermill run JOB (it recomputes the fixed files' shards)" in done.stdout
     assert "infermill retry JOB" not in done.stdout  # a retry reads the same bytes: it cannot help
 
 

@@ -52,9 +52,10 @@ def test_a_changed_listing_is_planned_again(parquet_job, job_dir: Path, counters
     extra = job_dir / "data" / "part-999.parquet"
     shutil.copy(job_dir / "data" / "part-000.parquet", extra)
     counters.update(list=0, footer=0)
-    with pytest.raises(infermill.JobChangedError, match="the input files changed"):
-        infermill.run(job, progress="off")
-    assert counters["footer"] == 4  # planned again, and the plans differ
+    result = infermill.run(job, progress="off")  # an incremental run: only the new file is planned and read
+    assert counters["footer"] == 1
+    assert result.rows_this_run == 2_000 and result.input_changes is not None
+    assert result.input_changes.added == ("part-999.parquet",)
 
 
 def test_a_moved_job_resumes_from_its_stored_plan(parquet_job, job_dir: Path, tmp_path_factory, counters) -> None:

@@ -79,11 +79,23 @@ def test_a_formats_own_keys_are_checked_against_that_format() -> None:
     assert isinstance(spec, JobSpec)
     assert (spec.input_settings().csv_delimiter, spec.input_settings().encoding) == (";", "latin-1")
     assert spec.output_settings().compression == "zstd"
-    with pytest.raises(SpecError, match="unknown key 'input.csv_delimiter'") as info:
-        _spec({"path": "x.parquet", "csv_delimiter": ";"})
-    assert "the input format 'parquet' takes no key 'csv_delimiter'" in (info.value.hint or "")
-    with pytest.raises(SpecError, match="unknown key 'output.compression'"):
-        _spec({"path": "x.parquet"}, {"path": "o", "format": "jsonl", "compression": "zstd"})
+    with pytest.raises(SpecError, match="unknown key 'input.include'") as info:
+        _spec({"path": "x.parquet", "include": "*.txt"})  # the files format's key
+    assert "the input format 'parquet' takes no key 'include'" in (info.value.hint or "")
+
+
+def test_a_key_every_format_took_before_formats_had_settings_is_ignored_with_a_note() -> None:
+    """A job file written before [input]/[output] keys moved into the formats still runs."""
+    from infermill.spec import JobSpec
+
+    spec = _spec({"path": "x.parquet", "shard_bytes": 1000}, {"path": "o", "format": "jsonl", "compression": "zstd"})
+    assert isinstance(spec, JobSpec)
+    assert spec.ignored_keys() == [
+        "[input] shard_bytes does not apply to the parquet format; it is ignored (remove it)",
+        "[output] compression does not apply to the jsonl format; it is ignored (remove it)",
+    ]
+    plain = _spec({"path": "x.parquet"}, {"path": "o", "format": "jsonl"})
+    assert isinstance(plain, JobSpec) and plain.ignored_keys() == []
     with pytest.raises(SpecError, match="unknown 'input.encoding' 'klingon'"):
         _spec({"path": "x.csv", "encoding": "klingon"})
 
@@ -96,6 +108,6 @@ def test_a_folders_keys_are_checked_once_its_files_name_the_format(tmp_path: Pat
         _spec({"path": str(tmp_path), "shard_rowz": 5})  # no format takes it: refused at once
     assert info.value.hint == "did you mean 'shard_rows'?"
     pq.write_table(pa.table({"x": [1.0]}), tmp_path / "a.parquet")
-    spec = _spec({"path": str(tmp_path), "csv_delimiter": ";"})  # some format takes it: wait for the files
-    with pytest.raises(SpecError, match="unknown key 'input.csv_delimiter'"):
+    spec = _spec({"path": str(tmp_path), "include": "*.txt"})  # some format takes it: wait for the files
+    with pytest.raises(SpecError, match="unknown key 'input.include'"):
         open_source(spec)  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from ..sinks import CommittedFile, StagedFile
 
 __all__ = [
     "Event",
+    "InputChanged",
     "Progress",
     "RunEnded",
     "RunStarted",
@@ -107,6 +108,52 @@ WorkerEvent = WorkerReady | ShardStarted | Progress | ShardStaged | ShardFailed 
 
 
 @dataclass(frozen=True)
+class InputChanged:
+    """An incremental run found the input changed since the last run; emitted (and printed) before the
+    plan is changed. Paths are relative to the input root."""
+
+    job: str
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    deleted: tuple[str, ...]
+    deleted_kept: bool
+    """True with ``[input] on_deleted = "keep"``: deleted files' rows stay in the output."""
+    shards_kept: int
+    """Earlier shards whose committed parts stay as they are."""
+    shards_removed: int
+    """Earlier shards whose results leave the output (their input changed or was deleted)."""
+    shards_added: int
+    """New shards: new and changed files, and the unchanged files that shared a shard with them."""
+
+    def lines(self) -> list[str]:
+        """One line per kind of change, then the plan's."""
+        out = []
+        if self.added:
+            out.append(f"input: {_files(self.added)} added since the last run: their rows will be scored")
+        if self.changed:
+            out.append(f"input: {_files(self.changed)} changed since the last run: their rows will be recomputed")
+        if self.deleted:
+            fate = "stay in the output (on_deleted = \"keep\")" if self.deleted_kept else "leave the output"
+            out.append(f"input: {_files(self.deleted)} deleted since the last run: their rows {fate}")
+        out.append(
+            f"plan: {self.shards_kept:,} shards kept, {self.shards_removed:,} removed, {self.shards_added:,} new"
+        )
+        return out
+
+    def summary(self) -> str:
+        """``2 files added, 1 changed, 1 deleted (rows removed)``."""
+        deleted = f"{len(self.deleted):,} deleted" + (
+            (" (rows kept)" if self.deleted_kept else " (rows removed)") if self.deleted else ""
+        )
+        return f"{len(self.added):,} files added, {len(self.changed):,} changed, {deleted}"
+
+
+def _files(paths: tuple[str, ...]) -> str:
+    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return f"{len(paths):,} file{'' if len(paths) == 1 else 's'}" + (f" ({shown})" if paths else "")
+
+
+@dataclass(frozen=True)
 class RunStarted:
     job: str
     run_id: int
@@ -132,7 +179,7 @@ class RunEnded:
     message: str
 
 
-Event = WorkerEvent | RunStarted | ShardCommitted | RunEnded
+Event = WorkerEvent | InputChanged | RunStarted | ShardCommitted | RunEnded
 
 
 class Subscriber(Protocol):

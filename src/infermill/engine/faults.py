@@ -1,7 +1,8 @@
 """Fault injection for crash tests: ``INFERMILL_FAULT=point[:n]`` kills the process with SIGKILL the n-th
 time (default: first) it reaches ``point``. Points: ``after_stage`` (a shard's file is staged),
 ``before_rename``, ``after_rename``, ``after_commit`` (ledger updated), ``before_manifest``,
-``after_manifest``, ``after_batch`` (a batch was scored). Unset in normal use; costs one dict lookup."""
+``after_manifest``, ``after_batch`` (a batch was scored), and ``after_replan`` (an incremental run's new plan
+is in the ledger; not in ``POINTS``, which every run reaches). Unset in normal use; costs one dict lookup."""
 
 from __future__ import annotations
 

@@ -6,6 +6,11 @@ more than a short resume. So the first run stores its plan in the ledger: the sh
 later run lists the input (one listing per run; workers never list again) and, when the listing is
 unchanged, takes the shards from the ledger instead of planning again: no footer is read twice. When the
 listing changed, it plans again, and the input fingerprint decides (``the input files changed``).
+
+An incremental run (the input changed, nothing else did) brings the stored plan up to date instead:
+the source's ``plan_delta`` keeps the shards of unchanged files and plans only the rest, and
+:func:`next_ordinal` numbers the new shards after every shard the job ever had, so a kept shard's
+ordinal, id and part name never change and a new shard never takes a removed one's part name.
 """
 
 from __future__ import annotations
@@ -17,17 +22,19 @@ from ..ledger import JobRecord, Ledger
 from ..sources.base import Shard, Source
 from .columns import Columns
 
-__all__ = ["PLAN_VERSION", "plan_record", "stored_shards"]
+__all__ = ["PLAN_VERSION", "next_ordinal", "plan_record", "stored_shards"]
 
 PLAN_VERSION = 1
 
 
-def plan_record(source: Source, columns: Columns, shards: list[Shard]) -> str:
-    """The plan record stored with the job (JSON)."""
+def plan_record(source: Source, columns: Columns, shards: list[Shard], first_free: int = 0) -> str:
+    """The plan record stored with the job (JSON). ``first_free``: an ordinal no earlier shard had (see
+    :func:`next_ordinal`)."""
     record: dict[str, Any] = {
         "version": PLAN_VERSION,
         "listing": source.listing_fingerprint(),
         "shards": len(shards),
+        "next_ordinal": max(first_free, max((s.ordinal for s in shards), default=-1) + 1),
         "columns": {"id": columns.id, "features": columns.features, "keep": columns.keep, "read": columns.read},
     }
     return json.dumps(record, sort_keys=True, default=str)
@@ -50,3 +57,14 @@ def stored_shards(record: JobRecord | None, ledger: Ledger, source: Source) -> l
     if len(rows) != plan.get("shards"):
         return None
     return source.relocate([Shard.from_json(row.descriptor) for row in rows])
+
+
+def next_ordinal(record: JobRecord | None, shards: list[Shard]) -> int:
+    """The first ordinal no shard of the job ever had: past the shards it has and those it removed."""
+    stored = 0
+    if record is not None and record.plan_json:
+        try:
+            stored = int(json.loads(record.plan_json).get("next_ordinal") or 0)
+        except (ValueError, TypeError, AttributeError):
+            stored = 0
+    return max(stored, max((s.ordinal for s in shards), default=-1) + 1)

@@ -37,6 +37,7 @@ from .columns import Columns, resolve_columns
 from .executor import threads_per_worker
 from .lease import as_spec, has_ledger, holding
 from .outputs import damaged_parts
+from .plan import stored_shards
 from .runner import (
     RunResult,
     commit_shard,
@@ -67,14 +68,18 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
         raise SpecError(f"job '{spec.name}' has not run yet: nothing to retry", hint="run it first: infermill run JOB")
     source = open_source(spec)
     columns = resolve_columns(spec, source.schema())
-    shards = {s.shard_id: s for s in source.plan()}
+    # The stored plan when the listing is unchanged: after an incremental run the ledger's shards are numbered
+    # as the rounds made them, which planning afresh would not repeat.
+    planned = stored_shards(record, ledger, source)
+    shards = {s.shard_id: s for s in (planned if planned is not None else source.plan())}
     if record.spec_fingerprint != spec.fingerprint() or record.input_fingerprint != input_fingerprint(
         list(shards.values())
     ):
         raise JobChangedError(
             f"the job spec or its input changed since job '{spec.name}' ran; retry only reprocesses failed items "
             "of the same input",
-            hint="undo the change, or rerun everything with `infermill run JOB --restart`",
+            hint="undo the change, or rerun with `infermill run JOB` (a changed input is an incremental run; "
+            "a changed spec needs --restart)",
             job=spec.name,
         )
     dead = ledger.dead_items()

@@ -13,6 +13,12 @@ a crash after it loses nothing. Before anything is written the output directory 
 (``_infermill.json``). A run first checks that every committed part is still present and intact, and
 recomputes the shards of those that are not. The manifest is written once every shard is committed and
 the debris is gone, so it lists exactly the part files on disk.
+
+Incremental runs: when only the input changed since the job last ran, the run does not refuse (as it does
+for a changed spec or model) but brings the plan up to date (``_update_plan``): it reports what changed,
+removes the manifest, then in one ledger transaction forgets the shards of changed and deleted input and
+adds pending shards for new and changed input. The parts of the forgotten shards are then debris, swept
+like any other, and the manifest written at the end lists the whole current output again.
 """
 
 from __future__ import annotations
@@ -52,11 +58,12 @@ from ..observe.profile import profile_from_stats
 from ..observe.progress import Mode, ProgressReporter, plural
 from ..sinks import CommittedFile, OwnerRecord, Sink, StagedFile, open_sink
 from ..sources import open_source
-from ..sources.base import Shard
+from ..sources.base import InputDelta, Shard
 from ..spec import JobSpec
 from .autosize import resolve_batch_size
 from .columns import resolve_columns
 from .events import (
+    InputChanged,
     Progress,
     RunEnded,
     RunStarted,
@@ -75,7 +82,7 @@ from .job_status import rows_total as _rows_total
 from .job_status import status
 from .lease import Held, as_spec, holding
 from .outputs import check_output_location, damaged_parts
-from .plan import plan_record, stored_shards
+from .plan import next_ordinal, plan_record, stored_shards
 from .validate import no_rows_error
 
 ABANDON_AFTER_S = 5.0
@@ -117,10 +124,13 @@ class RunResult:
     """True when the job was complete before this call: nothing was run."""
     verdict: tuple[str, ...] = ()
     """The profile's verdict over the job's committed shards (``infermill profile`` shows the rest)."""
+    input_changes: InputChanged | None = None
+    """What this run found changed in the input since the last run (an incremental run), else None."""
 
     def as_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
         data["verdict"] = list(self.verdict)
+        data["input_changes"] = dataclasses.asdict(self.input_changes) if self.input_changes else None
         return data
 
     def lines(self) -> list[str]:
@@ -129,6 +139,7 @@ class RunResult:
             return [f"{self.job}: {self.message} ({plural(self.rows_succeeded, 'row')} in {self.output_path})"]
         rate = self.rows_this_run / self.seconds if self.seconds > 0 else 0.0
         failed = f", {self.rows_failed:,} dead-lettered (see `infermill failures`)" if self.rows_failed else ""
+        changes = [f"  input:    {self.input_changes.summary()}"] if self.input_changes else []
         return [
             f"{self.job}: {self.state}: {plural(self.rows_succeeded, 'row')} in "
             f"{plural(self.shards_committed, 'shard')}{failed} ({self.rows_this_run:,} this run, "
@@ -136,6 +147,7 @@ class RunResult:
             f"  output:   {self.output_path}",
             f"  manifest: {self.manifest_path}",
             f"  ledger:   {self.ledger_path}",
+            *changes,
         ]
 
 
@@ -194,11 +206,17 @@ def run(
     job: JobSpec | str | os.PathLike[str],
     *,
     restart: bool = False,
+    full: bool = False,
     wait: bool = False,
     progress: Mode | None = None,
     subscribers: list[Subscriber] | tuple[Subscriber, ...] = (),
 ) -> RunResult:
     """Run a job to completion (or resume it). Raises an :class:`InfermillError` subclass on failure.
+
+    A job whose input changed since it last ran (files added, changed or deleted; nothing else changed) is
+    updated incrementally: only new and changed input is scored, and the rows of deleted input leave the
+    output (``[input] on_deleted``). ``full`` recomputes everything over the input as it is now instead
+    (as ``restart`` does).
 
     ``subscribers`` get every event of the run (``infermill.engine.events``): workers' progress, each
     shard's commit, the run's start and end.
@@ -209,6 +227,9 @@ def run(
     """
     spec = as_spec(job)
     started = time.monotonic()
+    if full and progress != "off":
+        print(f"[{spec.name}] --full: every shard is recomputed over the input as it is now", file=sys.stderr)
+    restart = restart or full
     with holding(spec, wait=wait, restart=restart, quiet=progress == "off") as held:
         coordinator = _Coordinator(spec, held, progress, Subscribers(subscribers))
         return coordinator.run(restart=restart, started=started)
@@ -234,6 +255,7 @@ class _Coordinator:
         self.sink: Sink = open_sink(spec)
         self.signals = 0
         self.stop_deadline: float | None = None
+        self.input_changes: InputChanged | None = None
 
     # -- setup -------------------------------------------------------------------------------------
     def _warn(self, text: str) -> None:
@@ -244,16 +266,23 @@ class _Coordinator:
         spec, ledger, sink = self.spec, self.ledger, self.sink
         check_output_location(spec)
         source = open_source(spec)
+        for note in spec.ignored_keys():
+            self._warn(note)
         columns = resolve_columns(spec, source.schema())
         # A resume of the same spec over an unchanged listing takes the plan from the ledger: no metadata
         # is read twice.
         known = ledger.job()
         same_spec = known is not None and known.spec_fingerprint == spec.fingerprint()
         stored = stored_shards(known, ledger, source) if same_spec and not restart else None
+        delta: InputDelta | None = None
         if stored is not None:
             shards, self.planned_again = stored, False
         else:
-            shards, self.planned_again = source.plan(), True
+            # The listing changed: plan only what is new or changed (an incremental run, applied below
+            # once nothing but the input is known to have changed), or everything.
+            delta = self._delta(source) if same_spec and not restart else None
+            shards = sorted([*delta.keep, *delta.add], key=lambda s: s.ordinal) if delta else source.plan()
+            self.planned_again = True
         if not shards:  # before the ledger exists: a job of nothing would be "complete" for good
             raise no_rows_error(spec)
         model_fp = load_adapter(spec).fingerprint()
@@ -287,6 +316,9 @@ class _Coordinator:
                     "results and starts over (or finish the job with the infermill that started it)",
                     job=spec.name,
                 )
+            elif delta is not None and set(changed) <= {"the input files"} and (changed or not delta.empty):
+                # Only the input changed (or only files whose rows are kept were deleted): incremental.
+                self._update_plan(delta, source, columns, shards, input_fp)
             elif changed:
                 raise JobChangedError(
                     f"{' and '.join(changed)} changed since job '{spec.name}' last ran; infermill will not mix "
@@ -313,6 +345,42 @@ class _Coordinator:
                 plan_json=plan_record(source, columns, shards),
             )
         return shards, columns, source, model_fp
+
+    def _delta(self, source: Any) -> InputDelta | None:
+        """The job's stored plan compared with the input as it is now (see ``Source.plan_delta``); None when
+        the job has no plan yet or the source cannot tell what changed."""
+        rows = self.ledger.shards()
+        if not rows:
+            return None
+        previous = [Shard.from_json(row.descriptor) for row in rows]
+        first_free = next_ordinal(self.ledger.job(), previous)
+        delta: InputDelta | None = source.plan_delta(
+            previous, first_free, {r.shard_id for r in rows if r.state == "committed"}
+        )
+        return delta
+
+    def _update_plan(self, delta: InputDelta, source: Any, columns: Any, shards: list[Shard], input_fp: str) -> None:
+        """An incremental run: the stored plan brought up to date with the input (see the module docstring),
+        reported before anything changes."""
+        ledger, spec = self.ledger, self.spec
+        changes = InputChanged(
+            spec.name, delta.added, delta.changed, delta.deleted, delta.deleted_kept,
+            shards_kept=len(delta.keep), shards_removed=len(delta.drop), shards_added=len(delta.add),
+        )
+        if not delta.empty:  # else only the plan's grouping differed: nothing to report
+            self.input_changes = changes
+            if self.progress_mode != "off":
+                for line in changes.lines():
+                    print(f"[{spec.name}] {line}", file=sys.stderr)
+            self.subscribers.emit(changes)
+        # The manifest goes first: from here until the end of the run it would name parts that are removed.
+        self.sink.unfinalize()
+        ledger.replan(
+            self.lease, drop=delta.drop, add=[(s.shard_id, s.ordinal, s.to_json(), s.rows) for s in delta.add],
+            input_fingerprint=input_fp,
+            plan_json=plan_record(source, columns, shards, next_ordinal(ledger.job(), shards)),
+        )
+        fault_point("after_replan")
 
     def _clear_output(self, created: bool) -> None:
         """--restart: delete what this job wrote (files its ledger or its manifest names, its attempt files)
@@ -369,6 +437,8 @@ class _Coordinator:
             record = ledger.job()
             if sink.read_manifest() is None or record is None or record.completed_at is None:
                 self._finish()
+            if self.input_changes is not None:
+                return self._result("complete", EXIT_COMPLETE, "complete", started, 0)
             result = self._result("complete", EXIT_COMPLETE, "nothing to do: the job is already complete", started, 0)
             return dataclasses.replace(result, already_complete=True)
 
@@ -572,7 +642,8 @@ class _Coordinator:
         finish_job(self.spec, self.ledger, self.sink)
 
     def _result(self, state: str, code: int, message: str, started: float, rows_this_run: int) -> RunResult:
-        return job_result(self.spec, self.ledger, self.sink, state, message, started, rows_this_run, code)
+        result = job_result(self.spec, self.ledger, self.sink, state, message, started, rows_this_run, code)
+        return dataclasses.replace(result, input_changes=self.input_changes)
 
 
 def _check(committed: CommittedFile | None) -> PartCheck | None:

@@ -143,6 +143,33 @@ class SQLLedger:
                 (self._job_id,),
             )
 
+    def replan(
+        self,
+        lease: Lease,
+        *,
+        drop: Sequence[str],
+        add: Sequence[tuple[str, int, str, int | None]],
+        input_fingerprint: str,
+        plan_json: str | None,
+    ) -> None:
+        """An incremental run's new plan, in one transaction: the ``drop``ped shards (input changed or
+        deleted) are forgotten with their dead letters, the ``add``ed ones are pending, the job takes the
+        new input fingerprint and plan, and is no longer complete. Their committed files are then debris,
+        which ``Sink.recover`` sweeps."""
+        job_id = self._job_id
+        with self._tx():
+            self._fence(lease)
+            self._xmany("DELETE FROM items WHERE job_id = ? AND shard_id = ?", [(job_id, s) for s in drop])
+            self._xmany("DELETE FROM shards WHERE job_id = ? AND shard_id = ?", [(job_id, s) for s in drop])
+            self._xmany(
+                "INSERT INTO shards (job_id, shard_id, ordinal, descriptor, rows_planned) VALUES (?, ?, ?, ?, ?)",
+                [(job_id, *s) for s in add],
+            )
+            self._x(
+                "UPDATE jobs SET input_fingerprint = ?, plan_json = ?, completed_at = NULL WHERE job_id = ?",
+                (input_fingerprint, plan_json, job_id),
+            )
+
     def mark_complete(self) -> None:
         with self._tx():
             self._x("UPDATE jobs SET completed_at = now_s() WHERE job_id = ?", (self._job_id,))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..spec import JobSpec
 from ._columns import ColumnSource
 from ._fs import InputFile, InputListing, display_path, list_input, open_filesystem
-from .base import Shard
+from .base import InputDelta, Shard
 
 __all__ = ["FileSource"]
 
@@ -87,15 +87,91 @@ class FileSource(ColumnSource):
 
     def relocate(self, shards: list[Shard]) -> list[Shard] | None:
         paths = {file.relpath: file.path for file in self.listing().files}
+        # With on_deleted = "keep", a committed shard keeps the rows of files deleted since: its fragments
+        # name files no listing has any more, and are never read again.
+        keep_deleted = self.spec.input.on_deleted == "keep"
         moved: list[Shard] = []
         for shard in shards:
             fragments = []
             for fragment in shard.fragments:
                 if fragment.relpath not in paths:
+                    if keep_deleted:
+                        fragments.append(fragment)
+                        continue
                     return None
                 fragments.append(dataclasses.replace(fragment, path=paths[fragment.relpath]))
             moved.append(Shard(ordinal=shard.ordinal, fragments=tuple(fragments)))
         return moved
+
+    def plan_delta(
+        self, previous: Sequence[Shard], next_ordinal: int, committed: Collection[str] = ()
+    ) -> InputDelta:
+        """Compare the listing with the files of ``previous`` by relative path and fingerprint (size, mtime
+        or etag). A shard holding a changed file is planned again as a whole, with its other files; a shard
+        holding a deleted file is dropped, or kept when ``on_deleted = "keep"`` and it is ``committed``;
+        every other shard is kept as it is, ordinal and part name included. Only the files no kept shard
+        covers are planned, so a small new file merges with other new files, never into a kept shard."""
+        listed = {file.relpath: file for file in self.listing().files}
+        before: dict[str, str] = {}
+        for shard in previous:
+            for fragment in shard.fragments:
+                before[fragment.relpath] = fragment.file_fingerprint
+        added = sorted(set(listed) - set(before))
+        deleted = sorted(set(before) - set(listed))
+        changed = sorted(r for r, fp in before.items() if r in listed and listed[r].fingerprint != fp)
+        keep_deleted = self.spec.input.on_deleted == "keep"
+        gone, edited = set(deleted), set(changed)
+        keep: list[Shard] = []
+        drop: list[str] = []
+        for shard in previous:
+            names = {fragment.relpath for fragment in shard.fragments}
+            if names & gone and names & edited and keep_deleted and shard.shard_id in committed:
+                raise InputError(
+                    f"files {sorted(names & gone)[0]} (deleted) and {sorted(names & edited)[0]} (changed) share "
+                    "a shard: the changed file's rows must be recomputed, but the deleted file's rows, "
+                    'kept by on_deleted = "keep", cannot be recomputed without it',
+                    hint="restore the deleted file and rerun, or run with --full (or on_deleted = \"delete\") to "
+                    "recompute everything over the input as it is now",
+                )
+            recompute = bool(names & edited) or (
+                bool(names & gone) and not (keep_deleted and shard.shard_id in committed)
+            )
+            if recompute:
+                drop.append(shard.shard_id)
+            else:
+                keep.append(shard)
+        covered = {fragment.relpath for shard in keep for fragment in shard.fragments}
+        new = self._plan_only([file for file in self.listing().files if file.relpath not in covered])
+        add = tuple(Shard(ordinal=next_ordinal + i, fragments=shard.fragments) for i, shard in enumerate(new))
+        located = self.relocate_kept(keep, listed)
+        return InputDelta(
+            keep=tuple(located), drop=tuple(drop), add=add, added=tuple(added), changed=tuple(changed),
+            deleted=tuple(deleted), deleted_kept=keep_deleted,
+        )
+
+    def relocate_kept(self, shards: list[Shard], listed: dict[str, InputFile]) -> list[Shard]:
+        """Kept shards with their files located where the listing found them (deleted files as they were)."""
+        return [
+            Shard(
+                ordinal=shard.ordinal,
+                fragments=tuple(
+                    dataclasses.replace(f, path=listed[f.relpath].path) if f.relpath in listed else f
+                    for f in shard.fragments
+                ),
+            )
+            for shard in shards
+        ]
+
+    def _plan_only(self, files: Sequence[InputFile]) -> list[Shard]:
+        """The shards :meth:`plan` makes of ``files`` alone (a part of the listing)."""
+        if not files:
+            return []
+        listing = self.listing()
+        self._listing = dataclasses.replace(listing, files=tuple(files))
+        try:
+            return self.plan()
+        finally:
+            self._listing = listing
 
     def schema_origin(self) -> str:
         return display_path(self.listing().files[0].path)

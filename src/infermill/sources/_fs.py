@@ -131,6 +131,7 @@ def list_input(spec: JobSpec, fmt: str, *, every_file: bool = False) -> InputLis
             root = posixpath.dirname(fspath.rstrip("/"))
             found = [(fspath, info)]
     found = _resolve_links(found)
+    root = _template_root(spec, root)
     files = [
         InputFile(
             path=fs.unstrip_protocol(p) if url else p,
@@ -142,6 +143,19 @@ def list_input(spec: JobSpec, fmt: str, *, every_file: bool = False) -> InputLis
     ]
     files.sort(key=lambda f: (f.relpath, f.path))
     return InputListing(fs=fs, root=root, files=tuple(files))
+
+
+def _template_root(spec: JobSpec, root: str) -> str:
+    """For a path template (``data/{date}/*.parquet``), the folder before its first placeholder, which
+    files are named relative to (``2026-12-01/x.parquet``): the same name in two partitions is two files."""
+    from ..templates import template_base
+
+    base = template_base(spec.input_template) if spec.input_template else None
+    if base is None:
+        return root
+    _, fixed = url_to_fs(spec.resolve(base), **spec.input.storage_options)
+    fixed = str(fixed).rstrip("/") or "/"
+    return fixed if (root + "/").startswith(fixed.rstrip("/") + "/") else root
 
 
 def infer_format(spec: JobSpec) -> str | None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "INPUT_ERROR_TYPE",
     "SYNTHETIC_ID",
     "Fragment",
+    "InputDelta",
     "Shard",
     "Source",
     "concat_batches",
@@ -126,6 +127,30 @@ def _fields(fragment: Fragment, names: tuple[str, ...] = _ALL_FIELDS) -> dict[st
     return {name: getattr(fragment, name) for name in names}
 
 
+@dataclass(frozen=True)
+class InputDelta:
+    """How an input changed since an earlier plan, and the plan that brings it up to date (an incremental
+    run): ``keep`` + ``add`` are the new plan; the results of ``drop`` leave the output."""
+
+    keep: tuple[Shard, ...]
+    """Earlier shards whose input is unchanged (their committed parts stay), with their files located."""
+    drop: tuple[str, ...]
+    """Ids of earlier shards whose input changed or was deleted: their results are removed."""
+    add: tuple[Shard, ...]
+    """New shards, for new and changed input (and the unchanged rest of a dropped shard), numbered from
+    the ``next_ordinal`` given, so that no part name of an earlier shard is reused."""
+    added: tuple[str, ...] = ()
+    """What is new (file paths relative to the input root; for a SQL source, a description of the range)."""
+    changed: tuple[str, ...] = ()
+    deleted: tuple[str, ...] = ()
+    deleted_kept: bool = False
+    """True when deleted input keeps its rows in the output (``[input] on_deleted = "keep"``)."""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.changed or self.deleted or self.drop or self.add)
+
+
 class Source(ABC):
     """Plans shards and reads them. Subclasses implement one input format."""
 
@@ -165,6 +190,22 @@ class Source(ABC):
         """Shards planned earlier (from the ledger), with what locates their files brought up to date (the
         job folder may have moved); None when that is not possible and the input must be planned again."""
         return shards
+
+    def plan_delta(
+        self, previous: Sequence[Shard], next_ordinal: int, committed: Collection[str] = ()
+    ) -> InputDelta | None:
+        """The plan for the input as it is now, made from ``previous`` (the shards of the last plan, in the
+        ledger) by keeping the shards of unchanged input and planning only what is new or changed: an
+        incremental run. None (the default): the source cannot tell what changed, and a changed input needs
+        ``--restart``.
+
+        File sources compare files (relative path, size, mtime or etag). This is also the hook for a SQL
+        source's incremental reads: it would keep every earlier shard and add shards for the rows above
+        the last key, or above the high-water mark of a ``cursor`` column (``updated_at > last mark``),
+        which it keeps in its shard descriptors. ``committed``: the ids of the earlier shards whose results
+        are in the output (only those can keep the rows of deleted input)."""
+        del previous, next_ordinal, committed
+        return None
 
     def use_schema(self, schema: pa.Schema) -> None:
         """Take the schema :meth:`schema` gave when the job was planned, so that a worker's source need not
