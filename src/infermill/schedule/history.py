@@ -59,12 +59,16 @@ def runs(job: JobSpec | str | os.PathLike[str]) -> list[RunEntry]:
     for r in ledger_runs:
         t = by_run.get(r.run_id)
         summary = json.loads(t.summary) if t is not None and t.summary and r.run_id == t.run_ids[-1] else {}
+        state = r.state
+        if state == "running" and t is not None and t.state not in ("running", "pending"):
+            state = t.state  # its process died (killed): the ledger learns it when the lease is next taken
         entries.append(RunEntry(
-            run_id=r.run_id, state=r.state, trigger=t.key if t else "manual", trigger_kind=t.kind if t else "manual",
+            run_id=r.run_id, state=state, trigger=t.key if t else "manual", trigger_kind=t.kind if t else "manual",
             logical_date=t.logical_date if t else None, started_at=r.started_at, ended_at=r.ended_at,
             rows_done=r.rows_done, rows_succeeded=summary.get("rows_succeeded"),
-            rows_failed=summary.get("rows_failed"), exit_code=summary.get("exit_code"),
-            attempts=t.attempts if t else 1, message=r.message,
+            rows_failed=summary.get("rows_failed"),
+            exit_code=summary.get("exit_code", t.exit_code if t is not None and r.run_id == t.run_ids[-1] else None),
+            attempts=t.attempts if t else 1, message=r.message or (t.message if t is not None else None),
         ))
     for t in triggers:
         if t.run_ids:

@@ -38,6 +38,8 @@ class Launched:
     summary: dict[str, Any] | None
     """The run's summary (``--summary-json``); None when the child died before writing one."""
     seconds: float
+    pid: int
+    """The child's process id (the ledger's runs record it)."""
 
 
 def _run_takes_params() -> bool:
@@ -111,4 +113,4 @@ class Launcher:
                     summary = json.load(fh)
             except (OSError, ValueError):
                 summary = None
-        return Launched(outcome_of(code), summary, time.monotonic() - started)
+        return Launched(outcome_of(code), summary, time.monotonic() - started, proc.pid)

@@ -275,9 +275,13 @@ class Scheduler:
             f"killed by signal {-outcome.code}" if outcome.code < 0 else f"exit {outcome.code}"
         )
         with _ledger(spec) as ledger:
+            run_id = summary.get("run_id")
+            if not summary:  # died before writing its summary (killed): find its run by its pid
+                mine = [r.run_id for r in ledger.runs() if r.pid == launched.pid and r.host == socket.gethostname()]
+                run_id = mine[-1] if mine else None
             ledger.update_trigger(
                 trigger.key, state=outcome.state, exit_code=outcome.code, message=message,
-                summary=json.dumps(summary) if summary else None, run_id=summary.get("run_id"),
+                summary=json.dumps(summary) if summary else None, run_id=run_id,
             )
         if outcome.retry:
             watch.not_before[trigger.key] = self.clock() + spec.schedule.retry_seconds
