@@ -101,11 +101,12 @@ def shards_committed(job: Path) -> int:
             return 0
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 90.0, log: Path | None = None) -> None:
     """Wait until ``condition()`` holds (polling: the condition lives in another process)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            shown = f"; log:\n{log.read_text(errors='replace')[-3000:]}" if log is not None and log.exists() else ""
+            raise AssertionError(f"timed out waiting for {what}{shown}")
         time.sleep(0.05)
 
