@@ -52,7 +52,9 @@ T0 = dt.datetime(2026, 3, 1, 0, 30, tzinfo=dt.UTC).timestamp()
 DAY = 86_400.0
 
 
-def scheduled_job(folder: Path, schedule: str, *, rows: int = 3_000, files: int = 3, extra: str = "") -> tuple[Path, pa.Table]:
+def scheduled_job(
+    folder: Path, schedule: str, *, rows: int = 3_000, files: int = 3, extra: str = ""
+) -> tuple[Path, pa.Table]:
     """Write the data, the gated model and a job file with ``[schedule]`` ``schedule``; return the job file
     and the input table."""
     (folder / "scorer.py").write_text(GATED)

@@ -77,7 +77,9 @@ def _ids(folder: Path) -> list[int]:
     return sorted(read_output(folder / "out").column("customer_id").to_pylist())
 
 
-def test_kill_9_of_serve_mid_run_then_restart_no_duplicate_run_output_exact(tmp_path: Path, serves: list[Serve]) -> None:
+def test_kill_9_of_serve_mid_run_then_restart_no_duplicate_run_output_exact(
+    tmp_path: Path, serves: list[Serve]
+) -> None:
     job, table = scheduled_job(tmp_path, 'cron = "0 2 * * *"\n')
     clock = tmp_path / "clock"
     _set_clock(clock, T0)

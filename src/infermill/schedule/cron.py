@@ -35,7 +35,8 @@ _MACROS = {
 }
 _FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day of month", 1, 31, {}), ("month", 1, 12, _MONTHS),
-           ("day of week", 0, 7, _DAYS))
+    ("day of week", 0, 7, _DAYS),
+)
 _HINT = 'five fields: minute hour day-of-month month day-of-week, e.g. cron = "0 2 * * *" (02:00 every day)'
 _MAX_YEARS = 5
 """How far ahead a search for the next due time looks (``0 0 30 2 *`` is never due)."""
