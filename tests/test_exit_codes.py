@@ -65,7 +65,9 @@ def test_a_complete_run_writes_its_summary(parquet_job, job_dir: Path) -> None: 
 def test_a_failed_run_writes_its_summary_with_dead_letters_by_class(  # type: ignore[no-untyped-def]
     job_dir: Path, parquet_job
 ) -> None:
-    job, _ = parquet_job(rows=1_000, files=1, shard_rows=1_000, extra="[errors]\nstop_after_identical_batch_failures = 0")
+    job, _ = parquet_job(
+        rows=1_000, files=1, shard_rows=1_000, extra="[errors]\nstop_after_identical_batch_failures = 0"
+    )
     (job_dir / "scorer.py").write_text(BROKEN)
     path = job_dir / "summary.json"
     proc = run_cli("run", str(job), "--summary-json", str(path), "-q")
