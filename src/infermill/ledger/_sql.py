@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from ..errors import JobLockedError, LeaseLostError, LedgerError
 from .base import (
+    TRIGGER_DONE,
     CommittedPart,
     DeadItemRecord,
     FailureGroup,
@@ -516,13 +517,24 @@ class SQLLedger:
                 (state, exit_code, message, summary, ",".join(run_ids), 1 if attempt else 0, self._job_id, key),
             )
 
-    def triggers(self, kind: str | None = None) -> list[TriggerRecord]:
-        """The job's triggers, oldest first."""
+    def triggers(
+        self, kind: str | None = None, *, unfinished: bool = False, newest: int | None = None
+    ) -> list[TriggerRecord]:
+        """The job's triggers, oldest first: of ``kind`` only, not yet final (``unfinished``), or only the
+        ``newest`` few (serve looks at these every tick; the history grows with every run)."""
         sql = "SELECT * FROM triggers WHERE job_id = ?"
-        params: tuple[Any, ...] = (self._job_id,)
+        params: list[Any] = [self._job_id]
         if kind is not None:
             sql += " AND kind = ?"
-            params = (self._job_id, kind)
+            params.append(kind)
+        if unfinished:
+            sql += f" AND state NOT IN ({', '.join('?' for _ in TRIGGER_DONE)})"
+            params += TRIGGER_DONE
+        sql += " ORDER BY created_at, key"
+        if newest is not None:
+            sql = f"SELECT * FROM ({sql.replace(' ORDER BY created_at, key', '')} ORDER BY created_at DESC, key DESC"\
+                  f" LIMIT {int(newest)}) AS recent ORDER BY created_at, key"
+        rows = self._query(sql, params)
         return [
             TriggerRecord(
                 key=r["key"], kind=r["kind"], logical_date=r["logical_date"],
@@ -532,8 +544,16 @@ class SQLLedger:
                 summary=r["summary"], run_ids=tuple(int(i) for i in str(r["run_ids"]).split(",") if i),
                 created_at=float(r["created_at"]), updated_at=float(r["updated_at"]),
             )
-            for r in self._query(sql + " ORDER BY created_at, key", params)
+            for r in rows
         ]
+
+    def last_due_at(self) -> float | None:
+        """The latest cron due time serve handled for the job (run or skipped), or None."""
+        rows = self._query(
+            "SELECT MAX(due_at) AS due FROM triggers WHERE job_id = ? AND kind IN ('cron', 'skipped')",
+            (self._job_id,),
+        )
+        return None if not rows or rows[0]["due"] is None else float(rows[0]["due"])
 
     def shard_stats(self) -> list[str]:
         """The per-shard stage timings (JSON) of committed shards."""

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InfermillError, SpecError
-from ..ledger import TRIGGER_DONE, Ledger, TriggerRecord, holder_is_dead, lease_is_live
+from ..ledger import Ledger, TriggerRecord, holder_is_dead, lease_is_live
 from ..spec import JobSpec, load_spec
 from .cron import Cron, zone
 from .launch import Launched, Launcher
@@ -175,13 +175,13 @@ class Scheduler:
     def _claim_cron(self, spec: JobSpec, ledger: Ledger, now: float) -> None:
         schedule = spec.schedule
         cron, tz = Cron.parse(schedule.cron or ""), zone(schedule.timezone)
-        handled = [t.due_at for t in ledger.triggers() if t.kind in ("cron", "skipped") and t.due_at is not None]
-        if not handled:
+        handled = ledger.last_due_at()
+        if handled is None:
             # The first serve to see the job: catchup counts from here, never from the beginning of time.
             ledger.claim_trigger("cron-start", kind="skipped", owner=self.owner, due_at=self.started,
                                  state="skipped", detail=json.dumps({"reason": "serve first saw the job"}))
-            handled = [self.started]
-        due = cron.due_between(_utc(max(handled)), _utc(now), tz)
+            handled = ledger.last_due_at() or self.started
+        due = cron.due_between(_utc(handled), _utc(now), tz)
         if not due:
             return
         if schedule.catchup == "all":
@@ -215,7 +215,7 @@ class Scheduler:
             return
         watch.next_poll = now + schedule.poll_seconds
         listing = _listing(spec)
-        last = [t for t in ledger.triggers("files")]
+        last = ledger.triggers("files", newest=1)
         known: set[tuple[str, str]] = set()
         if last:
             known = {(p, f) for p, f in json.loads(last[-1].detail).get("listing", [])}
@@ -239,9 +239,7 @@ class Scheduler:
     # -- what to run ------------------------------------------------------------------------------
     def _runnable(self, spec: JobSpec, ledger: Ledger, now: float, watch: _Watch) -> list[TriggerRecord]:
         todo = []
-        for trigger in ledger.triggers():
-            if trigger.state in TRIGGER_DONE:
-                continue
+        for trigger in ledger.triggers(unfinished=True):
             if trigger.owner != self.owner:
                 if not self._owner_gone(spec, ledger, trigger):
                     continue

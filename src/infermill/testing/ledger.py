@@ -254,8 +254,14 @@ class LedgerConformance(ABC):
             assert (trigger.state, trigger.attempts, trigger.exit_code, trigger.run_ids) == ("complete", 2, 0, (7, 8))
             assert (trigger.summary, trigger.message) == ('{"x": 1}', "complete")
             assert first.triggers("files") == [] and [t.key for t in other.triggers("cron")] == ["cron:a"]
+            assert first.last_due_at() == 5.0 and other.last_due_at() is None
+            assert first.claim_trigger("files:b", kind="files", owner="h:1")
+            assert first.claim_trigger("skipped:c", kind="skipped", owner="h:1", due_at=9.0, state="skipped")
+            assert first.last_due_at() == 9.0
+            assert [t.key for t in first.triggers(unfinished=True)] == ["files:b"]
+            assert [t.key for t in first.triggers(newest=2)] == [t.key for t in first.triggers()][-2:]
             first.reset()  # --restart forgets results, not what serve has run
-            assert len(first.triggers()) == 1
+            assert len(first.triggers()) == 3
             with pytest_raises(LedgerError, match="unknown trigger"):
                 first.update_trigger("cron:zzz", state="running")
 
