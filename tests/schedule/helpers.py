@@ -96,11 +96,13 @@ def shards_committed(job: Path) -> int:
     path = job.parent / ".infermill" / "scores.sqlite"
     if not path.exists():
         return 0
-    with sqlite3.connect(path) as db:
-        try:
-            return int(db.execute("SELECT COUNT(*) FROM shards WHERE state = 'committed'").fetchone()[0])
-        except sqlite3.OperationalError:
-            return 0
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM shards WHERE state = 'committed'").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 90.0, log: Path | None = None) -> None:

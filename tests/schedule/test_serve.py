@@ -18,6 +18,8 @@ from infermill.ledger import open_ledger
 from tests.conftest import read_output
 from tests.schedule.helpers import DAY, T0, scheduled_job, shards_committed, triggers, wait_for
 
+pytestmark = pytest.mark.slow  # serve processes and their runs: about a minute and a half
+
 
 class Serve:
     """One `infermill serve` process; its log (and its runs' output) goes to a file."""
@@ -51,7 +53,9 @@ def serves() -> Iterator[list[Serve]]:
 
 
 def _set_clock(clock_file: Path, now: float) -> None:
-    clock_file.write_text(f"{now}\n")
+    temp = clock_file.with_suffix(".tmp")
+    temp.write_text(f"{now}\n")
+    os.replace(temp, clock_file)  # serve never reads half a time
 
 
 def _lease_pid(job: Path) -> int:

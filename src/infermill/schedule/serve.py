@@ -50,11 +50,16 @@ the system clock, so tests move time forward instead of waiting for a due time. 
 
 
 def file_clock(path: str) -> Callable[[], float]:
-    """A clock that reads epoch seconds from ``path`` (written by a test)."""
+    """A clock that reads epoch seconds from ``path`` (written by a test; replace it atomically)."""
 
     def now() -> float:
-        with open(path, encoding="ascii") as fh:
-            return float(fh.read().strip())
+        for _ in range(100):
+            with open(path, encoding="ascii") as fh:
+                text = fh.read().strip()
+            if text:
+                return float(text)
+            time.sleep(0.01)  # caught between a writer's truncate and its write
+        raise ValueError(f"{CLOCK_FILE_ENV} file {path} is empty")
 
     return now
 
@@ -134,7 +139,10 @@ class Scheduler:
         for watch in self.watches:
             if self.stopping:
                 break
-            started += self._tick_job(watch)
+            try:
+                started += self._tick_job(watch)
+            except Exception as exc:  # noqa: BLE001 - serve outlives one job's trouble (a listing that failed...)
+                self.log(f"{watch.job_file}: {type(exc).__name__}: {exc}; trying again next tick")
         return started
 
     def _tick_job(self, watch: _Watch) -> int:
