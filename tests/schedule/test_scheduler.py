@@ -108,6 +108,10 @@ def test_a_run_killed_by_a_signal_is_recorded_as_a_failure_never_a_success(tmp_p
     assert scheduler.tick() == 1
     (trigger,) = triggers(job)
     assert (trigger.state, trigger.exit_code, trigger.message) == ("killed", -9, "killed by signal 9")
-    assert _scheduler(job, clock).tick() == 0  # a failure: not run again for this due time
+    healthy = _scheduler(job, clock)  # serve restarted without the fault
+    assert healthy.tick() == 0  # a failure: not run again for this due time
     assert [(e.run_id, e.state, e.exit_code, e.trigger) for e in runs(job)] == [
         (1, "killed", -9, "cron:2026-03-01T02:00:00+00:00")]
+    clock.advance(DAY)  # the next due time runs as usual, and resumes the job
+    assert healthy.tick() == 1
+    assert [(t.state, t.exit_code) for t in triggers(job)] == [("killed", -9), ("complete", 0)]
