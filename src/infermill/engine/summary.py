@@ -84,9 +84,7 @@ def run_summary(
             shards_committed=result.shards_committed, output=result.output_path, manifest=result.manifest_path,
             ledger=result.ledger_path,
         )
-    data["_started"] = started_at
-    _add_ledger_view(data, job, result is None)
-    del data["_started"]
+    _add_ledger_view(data, job, counts=result is None, started_at=started_at)
     return data
 
 
@@ -103,7 +101,7 @@ def _trigger_from_env() -> dict[str, str] | None:
     return {"key": key, "logical_date": os.environ.get(LOGICAL_DATE_ENV, "")}
 
 
-def _add_ledger_view(data: dict[str, Any], job: str, counts: bool) -> None:
+def _add_ledger_view(data: dict[str, Any], job: str, *, counts: bool, started_at: float) -> None:
     """Fill in what the job's ledger says (counts after a failure, dead letters by class). A job file that
     cannot be read, or a ledger that cannot be opened, leaves these keys at their defaults: the summary
     must be written even then."""
@@ -131,17 +129,13 @@ def _add_ledger_view(data: dict[str, Any], job: str, counts: bool) -> None:
             data["dead_letters"] = {g.error_class: data["dead_letters"].get(g.error_class, 0) + g.count
                                     for g in ledger.failure_groups()}
             # This run's ledger run, if it started one ("nothing to do" does not): the run of this process.
-            mine = [r for r in ledger.runs() if r.pid == os.getpid() and r.started_at >= data_started(data) - 1]
+            mine = [r for r in ledger.runs() if r.pid == os.getpid() and r.started_at >= started_at - 1]
             data["run_id"] = mine[-1].run_id if mine else None
             data["shards_failed"] = ledger.summary().shards_failed
         finally:
             ledger.close()
     except InfermillError:
         return
-
-
-def data_started(data: dict[str, Any]) -> float:
-    return float(data["_started"]) if "_started" in data else 0.0
 
 
 def write_summary(path: str, data: dict[str, Any]) -> None:
