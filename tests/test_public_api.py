@@ -16,8 +16,8 @@ def test_all_is_pinned() -> None:
         "BatchSpec", "ErrorsSpec", "InfermillError", "InputError", "InputSpec", "InterruptedRunError", "ItemError",
         "JobChangedError", "JobFailedError", "JobLockedError", "JobSpec", "ModelLoadError", "ModelSpec",
         "OutputConflictError", "OutputError",
-        "OutputSpec", "RetrySpec", "RunResult", "RuntimeSpec", "SpecError", "TransientError", "__version__",
-        "failures", "load_spec", "retry", "run", "status", "validate", "verify",
+        "OutputSpec", "RetrySpec", "RunResult", "RuntimeSpec", "ScheduleSpec", "SpecError", "TransientError",
+        "__version__", "failures", "load_spec", "retry", "run", "runs", "status", "validate", "verify",
     ])
     for name in infermill.__all__:
         assert getattr(infermill, name) is not None

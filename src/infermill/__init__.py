@@ -32,6 +32,7 @@ from .spec import (
     OutputSpec,
     RetrySpec,
     RuntimeSpec,
+    ScheduleSpec,
     load_spec,
 )
 
@@ -45,6 +46,7 @@ _LAZY = {
     "verify": ("infermill.engine.outputs", "verify"),
     "retry": ("infermill.engine.retry", "retry"),
     "failures": ("infermill.engine.failures", "failures"),
+    "runs": ("infermill.schedule.history", "runs"),
 }
 
 
@@ -78,6 +80,7 @@ __all__ = [
     "RetrySpec",
     "RunResult",
     "RuntimeSpec",
+    "ScheduleSpec",
     "SpecError",
     "TransientError",
     "__version__",
@@ -85,6 +88,7 @@ __all__ = [
     "load_spec",
     "retry",
     "run",
+    "runs",
     "status",
     "validate",
     "verify",

@@ -23,8 +23,9 @@ exit codes:
   0   the job is complete (or there was nothing left to do)
   1   the job failed (some shards failed, a fatal error, an internal error); verify: output damaged
   2   invalid job file, input, model or usage
-  3   another run of this job is active (see --wait)
-  75  interrupted (SIGTERM/SIGINT); committed work is kept, rerun to resume
+  3   another run of this job is active (see --wait); retry later
+  75  interrupted (SIGTERM/SIGINT) or a transient error; committed work is kept, rerun to resume
+  (a stable contract: docs/scheduling.md; a process killed by a signal is a failure, never a success)
 """
 
 def _example_job() -> str:
@@ -109,14 +110,70 @@ def _job(args: argparse.Namespace) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine import run
 
+    if args.summary_json:
+        return _run_with_summary(args)
     result = run(
         _job(args), restart=args.restart, full=args.full, wait=args.wait, progress=_progress_mode(args)
     )
+    _print_result(args, result)
+    return 0
+
+
+def _run_with_summary(args: argparse.Namespace) -> int:
+    """``run`` that writes the run summary whatever the outcome, then ends as ``run`` would."""
+    import time
+
+    from .engine import run
+    from .engine.summary import exit_code_of, run_summary, write_summary
+
+    started = time.time()
+    params = _params(getattr(args, "param", None))
+    try:
+        result = run(
+            _job(args), restart=args.restart, full=args.full, wait=args.wait, progress=_progress_mode(args)
+        )
+    except (Exception, KeyboardInterrupt) as exc:
+        code = exit_code_of(exc)
+        write_summary(args.summary_json, run_summary(
+            args.job, error=exc, exit_code=code, started_at=started, ended_at=time.time(), params=params))
+        raise
+    write_summary(args.summary_json, run_summary(
+        args.job, result=result, exit_code=result.exit_code, started_at=started, ended_at=time.time(),
+        params=params))
+    _print_result(args, result)
+    return 0
+
+
+def _print_result(args: argparse.Namespace, result: Any) -> None:
     for line in result.lines():
         print(line)
     if not result.already_complete and not getattr(args, "quiet", False):
         for line in result.verdict:
             print(line)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .schedule.serve import serve
+
+    return serve(args.jobs, poll_seconds=args.poll)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .schedule.history import format_time, runs
+
+    entries = runs(args.job)
+    if args.json:
+        print(json.dumps([e.as_dict() for e in entries], sort_keys=True))
+        return 0
+    if not entries:
+        print(f"{args.job}: no runs yet")
+        return 0
+    print(f"{'RUN':>5}  {'STARTED':<19}  {'STATE':<11}  {'TRIGGER':<36}  {'DATE':<10}  {'ROWS':>10}  MESSAGE")
+    for e in entries:
+        run = "-" if e.run_id is None else str(e.run_id)
+        message = (e.message or "").splitlines()[0] if e.message else ""
+        print(f"{run:>5}  {format_time(e.started_at):<19}  {e.state:<11}  {e.trigger[:36]:<36}  "
+              f"{e.logical_date or '-':<10}  {e.rows_done:>10,}  {message[:80]}")
     return 0
 
 
@@ -308,6 +365,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--progress", choices=["bar", "log", "off"], default=None,
         help="progress display (default: a bar on a terminal, log lines otherwise)",
+    )
+    p.add_argument(
+        "--summary-json", metavar="PATH", default=None,
+        help="write the run summary (state, exit_code, counts, dead letters by class, output, manifest, "
+        "durations) to PATH as JSON, atomically, whatever the outcome (docs/scheduling.md)",
+    )
+
+    p = add(
+        "serve",
+        cmd_serve,
+        "run jobs when their [schedule] says: cron times, new input files",
+        """\
+        Watch the jobs (job files, or folders of them) and run each when its [schedule] says so: at
+        its cron times (in its time zone, with catchup for times missed while serve was down), and,
+        with on_new_files = true, when new input files have arrived and settled. Each run is an
+        `infermill run` of its own, recorded with its trigger (`infermill runs JOB`); never two runs
+        of one job at once, never the same trigger twice, also across restarts and with two serve
+        processes. A failed run is logged and serve goes on. SIGTERM or Ctrl-C stops serve after the
+        running job, which drains as `infermill run` does; the next serve resumes it.
+        See docs/scheduling.md.
+        """,
+    )
+    p.add_argument("jobs", nargs="+", metavar="JOB_OR_DIR", help="job files (TOML) or folders of them")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the clock (default 1)")
+
+    p = add(
+        "runs",
+        cmd_runs,
+        "list a job's runs with their trigger, state and counts",
+        """\
+        List JOB's runs, oldest first: each run's state, what started it (manual, or serve's trigger:
+        a cron due time, new files), its logical date and rows; serve's triggers that started no run
+        (nothing to do, job locked, invalid job) too.
+        """,
+    )
+    p.add_argument("job", help="the job file (TOML)")
+    p.add_argument(
+        "--json", action="store_true",
+        help="print a JSON list (keys: run_id, state, trigger, trigger_kind, logical_date, started_at, ended_at, "
+        "rows_done, rows_succeeded, rows_failed, exit_code, attempts, message)",
     )
 
     p = add(

@@ -21,18 +21,30 @@ process exit code the CLI uses for it and whether retrying the same work may suc
     ├── InterruptedRunError             exit 75 stopped by a signal; rerun to resume
     ├── ItemError                       per item: the model cannot score this item (never retried)
     │   └── PartialBatchError           per call: some rows answered, the others failed, each its own way
-    └── TransientError                  per call: may succeed when retried (``transient = True``)
+    └── TransientError                  exit 75 per call: may succeed when retried (``transient = True``);
+                                                one that escapes the run makes it exit 75 (safe to retry)
 
 User model code may raise :class:`ItemError` or :class:`TransientError` (or subclass them) to tell the
 engine how to treat a failure. A call that answered some rows of its batch and not others raises
 :class:`PartialBatchError` with the answers and one error per failed row: the engine keeps the answers and
 treats each failed row by its own error. Errors carry context (job, shard, item) in attributes, and survive pickling
 across worker processes.
+
+The exit codes are a contract that callers (cron, systemd, ``infermill serve``, orchestrators) act on,
+kept stable across releases; :func:`outcome_of` reads one, a process killed by a signal included::
+
+    0   complete (or nothing left to do)                       -> success
+    1   failed: shards failed, error budget, model failure     -> fail, do not retry
+    2   invalid job, input, model or usage                     -> fail, do not retry
+    3   another run holds the job's lease                      -> retry after a wait
+    75  interrupted (SIGTERM/SIGINT) or transient: resumes     -> retry after a wait
+    <0  (a process killed by a signal, as subprocess reports)  -> fail: never success
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -41,6 +53,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_LOCKED",
     "EXIT_USAGE",
+    "ExitOutcome",
     "InfermillError",
     "InputError",
     "InterruptedRunError",
@@ -57,6 +70,7 @@ __all__ = [
     "PartialBatchError",
     "SpecError",
     "TransientError",
+    "outcome_of",
 ]
 
 EXIT_COMPLETE = 0
@@ -64,6 +78,43 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
 EXIT_INTERRUPTED = 75
+
+
+@dataclass(frozen=True)
+class ExitOutcome:
+    """What a caller should make of a run's exit code (see the table in this module's docstring)."""
+
+    code: int
+    state: str
+    """complete, failed, invalid, locked, interrupted or killed (by a signal)."""
+    success: bool
+    retry: bool
+    """True when running the same command again (after a wait) is safe and resumes."""
+
+
+_OUTCOMES = {
+    EXIT_COMPLETE: ("complete", True, False),
+    EXIT_FAILED: ("failed", False, False),
+    EXIT_USAGE: ("invalid", False, False),
+    EXIT_LOCKED: ("locked", False, True),
+    EXIT_INTERRUPTED: ("interrupted", False, True),
+}
+
+
+def outcome_of(returncode: int) -> ExitOutcome:
+    """Read an ``infermill`` exit code (as ``subprocess`` reports it: negative when killed by a signal).
+
+    A process killed by a signal (SIGKILL by the OOM killer, a SIGSEGV in a native library) never
+    reached the point where infermill decides: it is a failure, never a success; its committed shards
+    are kept, and the next run of the job resumes. Any code outside the contract is a failure too.
+
+    >>> outcome_of(75).retry, outcome_of(-9).success
+    (True, False)
+    """
+    if returncode < 0:
+        return ExitOutcome(returncode, "killed", False, False)
+    state, success, retry = _OUTCOMES.get(returncode, ("failed", False, False))
+    return ExitOutcome(returncode, state, success, retry)
 
 
 class InfermillError(Exception):
@@ -224,6 +275,9 @@ class TransientError(InfermillError):
     """A failure that may succeed when retried (timeouts, throttling, flaky servers)."""
 
     transient = True
+    # Escaping the run (a model's setup that timed out, a throttled server): the run stopped before the
+    # job could finish, and the same command may well succeed later. It resumes.
+    exit_code = EXIT_INTERRUPTED
 
 
 class PartialBatchError(ItemError):

@@ -1,6 +1,7 @@
 """The job spec: the TOML job file and its Python twin, :class:`JobSpec`.
 
-A job file has the sections ``[input]``, ``[model]``, ``[batch]``, ``[output]`` and ``[runtime]``.
+A job file has the sections ``[input]``, ``[model]``, ``[batch]``, ``[output]`` and ``[runtime]`` (and
+``[retry]``, ``[errors]``, ``[schedule]``).
 :func:`load_spec` parses and validates one; ``JobSpec.from_dict`` does the same for a mapping, and
 ``JobSpec(...)`` builds one directly in Python. Relative paths are resolved against ``base_dir`` (the
 job file's folder, or the current directory for a spec built in Python).
@@ -38,6 +39,7 @@ __all__ = [
     "OutputSpec",
     "RetrySpec",
     "RuntimeSpec",
+    "ScheduleSpec",
     "compression_of",
     "is_url",
     "load_spec",
@@ -303,6 +305,50 @@ class RuntimeSpec:
 
 
 @dataclass(frozen=True)
+class ScheduleSpec:
+    """When ``infermill serve`` runs the job (docs/scheduling.md). Not part of the fingerprint: editing the
+    schedule never forces a restart. ``infermill run`` ignores it."""
+
+    cron: str | None = None
+    """Five-field cron expression (minute hour day-of-month month day-of-week), e.g. ``"0 2 * * *"`` for
+    02:00 every day, in ``timezone``; ``@daily``, ``@hourly``... are accepted."""
+    timezone: str = "UTC"
+    """IANA time zone the cron expression's wall times are in (``"Europe/Paris"``)."""
+    catchup: Literal["none", "latest", "all"] = "latest"
+    """Due times missed while ``serve`` was down: ``"none"`` skips them, ``"latest"`` runs the newest one
+    once, ``"all"`` runs each, oldest first (each with its own logical date)."""
+    on_new_files: bool = False
+    """Also run when new input files arrive (and have settled): ``serve`` lists the input location every
+    ``poll_seconds`` (local folders and object stores alike)."""
+    settle_seconds: float = 30.0
+    """New files trigger a run once the input's listing (names, sizes, mtimes or etags) has not changed
+    for this long, so a file still being written is not read half-way."""
+    poll_seconds: float = 10.0
+    """How often ``serve`` lists the input location when ``on_new_files`` is set."""
+    retry_seconds: float = 60.0
+    """After a run that exited 3 (another run held the job) or 75 (interrupted, transient), how long
+    ``serve`` waits before running the same trigger again (it resumes)."""
+
+    def __post_init__(self) -> None:
+        if self.cron is not None:
+            from .schedule.cron import Cron
+
+            Cron.parse(self.cron)
+        from .schedule.cron import zone
+
+        zone(self.timezone)
+        for name in ("settle_seconds", "poll_seconds", "retry_seconds"):
+            if getattr(self, name) < 0:
+                raise SpecError(f"[schedule] {name} must be 0 or more, not {getattr(self, name)!r}",
+                                hint=f"set {name} = 30 (seconds) under [schedule]")
+
+    @property
+    def active(self) -> bool:
+        """Whether ``serve`` has anything to do for this job."""
+        return self.cron is not None or self.on_new_files
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A whole job. Build it in Python or load it with :func:`load_spec`."""
 
@@ -313,6 +359,7 @@ class JobSpec:
     runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
     retry: RetrySpec = field(default_factory=RetrySpec)
     errors: ErrorsSpec = field(default_factory=ErrorsSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     name: str = "job"
     """The job's name; a job file's default is the file's stem."""
     base_dir: str = field(default_factory=os.getcwd)
@@ -446,6 +493,7 @@ class JobSpec:
         data["output"] = {**_LEGACY_OUTPUT_KEYS, **data["output"]}
         data["model"] = _legacy_model(data["model"], _neutral_settings(self.model.kind))
         data.pop("runtime")
+        data.pop("schedule")  # when a job runs never changes its results
         for key in ("max_bytes", "max_tokens", "sort_window"):  # unset: as the fingerprint before these keys
             if data["batch"][key] is None:
                 data["batch"].pop(key)
@@ -539,6 +587,7 @@ _SECTIONS: dict[str, type] = {
     "runtime": RuntimeSpec,
     "retry": RetrySpec,
     "errors": ErrorsSpec,
+    "schedule": ScheduleSpec,
 }
 
 

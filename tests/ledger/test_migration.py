@@ -47,7 +47,7 @@ def test_a_ledger_of_the_previous_release_is_migrated_in_place(
     with sqlite3.connect(ledger_file) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
         assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} >= {
-            "jobs", "runs", "shards", "items", "lease", "autosize"}
+            "jobs", "runs", "shards", "items", "lease", "autosize", "triggers"}
     ledger = open_ledger(str(ledger_file), job="legacy")
     try:
         assert ledger.job_uid() == uid  # the output folder stays this job's
@@ -97,3 +97,22 @@ def test_a_ledger_of_a_newer_release_is_refused_untouched(tmp_path: Path) -> Non
         infermill.run(job, progress="off")
     with sqlite3.connect(ledger_file) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "99"
+
+
+def test_a_schema_4_ledger_gains_the_triggers_table_in_place(parquet_job, job_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    job, _ = parquet_job(rows=1_000, files=1)
+    assert infermill.run(job, progress="off").state == "complete"
+    ledger_file = job_dir / ".infermill" / "scores.sqlite"
+    with sqlite3.connect(ledger_file) as db:  # as the release before scheduling wrote it
+        db.execute("DROP TABLE triggers")
+        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    ledger = open_ledger(str(ledger_file), job="scores")
+    try:
+        assert ledger.claim_trigger("cron:x", kind="cron", owner="h:1")
+        assert [t.key for t in ledger.triggers()] == ["cron:x"]
+        assert [r.state for r in ledger.runs()] == ["complete"]
+    finally:
+        ledger.close()
+    with sqlite3.connect(ledger_file) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "5"
+    assert infermill.run(job, progress="off").message.startswith("nothing to do")

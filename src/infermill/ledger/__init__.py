@@ -14,8 +14,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ._sql import lease_is_live
+from ._sql import holder_is_dead, lease_is_live
 from .base import (
+    TRIGGER_DONE,
     CommittedPart,
     DeadItemRecord,
     FailureGroup,
@@ -27,11 +28,13 @@ from .base import (
     PartCheck,
     RunRecord,
     ShardRow,
+    TriggerRecord,
 )
 from .states import JOB_STATES, JobState, RunState, ShardState, derive_job_state
 
 __all__ = [
     "JOB_STATES",
+    "TRIGGER_DONE",
     "CommittedPart",
     "DeadItemRecord",
     "FailureGroup",
@@ -46,10 +49,12 @@ __all__ = [
     "RunState",
     "ShardRow",
     "ShardState",
+    "TriggerRecord",
     "backend_class",
     "backend_name",
     "derive_job_state",
     "display_location",
+    "holder_is_dead",
     "is_postgres",
     "lease_is_live",
     "ledger_exists",

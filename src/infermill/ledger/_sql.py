@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from ..errors import JobLockedError, LeaseLostError, LedgerError
 from .base import (
+    TRIGGER_DONE,
     CommittedPart,
     DeadItemRecord,
     FailureGroup,
@@ -29,10 +30,11 @@ from .base import (
     PartCheck,
     RunRecord,
     ShardRow,
+    TriggerRecord,
 )
 from .states import check_shard_transition
 
-__all__ = ["SQLLedger", "lease_is_live"]
+__all__ = ["SQLLedger", "holder_is_dead", "lease_is_live"]
 
 Row = Any
 """A result row addressable by column name (``sqlite3.Row`` or a psycopg dict row)."""
@@ -480,6 +482,106 @@ class SQLLedger:
                 (self._job_id, key, size, json.dumps(probes)),
             )
 
+    # -- triggers -------------------------------------------------------------------------------
+    def claim_trigger(
+        self,
+        key: str,
+        *,
+        kind: str,
+        owner: str,
+        logical_date: str | None = None,
+        due_at: float | None = None,
+        detail: str = "{}",
+        state: str = "pending",
+    ) -> bool:
+        """Record a trigger unless one with ``key`` exists; True when this call recorded it (the caller owns
+        it and runs it), False when another ``serve`` (or this one before a restart) already had."""
+        with self._tx():
+            cur = self._x(
+                "INSERT INTO triggers (job_id, key, kind, logical_date, due_at, detail, state, owner, attempts,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, now_s(), now_s())"
+                " ON CONFLICT (job_id, key) DO NOTHING",
+                (self._job_id, key, kind, logical_date, due_at, detail, state, owner),
+            )
+            return cur.rowcount == 1
+
+    def take_trigger(self, key: str, *, owner: str, previous: str) -> bool:
+        """Take over an unfinished trigger whose owner is gone: only if its owner is still ``previous`` (so of
+        two ``serve`` processes trying at once, one wins)."""
+        with self._tx():
+            cur = self._x(
+                "UPDATE triggers SET owner = ?, updated_at = now_s() WHERE job_id = ? AND key = ? AND owner = ?",
+                (owner, self._job_id, key, previous),
+            )
+            return cur.rowcount == 1
+
+    def update_trigger(
+        self,
+        key: str,
+        *,
+        state: str,
+        exit_code: int | None = None,
+        message: str | None = None,
+        summary: str | None = None,
+        run_id: int | None = None,
+        attempt: bool = False,
+    ) -> None:
+        """Record a trigger's progress: ``attempt`` counts a run starting; ``run_id`` (the ledger run an
+        attempt started) is added to the trigger's runs; the other values replace the last run's when given."""
+        with self._tx():
+            row = self._x(
+                "SELECT run_ids FROM triggers WHERE job_id = ? AND key = ?", (self._job_id, key)
+            ).fetchone()
+            if row is None:
+                raise LedgerError(f"unknown trigger {key}")
+            run_ids = [r for r in str(row["run_ids"]).split(",") if r]
+            if run_id is not None and str(run_id) not in run_ids:
+                run_ids.append(str(run_id))
+            self._x(
+                "UPDATE triggers SET state = ?, exit_code = COALESCE(?, exit_code), message = COALESCE(?, message),"
+                " summary = COALESCE(?, summary), run_ids = ?, attempts = attempts + ?,"
+                " updated_at = now_s() WHERE job_id = ? AND key = ?",
+                (state, exit_code, message, summary, ",".join(run_ids), 1 if attempt else 0, self._job_id, key),
+            )
+
+    def triggers(
+        self, kind: str | None = None, *, unfinished: bool = False, newest: int | None = None
+    ) -> list[TriggerRecord]:
+        """The job's triggers, oldest first: of ``kind`` only, not yet final (``unfinished``), or only the
+        ``newest`` few (serve looks at these every tick; the history grows with every run)."""
+        sql = "SELECT * FROM triggers WHERE job_id = ?"
+        params: list[Any] = [self._job_id]
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(kind)
+        if unfinished:
+            sql += f" AND state NOT IN ({', '.join('?' for _ in TRIGGER_DONE)})"
+            params += TRIGGER_DONE
+        sql += " ORDER BY created_at, key"
+        if newest is not None:
+            sql = f"SELECT * FROM ({sql.replace(' ORDER BY created_at, key', '')} ORDER BY created_at DESC, key DESC"\
+                  f" LIMIT {int(newest)}) AS recent ORDER BY created_at, key"
+        rows = self._query(sql, params)
+        return [
+            TriggerRecord(
+                key=r["key"], kind=r["kind"], logical_date=r["logical_date"],
+                due_at=None if r["due_at"] is None else float(r["due_at"]), detail=r["detail"], state=r["state"],
+                owner=r["owner"], attempts=int(r["attempts"]),
+                exit_code=None if r["exit_code"] is None else int(r["exit_code"]), message=r["message"],
+                summary=r["summary"], run_ids=tuple(int(i) for i in str(r["run_ids"]).split(",") if i),
+                created_at=float(r["created_at"]), updated_at=float(r["updated_at"]),
+            )
+            for r in rows
+        ]
+
+    def last_due_at(self) -> float | None:
+        """The latest cron due time serve handled for the job (run or skipped), or None."""
+        rows = self._query(
+            "SELECT MAX(due_at) AS due FROM triggers WHERE job_id = ? AND kind IN ('cron', 'skipped')",
+            (self._job_id,),
+        )
+        return None if not rows or rows[0]["due"] is None else float(rows[0]["due"])
+
     def shard_stats(self) -> list[str]:
         """The per-shard stage timings (JSON) of committed shards."""
         return [
@@ -530,11 +632,11 @@ def lease_is_live(holder: LeaseHolder | None, lease_seconds: float) -> bool:
         holder is not None
         and not holder.released
         and holder.heartbeat_age < lease_seconds
-        and not _holder_is_dead(holder.host, holder.pid)
+        and not holder_is_dead(holder.host, holder.pid)
     )
 
 
-def _holder_is_dead(host: str, pid: int) -> bool:
+def holder_is_dead(host: str, pid: int) -> bool:
     """True when the lease holder ran on this host and its process is gone (killed, crashed)."""
     if host != socket.gethostname() or pid == os.getpid():
         return False

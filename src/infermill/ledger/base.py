@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = [
+    "TRIGGER_DONE",
     "CommittedPart",
     "DeadItemRecord",
     "FailureGroup",
@@ -33,6 +34,7 @@ __all__ = [
     "PartCheck",
     "RunRecord",
     "ShardRow",
+    "TriggerRecord",
 ]
 
 
@@ -174,6 +176,43 @@ class CommittedPart:
     """None for files committed by a release that did not record checks."""
 
 
+@dataclass(frozen=True)
+class TriggerRecord:
+    """One reason ``infermill serve`` ran (or will run) the job: a cron due time or a set of new input files.
+
+    ``key`` is derived from what fired it (``cron:<due time UTC>``, ``files:<digest of the listing>``), so
+    two ``serve`` processes, or one restarted, that see the same due time or the same files claim the same
+    row and only one of them runs it."""
+
+    key: str
+    kind: str
+    """cron, files, or skipped (due times that ``catchup`` chose not to run)."""
+    logical_date: str | None
+    """The date the run is for (``YYYY-MM-DD`` in the schedule's time zone), passed to the run."""
+    due_at: float | None
+    """Epoch seconds of the cron due time (None for file triggers)."""
+    detail: str
+    """JSON: what fired it (the files seen, how many due times were skipped)."""
+    state: str
+    """pending (claimed, not run yet), running, complete, failed, invalid, locked, interrupted, killed,
+    skipped."""
+    owner: str
+    """The ``host:pid`` of the ``serve`` process that claimed (or took over) the trigger."""
+    attempts: int
+    exit_code: int | None
+    message: str | None
+    summary: str | None
+    """JSON: the last run's summary (``infermill run --summary-json``)."""
+    run_ids: tuple[int, ...]
+    """The ledger's runs this trigger's attempts started (an attempt that found nothing to do starts none)."""
+    created_at: float
+    updated_at: float
+
+
+TRIGGER_DONE = ("complete", "failed", "invalid", "killed", "skipped")
+"""Trigger states that are final: ``serve`` never runs such a trigger again."""
+
+
 class Ledger(Protocol):
     """What the engine needs of a job's durable state. Every method acts on the job the ledger was opened
     for; every method that records work takes the caller's :class:`Lease` and refuses (``LeaseLostError``)
@@ -237,3 +276,18 @@ class Ledger(Protocol):
     # batch sizes chosen by size = "auto"
     def cached_batch_size(self, key: str) -> int | None: ...
     def cache_batch_size(self, key: str, size: int, probes: list[dict[str, Any]]) -> None: ...
+
+    # triggers of scheduled runs (``infermill serve``); not fenced by the lease: serve does not hold it
+    def claim_trigger(
+        self, key: str, *, kind: str, owner: str, logical_date: str | None = None, due_at: float | None = None,
+        detail: str = "{}", state: str = "pending",
+    ) -> bool: ...
+    def take_trigger(self, key: str, *, owner: str, previous: str) -> bool: ...
+    def update_trigger(
+        self, key: str, *, state: str, exit_code: int | None = None, message: str | None = None,
+        summary: str | None = None, run_id: int | None = None, attempt: bool = False,
+    ) -> None: ...
+    def triggers(
+        self, kind: str | None = None, *, unfinished: bool = False, newest: int | None = None
+    ) -> list[TriggerRecord]: ...
+    def last_due_at(self) -> float | None: ...

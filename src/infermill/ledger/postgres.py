@@ -24,7 +24,7 @@ from ._sql import Cursor, SQLLedger, iter_statements
 
 __all__ = ["SCHEMA_VERSION", "PostgresLedger", "display_url"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SCHEMA_LOCK = 0x1E_D6E2  # advisory lock id held while the schema is created or migrated
 
 _SCHEMA = """
@@ -105,6 +105,24 @@ CREATE TABLE IF NOT EXISTS infermill.autosize (
     size BIGINT NOT NULL,
     probes TEXT NOT NULL,
     created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (job_id, key)
+);
+CREATE TABLE IF NOT EXISTS infermill.triggers (
+    job_id BIGINT NOT NULL REFERENCES infermill.jobs (job_id),
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    logical_date TEXT,
+    due_at DOUBLE PRECISION,
+    detail TEXT NOT NULL,
+    state TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    exit_code BIGINT,
+    message TEXT,
+    summary TEXT,
+    run_ids TEXT NOT NULL DEFAULT '',
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (job_id, key)
 );
 CREATE TABLE IF NOT EXISTS infermill.lease (

@@ -5,8 +5,10 @@ one writer at a time. Lease times come from ``clock`` (default ``time.time``), w
 age a lease without sleeping.
 
 Schema versions: 1 (one job per file, no part checks), 2 (part checks: size, SHA-256, mtime), 3 (a ``jobs``
-table and a ``job_id`` in every other table: many jobs per file). A ledger of version 1 or 2 is migrated
-in place, in one transaction, the first time this release opens it.
+table and a ``job_id`` in every other table: many jobs per file), 4 (the frozen run plan), 5 (a
+``triggers`` table: the scheduled runs of ``infermill serve``). A ledger of an earlier version is
+migrated in place, in one transaction, the first time this release opens it (tables added since are
+created empty).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .base import ShardRow as ShardRow
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger", "move_aside"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 OPEN_TIMEOUT_S = 30.0
 """How long opening the ledger waits for another process that holds it (or is creating it)."""
 
@@ -124,6 +126,24 @@ CREATE TABLE IF NOT EXISTS autosize (
     size INTEGER NOT NULL,
     probes TEXT NOT NULL,
     created_at REAL NOT NULL,
+    PRIMARY KEY (job_id, key)
+);
+CREATE TABLE IF NOT EXISTS triggers (
+    job_id INTEGER NOT NULL REFERENCES jobs (job_id),
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    logical_date TEXT,
+    due_at REAL,
+    detail TEXT NOT NULL,
+    state TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    exit_code INTEGER,
+    message TEXT,
+    summary TEXT,
+    run_ids TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
     PRIMARY KEY (job_id, key)
 );
 CREATE TABLE IF NOT EXISTS lease (

@@ -236,6 +236,35 @@ class LedgerConformance(ABC):
                 ledger.mark_running("nope", lease, run_id)
             assert [s.state for s in ledger.shards()] == ["pending"] * 3
 
+    # -- triggers of scheduled runs -------------------------------------------------------------
+    def test_a_trigger_is_claimed_once_and_taken_over_by_one(self) -> None:
+        with self._ledger() as first, self._ledger() as second, self._ledger("other") as other:
+            assert first.claim_trigger("cron:a", kind="cron", owner="h:1", logical_date="2026-03-01", due_at=5.0)
+            assert not second.claim_trigger("cron:a", kind="cron", owner="h:2")  # the same due time: once
+            assert other.claim_trigger("cron:a", kind="cron", owner="h:2")  # another job's own
+            assert second.take_trigger("cron:a", owner="h:2", previous="h:1")
+            assert not first.take_trigger("cron:a", owner="h:3", previous="h:1")  # the owner moved on
+            second.update_trigger("cron:a", state="running", attempt=True)
+            second.update_trigger("cron:a", state="interrupted", exit_code=75, run_id=7, summary='{"x": 1}')
+            second.update_trigger("cron:a", state="running", attempt=True)
+            second.update_trigger("cron:a", state="complete", exit_code=0, run_id=8, message="complete")
+            (trigger,) = first.triggers()
+            assert (trigger.key, trigger.kind, trigger.logical_date, trigger.due_at, trigger.owner) == (
+                "cron:a", "cron", "2026-03-01", 5.0, "h:2")
+            assert (trigger.state, trigger.attempts, trigger.exit_code, trigger.run_ids) == ("complete", 2, 0, (7, 8))
+            assert (trigger.summary, trigger.message) == ('{"x": 1}', "complete")
+            assert first.triggers("files") == [] and [t.key for t in other.triggers("cron")] == ["cron:a"]
+            assert first.last_due_at() == 5.0 and other.last_due_at() is None
+            assert first.claim_trigger("files:b", kind="files", owner="h:1")
+            assert first.claim_trigger("skipped:c", kind="skipped", owner="h:1", due_at=9.0, state="skipped")
+            assert first.last_due_at() == 9.0
+            assert [t.key for t in first.triggers(unfinished=True)] == ["files:b"]
+            assert [t.key for t in first.triggers(newest=2)] == [t.key for t in first.triggers()][-2:]
+            first.reset()  # --restart forgets results, not what serve has run
+            assert len(first.triggers()) == 3
+            with pytest_raises(LedgerError, match="unknown trigger"):
+                first.update_trigger("cron:zzz", state="running")
+
     def test_batch_sizes_are_cached_per_job_and_key(self) -> None:
         with self._ledger("a") as a, self._ledger("b") as b:
             assert a.cached_batch_size("k") is None
