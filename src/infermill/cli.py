@@ -114,6 +114,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"damaged: {text}")
     if info.get("damaged_parts"):
         print(f"         rerun `infermill run {args.job}` to recompute them")
+    for text in info.get("input_changes", [])[:10]:
+        print(f"changed: {text}")
+    if info.get("input_changes"):
+        print(f"         `infermill run {args.job} --restart` reads the input again from the start")
     print(f"output:  {info['output']}")
     print(f"ledger:  {info['ledger']}")
     return 0

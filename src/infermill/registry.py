@@ -100,6 +100,10 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
             "openai-batch": (
                 "infermill.sources.openai_batch:OpenAIBatchSource", None, _s(S, "TextSettings", extensions=()),
             ),
+            "sql": (
+                "infermill.sources.sql:SqlSource", None,
+                _s("infermill.sources.sql_settings", "SqlSettings", extensions=(), pathless=True),
+            ),
         }),
         "sinks": group("sinks", {
             "parquet": ("infermill.sinks.formats:ParquetSink", None, _s(K, "ParquetSettings")),

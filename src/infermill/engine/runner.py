@@ -54,8 +54,8 @@ from ..observe.estimate import RowEstimate, sample_rows_per_byte
 from ..observe.profile import profile_from_stats
 from ..observe.progress import Mode, ProgressReporter, plural
 from ..sinks import CommittedFile, OwnerRecord, Sink, StagedFile, open_sink
-from ..sources import open_source
-from ..sources.base import Shard
+from ..sources import input_format, open_source, source_class
+from ..sources.base import Shard, Source
 from ..spec import JobSpec
 from .autosize import resolve_batch_size
 from .columns import resolve_columns
@@ -406,7 +406,13 @@ class _Coordinator:
         )
         if note and self.progress_mode != "off":
             print(f"[{spec.name}] {note}", file=sys.stderr)
-        executor = make_executor(run_spec, columns, pending)
+        # What the source holds for the whole run (a SQL snapshot) is taken now and released in the finally.
+        run_spec = source.begin_run(run_spec, self._warn)
+        try:
+            executor = make_executor(run_spec, columns, pending)
+        except BaseException:
+            source.end_run()
+            raise
         failures: list[str] = []
         fatal: InfermillError | None = None
         rows_this_run = 0
@@ -474,6 +480,7 @@ class _Coordinator:
                 # In flight when the run stopped: not committed, so it is simply done again next time.
                 ledger.requeue_shard(sid, self.lease)
             sink.tidy()
+            source.end_run()
 
         summary = ledger.summary()
         if fatal is not None:
@@ -698,12 +705,30 @@ def job_result(
     )
 
 
+def _input_changes(spec: JobSpec, ledger: Ledger) -> list[str]:
+    """What the source says changed in the input of committed shards since they committed (a SQL table's
+    rows inserted into a committed key range); a line saying so when it cannot tell now."""
+    try:
+        cls = source_class(input_format(spec))
+        if cls.committed_drift is Source.committed_drift:
+            return []  # files: a changed file changes the input fingerprint, which a run refuses
+        committed = [
+            (Shard.from_json(row.descriptor), (row.rows_out or 0) + row.rows_failed)
+            for row in ledger.shards("committed")
+        ]
+        return cls(spec).committed_drift(committed) if committed else []
+    except InfermillError as exc:
+        return [f"cannot check the input for changes: {exc.message}"]
+
+
 def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
     """The job's state from its ledger, without running anything.
 
     Keys: ``state`` (pending, running, complete, failed, interrupted, damaged: complete but a committed
     part is missing or changed, see ``damaged_parts``; a rerun recomputes those), ``rows_total``, ``rows_succeeded``,
-    ``rows_failed``, ``shards_total``, ``shards_committed``, ``shards_failed``, ``runs``, ``last_run``, ...
+    ``rows_failed``, ``shards_total``, ``shards_committed``, ``shards_failed``, ``runs``, ``last_run``,
+    ``input_changes`` (committed shards whose input changed since, e.g. rows inserted into a SQL key range
+    that already ran), ...
     """
     spec = as_spec(job)
     base: dict[str, Any] = {
@@ -725,6 +750,7 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
             "last_run": None,
             "failed_shards": [],
             "damaged_parts": [],
+            "input_changes": [],
         }
     ledger = connect(spec)
     try:
@@ -741,6 +767,7 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
             {"shard": row.shard_id, "error": row.error} for row in ledger.shards("failed")
         ]
         return {
+            "input_changes": _input_changes(spec, ledger),
             **base,
             "state": state,
             "rows_total": total,
