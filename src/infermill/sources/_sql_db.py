@@ -13,7 +13,11 @@ import pyarrow as pa
 from ..errors import InputError, SpecError
 from ..sql._url import SqlUrl
 
-__all__ = ["Database", "open_database"]
+__all__ = ["PARAM", "Database", "open_database"]
+
+PARAM = "\x00param\x00"
+"""Where a parameter goes in SQL text given to :class:`Database` (no SQL text holds a NUL): each dialect
+writes its own placeholder there, and PostgreSQL's driver needs every other ``%`` doubled."""
 
 # PostgreSQL type OIDs (pg_type.oid; stable across versions) -> Arrow types. Anything else reads as text.
 _PG_TYPES: dict[int, pa.DataType] = {
@@ -29,24 +33,27 @@ _PG_TYPES: dict[int, pa.DataType] = {
 
 
 class Database:
-    """One dialect's way of doing the few things the source needs."""
-
-    placeholder = "?"
+    """One dialect's way of doing the few things the source needs. SQL text marks parameters with
+    :data:`PARAM`."""
 
     def __init__(self, url: SqlUrl) -> None:
         self.url = url
+
+    def text(self, sql: str) -> str:
+        """``sql`` with this driver's placeholders."""
+        return sql.replace(PARAM, "?")
 
     def connect(self, snapshot: str | None = None) -> Any:
         raise NotImplementedError
 
     def rows(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """All rows of a small query (planning)."""
-        cur = conn.execute(sql, tuple(params))
+        cur = conn.execute(self.text(sql), tuple(params))
         return [tuple(r) for r in cur.fetchall()]
 
     def stream(self, conn: Any, sql: str, params: Sequence[Any], fetch_rows: int) -> Iterator[list[tuple[Any, ...]]]:
         """The rows of ``sql`` in chunks of at most ``fetch_rows``, never all at once."""
-        cur = conn.execute(sql, tuple(params))
+        cur = conn.execute(self.text(sql), tuple(params))
         while chunk := cur.fetchmany(fetch_rows):
             yield chunk
 
@@ -56,7 +63,8 @@ class Database:
 
 
 class _Postgres(Database):
-    placeholder = "%s"
+    def text(self, sql: str) -> str:
+        return sql.replace("%", "%%").replace(PARAM, "%s")
 
     def connect(self, snapshot: str | None = None) -> Any:
         try:
@@ -88,12 +96,12 @@ class _Postgres(Database):
         # A server-side cursor: the server keeps the result, and each FETCH brings fetch_rows rows over.
         with conn.cursor(name="infermill_read") as cur:
             cur.itersize = fetch_rows
-            cur.execute(sql, tuple(params))
+            cur.execute(self.text(sql), tuple(params))
             while chunk := cur.fetchmany(fetch_rows):
                 yield chunk
 
     def columns(self, conn: Any, select: str) -> list[pa.Field]:
-        cur = conn.execute(select)
+        cur = conn.execute(self.text(select), ())
         return [pa.field(d.name, _PG_TYPES.get(d.type_code, pa.string())) for d in cur.description or ()]
 
     def export_snapshot(self) -> tuple[Any, str]:
@@ -122,7 +130,7 @@ class _Sqlite(Database):
 
     def columns(self, conn: Any, select: str) -> list[pa.Field]:
         # SQLite columns have no fixed type: the declared type where there is one, else the first value's.
-        cur = conn.execute(select.replace(" LIMIT 0", " LIMIT 1000"))
+        cur = conn.execute(self.text(select).replace(" LIMIT 0", " LIMIT 1000"))
         names = [d[0] for d in cur.description or ()]
         sample = cur.fetchall()
         declared = _declared_types(conn, select, len(names))

@@ -37,7 +37,7 @@ from ..spec import JobSpec
 from ..sql._ident import quote_column, quote_ident
 from ..sql._url import parse_url
 from ._columns import ColumnSource
-from ._sql_db import Database, open_database
+from ._sql_db import PARAM, Database, open_database
 from .base import SYNTHETIC_ID, Fragment, Shard
 from .sql_settings import SqlSettings
 
@@ -207,7 +207,7 @@ class SqlSource(ColumnSource):
     def _range(self, shard: Shard) -> tuple[str, list[Any]]:
         """``WHERE`` text and parameters of the shard's half-open key range."""
         bounds = json.loads(shard.fragments[0].relpath)
-        ph = self.db.placeholder
+        ph = PARAM
         if len(self.keys) == 1:
             lhs, rhs = self._key_sql, ph
         else:
