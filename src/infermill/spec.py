@@ -116,7 +116,8 @@ class InputSpec:
     """A file, a directory, a glob, or an fsspec URL (``s3://...``, ``memory://...``). Required by the file
     formats."""
     format: str | None = None
-    """parquet, csv, jsonl, openai-batch or a plugin's format; inferred from the file extension when omitted."""
+    """parquet, csv, jsonl, openai-batch, sql or a plugin's format; inferred from the file extension when
+    omitted (``sql`` from an ``url`` such as ``postgresql://...`` or ``sqlite:///...``)."""
     id_column: str | None = None
     """Column holding each row's unique id; without it each row gets a stable synthetic ``_row_id``."""
     columns: list[str] | None = None
