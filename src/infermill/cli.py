@@ -33,7 +33,8 @@ example job file (job.toml):
   [input]
   path = "data/customers/*.parquet"     # file, directory, glob or fsspec URL
   id_column = "customer_id"             # optional: else a stable synthetic _row_id
-  format = "parquet"                    # parquet | csv | jsonl | openai-batch (default: from the extension)
+  format = "parquet"                    # parquet | csv | jsonl | sql | openai-batch (default: from the
+                                        # extension; sql: from url = "postgresql://..." or "sqlite:///...")
   [model]
   kind = "sklearn"                      # python | sklearn | onnx | torch | hf | sentence-transformers
                                         # | llm | http | mlflow

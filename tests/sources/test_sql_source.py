@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 import infermill
-from infermill.errors import InputError, SpecError
+from infermill.errors import InputError, JobChangedError, SpecError
 from infermill.sources import open_source
 from infermill.spec import InputSpec, JobSpec, ModelSpec, OutputSpec
 from infermill.sql._ident import quote_ident, validate_ident
@@ -45,6 +45,18 @@ class Scorer:
             open(flag, "w").close()
             with psycopg.connect(os.environ["SQL_TEST_URL"], autocommit=True) as conn:
                 conn.execute("INSERT INTO items VALUES (1, 1.0, 'early'), (1000000000, 1.0, 'late')")
+        return {"score": batch["f0"] * 2}
+"""
+
+
+# Fails on rows named "bad" until SQL_TEST_FIXED is set: they are dead-lettered, for `infermill retry`.
+PICKY = """
+import os
+
+class Scorer:
+    def predict(self, batch):
+        if not os.environ.get("SQL_TEST_FIXED") and "bad" in list(batch["name"]):
+            raise ValueError("a bad row")
         return {"score": batch["f0"] * 2}
 """
 
@@ -100,7 +112,8 @@ def pg(postgres_server: PostgresServer) -> Db:
 
 
 def sql_job(folder: Path, db_url: str, *, input_keys: str = 'table = "items"', shard_rows: int = 250,
-            workers: int = 1, batch: int = 50, model: str = SCORER, keep: str = '["name"]') -> Path:
+            workers: int = 1, batch: int = 50, model: str = SCORER, keep: str = '["name"]',
+            features: str = '["f0"]') -> Path:
     (folder / "scorer.py").write_text(model)
     return write_job(folder / "job.toml", f"""
         name = "sq"
@@ -111,7 +124,7 @@ def sql_job(folder: Path, db_url: str, *, input_keys: str = 'table = "items"', s
         [model]
         kind = "python"
         entrypoint = "scorer.py:Scorer"
-        features = ["f0"]
+        features = {features}
         outputs = ["score"]
         [batch]
         size = {batch}
@@ -350,6 +363,37 @@ def test_resume_keeps_the_plan_when_rows_were_added(db: Db, tmp_path: Path) -> N
     assert out.num_rows == 250 + (2000 - 500)
     changes = infermill.status(job)["input_changes"]
     assert len(changes) == 1 and "250 row(s) inserted into its key range" in changes[0]
+
+
+def _picky_job(db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    db.items(range(0, 2000, 2))
+    db.execute("UPDATE items SET name = 'bad' WHERE id = 1400")  # in the third shard, [1000, 1500)
+    monkeypatch.delenv("SQL_TEST_FIXED", raising=False)
+    job = sql_job(tmp_path, db.url, model=PICKY, features='["f0", "name"]')
+    assert infermill.run(job, progress="off").rows_failed == 1
+    return job
+
+
+def test_retry_keeps_the_plan_when_rows_were_added(db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = _picky_job(db, tmp_path, monkeypatch)
+    # Rows added past the end: a new plan would cut eight ranges, none of the four the job ran with.
+    db.execute(f"INSERT INTO items VALUES ({db.ph}, {db.ph}, {db.ph})", [(i, 0.0, "new") for i in range(2000, 4000)])
+    monkeypatch.setenv("SQL_TEST_FIXED", "1")
+    result = infermill.retry(job)
+    assert result.rows_failed == 0 and result.rows_succeeded == 1000
+    out = {r["_row_id"]: r for r in read_output(tmp_path / "out").to_pylist()}
+    assert len(out) == 1000 and out["1400"]["score"] == 1400.0
+
+
+def test_retry_refuses_when_rows_moved_inside_the_dead_items_range(
+    db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _picky_job(db, tmp_path, monkeypatch)
+    # A row inserted before the dead one in its key range: the dead row's place now holds another row.
+    db.execute(f"INSERT INTO items VALUES ({db.ph}, {db.ph}, {db.ph})", [(1001, 0.0, "new")])
+    monkeypatch.setenv("SQL_TEST_FIXED", "1")
+    with pytest.raises(JobChangedError, match="other rows now"):
+        infermill.retry(job)
 
 
 # -- consistency ---------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from .columns import Columns, resolve_columns
 from .executor import threads_per_worker
 from .lease import as_spec, has_ledger, holding
 from .outputs import damaged_parts
+from .plan import stored_shards
 from .runner import (
     RunResult,
     commit_shard,
@@ -67,7 +68,10 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
         raise SpecError(f"job '{spec.name}' has not run yet: nothing to retry", hint="run it first: infermill run JOB")
     source = open_source(spec)
     columns = resolve_columns(spec, source.schema())
-    shards = {s.shard_id: s for s in source.plan()}
+    # The plan the job ran with, as runs take it (a SQL table planned again would cut other key ranges
+    # once rows were added); planned again only when the input's listing changed.
+    planned = stored_shards(record, ledger, source)
+    shards = {s.shard_id: s for s in (planned if planned is not None else source.plan())}
     if record.spec_fingerprint != spec.fingerprint() or record.input_fingerprint != input_fingerprint(
         list(shards.values())
     ):
@@ -165,6 +169,15 @@ def _retry_shard(
         raise InfermillError(
             f"shard {shard.shard_id}: could not find all dead-lettered rows in the input",
             hint="the input may have changed; rerun with --restart",
+        )
+    # Rows are found by their place in the shard: a shard whose rows moved (a row inserted into a SQL key
+    # range before them) would put other rows there. Their ids say so.
+    found = retry_rows.column(columns.id).to_pylist()
+    if any(v is not None and str(v) != rows_by_index[int(i)].item_id for v, i in zip(found, wanted, strict=True)):
+        raise JobChangedError(
+            f"shard {shard.shard_id}: the input rows at the places of its dead-lettered items are other rows now "
+            "(the input changed since the shard ran); retry would score the wrong rows",
+            hint="rerun everything with `infermill run JOB --restart`",
         )
     scored: list[pa.Table] = []
     still_dead: list[DeadItem] = []
