@@ -431,15 +431,16 @@ def test_key_range_mode_reads_rows_inserted_mid_run_into_ranges_not_read_yet(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("workers", [1, 2])
 def test_snapshot_mode_ignores_rows_inserted_mid_run(
-    pg: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    pg: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], workers: int
 ) -> None:
     pg.items(range(10, 1010))
     monkeypatch.setenv("SQL_TEST_URL", pg.url)
     monkeypatch.setenv("SQL_TEST_FLAG", str(tmp_path / "inserted"))
     job = sql_job(
         tmp_path, pg.url, model=INSERTER,
-        input_keys='table = "items"\nconsistency = "snapshot"\nsnapshot_warn_seconds = 0.001',
+        input_keys='table = "items"\nconsistency = "snapshot"\nsnapshot_warn_seconds = 0.001', workers=workers,
     )
     infermill.run(job, progress="log")
     assert (tmp_path / "inserted").exists()
@@ -477,6 +478,21 @@ def test_postgres_types_map_to_arrow(pg: Db, tmp_path: Path) -> None:
     assert json.loads(first["j"]) == {"a": [1, 2]} and first["u"] == "00000000-0000-0000-0000-000000000001"
     assert first["ts"].isoformat() == "2026-01-02T03:04:05+00:00" and str(first["dt"]) == "2026-01-02"
     assert all(v is None for k, v in rows[1].items() if k != "id")
+
+
+@pytest.mark.postgres
+def test_large_postgres_table_is_cut_at_sampled_keys(pg: Db, tmp_path: Path) -> None:
+    pg.items(range(0, 60_000, 3))
+    pg.execute("ANALYZE items")
+    source = open_source(_spec(pg.url, tmp_path, table="items", shard_rows=5_000, sample_above_rows=10_000))
+    shards = source.plan()
+    assert 2 <= len(shards) <= 4 and all(s.rows is None for s in shards)  # sizes estimated, not counted
+    read = [[r["id"] for b in source.read(s, 4096) for r in b.to_pylist()] for s in shards]
+    assert [i for ids in read for i in ids] == list(range(0, 60_000, 3))  # every row once, in key order
+    # Without the statistics' guarantee (no unique index), every key is scanned and counted instead.
+    pg.execute("ALTER TABLE items DROP CONSTRAINT items_pkey")
+    counted = open_source(_spec(pg.url, tmp_path, table="items", shard_rows=5_000, sample_above_rows=10_000)).plan()
+    assert [s.rows for s in counted] == [5_000] * 4
 
 
 @pytest.mark.postgres

@@ -61,6 +61,16 @@ class Database:
         """The columns of ``select`` (a query with no rows wanted) as Arrow fields."""
         raise NotImplementedError
 
+    def key_is_constrained(self, conn: Any, table: str, keys: Sequence[str]) -> bool:
+        """True when the catalog guarantees ``keys`` unique and never NULL in ``table`` (quoted)."""
+        del conn, table, keys
+        return False
+
+    def estimated_rows(self, conn: Any, table: str) -> int | None:
+        """The table's row count from its statistics, None when it has none."""
+        del conn, table
+        return None
+
 
 class _Postgres(Database):
     def text(self, sql: str) -> str:
@@ -103,6 +113,24 @@ class _Postgres(Database):
     def columns(self, conn: Any, select: str) -> list[pa.Field]:
         cur = conn.execute(self.text(select), ())
         return [pa.field(d.name, _PG_TYPES.get(d.type_code, pa.string())) for d in cur.description or ()]
+
+    def key_is_constrained(self, conn: Any, table: str, keys: Sequence[str]) -> bool:
+        # A unique index (no predicate) on a subset of the key columns, and NOT NULL on each of them.
+        row = conn.execute(
+            """
+            WITH k AS (SELECT attnum, attnotnull FROM pg_attribute
+                       WHERE attrelid = %s::regclass AND attname = ANY(%s) AND NOT attisdropped)
+            SELECT (SELECT count(*) FROM k WHERE attnotnull) = %s
+               AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = %s::regclass AND i.indisunique
+                           AND i.indpred IS NULL AND i.indkey::int2[] <@ (SELECT array_agg(attnum) FROM k))
+            """,
+            (table, list(keys), len(keys), table),
+        ).fetchone()
+        return bool(row and row[0])
+
+    def estimated_rows(self, conn: Any, table: str) -> int | None:
+        row = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (table,)).fetchone()
+        return int(row[0]) if row and row[0] is not None and row[0] >= 0 else None
 
     def export_snapshot(self) -> tuple[Any, str]:
         """A connection holding a REPEATABLE READ transaction open, and the id of its exported snapshot."""

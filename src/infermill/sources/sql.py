@@ -1,9 +1,11 @@
 """``[input] format = "sql"``: the rows of a PostgreSQL or SQLite table (or query), in key-range shards.
 
 Planning checks that the key (``[input] key``, one column or several) is unique and never NULL, refusing
-the input with the offending values otherwise, then cuts the key space into half-open ranges of about
-``shard_rows`` rows, at keys sampled in key order (every ``shard_rows``-th key, read from the key column
-alone; never ``OFFSET``, never physical row positions such as ``ctid`` or ``rowid``). The first range has
+the input with the offending values otherwise (unless PostgreSQL's catalog guarantees it: a unique index
+and NOT NULL), then cuts the key space into half-open ranges of ``shard_rows`` rows, at every
+``shard_rows``-th key of an ordered scan of the key alone; a PostgreSQL table that its statistics count at
+least ``sample_above_rows`` rows is cut at keys of a block sample instead (about ``shard_rows`` rows per
+shard). Never ``OFFSET``, never physical row positions such as ``ctid`` or ``rowid``. The first range has
 no lower bound and the last no upper bound, so every row, including one inserted later, lies in exactly one
 shard. The plan is stored in the ledger and a resume reads it back: it is never planned again (see
 :meth:`SqlSource.listing_fingerprint`), so ``VACUUM FULL``, ``CLUSTER`` or a dump and restore between runs
@@ -108,12 +110,20 @@ class SqlSource(ColumnSource):
     # -- planning ----------------------------------------------------------------------------------
     def plan(self) -> list[Shard]:
         self.check_columns()
+        step = self.spec.input.shard_rows
+        table = self.settings.table
         with self._connect() as conn:
-            self._refuse_bad_keys(conn)
+            # A unique index and NOT NULL on the key (PostgreSQL's catalog) already guarantee what the two
+            # scans below would check.
+            constrained = table is not None and self.db.key_is_constrained(conn, self._from, self.keys)
+            if not constrained:
+                self._refuse_bad_keys(conn)
+            estimate = self.db.estimated_rows(conn, self._from) if table is not None else None
+            if constrained and estimate is not None and estimate >= self.settings.sample_above_rows:
+                return self._shards(self._sampled_bounds(conn, estimate, step), None, estimate)
             total = int(self.db.rows(conn, f"SELECT count(*) FROM {self._from}")[0][0])
             if total == 0:
                 return []
-            step = self.spec.input.shard_rows
             bounds: list[list[Any]] = []
             if total > step:
                 # Every step-th key in key order: the row_number of an ordered scan of the key alone (the
@@ -124,16 +134,40 @@ class SqlSource(ColumnSource):
                     f"WHERE _infermill_rn > 1 AND (_infermill_rn - 1) % {int(step)} = 0 ORDER BY {self._key_sql}"
                 )
                 bounds = [[_plain(v) for v in row] for row in self.db.rows(conn, sql)]
+        return self._shards(bounds, total, total)
+
+    def _sampled_bounds(self, conn: Any, estimate: int, step: int) -> list[list[Any]]:
+        """Keys cutting a large table into ranges of about ``step`` rows, from a block sample of it
+        (``TABLESAMPLE SYSTEM``, repeatable): the table's statistics say how many rows, the sample where."""
+        count = -(-estimate // step)
+        wanted = max(100 * count, 10_000)
+        percent = min(100.0, 100.0 * wanted / max(estimate, 1))
+        sample = self.db.rows(
+            conn,
+            f"SELECT {self._key_sql} FROM {self._from} TABLESAMPLE SYSTEM ({percent:.6f}) REPEATABLE (0) "
+            f"ORDER BY {self._key_sql}",
+        )
+        bounds: list[list[Any]] = []
+        for i in range(1, count):
+            key = [_plain(v) for v in sample[i * len(sample) // count]] if sample else None
+            if key is not None and (not bounds or key != bounds[-1]):
+                bounds.append(key)
+        return bounds
+
+    def _shards(self, bounds: list[list[Any]], total: int | None, size: int) -> list[Shard]:
+        """Shards between ``bounds`` (first and last open-ended): ``total`` rows in all when counted
+        (``shard_rows`` per shard), else ``size`` rows estimated, spread evenly."""
         edges: list[list[Any] | None] = [None, *bounds, None]
+        step = self.spec.input.shard_rows
         source_id = hashlib.sha256(json.dumps([self.settings.table, self.settings.query, self.keys]).encode())
         shards = []
         for i in range(len(edges) - 1):
-            rows = min(step, total - i * step)
+            rows = min(step, total - i * step) if total is not None else None
             fragment = Fragment(
                 path=self.url.display,
                 relpath=json.dumps({"lo": edges[i], "hi": edges[i + 1]}, separators=(",", ":")),
                 start=0,
-                stop=rows,
+                stop=rows if rows is not None else max(1, size // (len(edges) - 1)),
                 rows=rows,
                 file_fingerprint=source_id.hexdigest()[:16],
             )

@@ -33,13 +33,20 @@ class SqlSettings:
     reads one exported snapshot, held open by the coordinator for the whole run."""
     fetch_rows: int = 10_000
     """Rows fetched per round trip from the database cursor (bounds the memory of a read)."""
+    sample_above_rows: int = 10_000_000
+    """PostgreSQL tables that the statistics (``pg_class.reltuples``, kept by ``ANALYZE``) count at least
+    this many rows, and whose key a unique index and NOT NULL guarantee, are cut at keys of a block sample
+    (``TABLESAMPLE SYSTEM``) instead of an ordered scan of every key: planning reads a small part of the
+    table, and shards hold about ``shard_rows`` rows rather than exactly."""
     snapshot_warn_seconds: float = 3600.0
     """``consistency = "snapshot"``: warn once the snapshot has been held this long (a long-held snapshot
     keeps PostgreSQL from vacuuming rows deleted since)."""
     snapshot_id: str | None = None
     """Set by the coordinator of a ``"snapshot"`` run for its workers (the exported snapshot); leave unset."""
 
-    result_neutral: ClassVar[tuple[str, ...]] = ("password_env", "fetch_rows", "snapshot_warn_seconds", "snapshot_id")
+    result_neutral: ClassVar[tuple[str, ...]] = (
+        "password_env", "fetch_rows", "sample_above_rows", "snapshot_warn_seconds", "snapshot_id"
+    )
     """Keys that cannot change results: left out of the job's fingerprint."""
 
     def __post_init__(self) -> None:
