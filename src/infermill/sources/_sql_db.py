@@ -85,8 +85,11 @@ class _Postgres(Database):
             raise SpecError(
                 "reading PostgreSQL needs psycopg 3", hint="pip install 'infermill[postgres]'"
             ) from None
+        kwargs = dict(self.url.connect_kwargs)
+        if "connect_timeout" not in str(kwargs.get("conninfo", "")):
+            kwargs["connect_timeout"] = 30  # a host that never answers fails the read (or status), not hangs it
         try:
-            conn = psycopg.connect(**self.url.connect_kwargs)
+            conn = psycopg.connect(**kwargs)
         except psycopg.Error as exc:
             raise InputError(
                 f"cannot connect to {self.url.display}: {_clean(str(exc), self.url)}",
