@@ -44,7 +44,8 @@ example job file (job.toml):
   path = "data/customers/*.parquet"     # file, directory, glob or fsspec URL
   id_column = "customer_id"             # optional: else a stable synthetic _row_id
   format = "parquet"                    # {sources}
-                                        # (default: from the extension)
+                                        # (default: from the extension; sql: from url = "postgresql://..."
+                                        # or "sqlite:///...")
   [model]
   kind = "sklearn"                      # python | sklearn | onnx | torch | hf | sentence-transformers
                                         # | llm | http | mlflow
@@ -214,6 +215,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"damaged: {text}")
     if info.get("damaged_parts"):
         print(f"         rerun `infermill run {args.job}` to recompute them")
+    for text in info.get("input_changes", [])[:10]:
+        print(f"changed: {text}")
+    if info.get("input_changes"):
+        print(f"         `infermill run {args.job} --restart` reads the input again from the start")
     print(f"output:  {info['output']}")
     print(f"ledger:  {info['ledger']}")
     return 0

@@ -58,6 +58,7 @@ class Plugin:
     """Facts the engine needs before importing the plugin: ``settings`` (``"module:Class"`` of the frozen
     dataclass of its own keys, in a module that imports nothing heavy), an input format's ``extensions``,
     ``compressed`` (its files may be compressed), ``pathless`` (it reads no files: no ``[input] path``),
+    ``committed_drift`` (``infermill status`` asks the source what changed under committed shards),
     a model kind's ``tabular`` (large default batches) and ``neutral`` (its keys that cannot change
     results, such as rate limits: left out of the job's fingerprint, so editing them is no spec change)."""
 
@@ -111,6 +112,11 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
             "files": (
                 "infermill.sources.files:FilesSource", "files",
                 _s("infermill.sources.files_settings", "FilesSettings", extensions=()),
+            ),
+            "sql": (
+                "infermill.sources.sql:SqlSource", None,
+                _s("infermill.sources.sql_settings", "SqlSettings", extensions=(), pathless=True,
+                   committed_drift=True),
             ),
         }),
         "sinks": group("sinks", {

@@ -116,8 +116,9 @@ class InputSpec:
     """A file, a directory, a glob, or an fsspec URL (``s3://...``, ``memory://...``). Required by the file
     formats."""
     format: str | None = None
-    """parquet, csv, jsonl, openai-batch, files (a folder of documents and images, one row per file) or a
-    plugin's format; inferred from the file extension when omitted (never files: name it)."""
+    """parquet, csv, jsonl, openai-batch, files (a folder of documents and images, one row per file), sql or
+    a plugin's format; inferred from the file extension when omitted (never files: name it; ``sql`` from an
+    ``url`` such as ``postgresql://...`` or ``sqlite:///...``)."""
     id_column: str | None = None
     """Column holding each row's unique id; without it each row gets a stable synthetic ``_row_id``."""
     columns: list[str] | None = None
@@ -505,6 +506,12 @@ class JobSpec:
                 data["input"].pop(key)
         data.pop("retry")
         data["input"].pop("on_deleted")  # a policy for the next incremental run, not for results made
+        # A format's keys that cannot change results (a SQL source's fetch size, the environment variable
+        # holding its password) are left out, and a URL's password is masked: rotating it is no new job.
+        for key in _neutral_input_keys(self):
+            data["input"].pop(key, None)
+        if isinstance(data["input"].get("url"), str):
+            data["input"]["url"] = mask_url(data["input"]["url"])
         data["errors"].pop("max_failed_rows")
         data["errors"].pop("max_failed_fraction")
         data["errors"].pop("stop_after_identical_batch_failures")
@@ -532,6 +539,9 @@ class JobSpec:
         """The input format, given or inferred from the path's extension."""
         if self.input.format:
             return self.input.format
+        url = self.input.settings.get("url")
+        if not self.input.path and isinstance(url, str) and url.lower().startswith(_SQL_URL_PREFIXES):
+            return "sql"
         path = self.input.path.rstrip("/")
         if compression_of(path.rstrip("*")):
             path = strip_compression(path.rstrip("*"))
@@ -543,6 +553,9 @@ class JobSpec:
             hint='set [input] format = "parquet", "csv", "jsonl" or "openai-batch"',
         )
 
+
+_SQL_URL_PREFIXES = ("postgresql://", "postgres://", "sqlite:///")
+"""An ``[input] url`` that starts so, with no path or format, is read as ``format = "sql"``."""
 
 _LEGACY_INPUT_KEYS: dict[str, Any] = {
     "shard_bytes": 128 * 1024 * 1024, "split_files": True, "csv_delimiter": None,
@@ -747,6 +760,19 @@ def _as_written(path: str) -> str:
     if is_url(path):
         return path.rstrip("/")
     return os.path.normpath(path)
+
+
+def _neutral_input_keys(spec: JobSpec) -> tuple[str, ...]:
+    """The input format's keys that cannot change results (its settings class's ``result_neutral``)."""
+    from . import registry
+
+    try:
+        fmt = spec.input_format()
+    except SpecError:
+        return ()
+    if registry.find("sources", fmt) is None:
+        return ()
+    return tuple(getattr(registry.settings_class("sources", fmt), "result_neutral", ()))
 
 
 def _neutral_settings(kind: str) -> frozenset[str]:

@@ -33,7 +33,9 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
 
     Keys: ``state`` (pending, running, complete, failed, interrupted, damaged: complete but a committed
     part is missing or changed, see ``damaged_parts``; a rerun recomputes those), ``rows_total``, ``rows_succeeded``,
-    ``rows_failed``, ``shards_total``, ``shards_committed``, ``shards_failed``, ``runs``, ``last_run``, ...
+    ``rows_failed``, ``shards_total``, ``shards_committed``, ``shards_failed``, ``runs``, ``last_run``,
+    ``input_changes`` (committed shards whose input changed since, e.g. rows inserted into a SQL key range
+    that already ran), ...
     """
     spec = as_spec(job)
     base: dict[str, Any] = {
@@ -55,6 +57,7 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
             "last_run": None,
             "failed_shards": [],
             "damaged_parts": [],
+            "input_changes": [],
         }
     ledger = connect(spec)
     try:
@@ -92,6 +95,35 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
             ),
             "failed_shards": failed,
             "damaged_parts": [p.describe() for p in damaged],
+            "input_changes": _input_changes(spec, ledger),
         }
     finally:
         ledger.close()
+
+
+def _input_changes(spec: JobSpec, ledger: Any) -> list[str]:
+    """What the source says changed in the input of committed shards since they committed (a SQL table's
+    rows inserted into a committed key range); a line saying so when it cannot tell now. Only a format
+    registered with ``committed_drift`` is asked (and imported): files need not be, a changed file changes
+    the input's listing, which the next run acts on."""
+    from .. import registry
+    from ..errors import InfermillError
+
+    try:
+        fmt = spec.input_format()
+    except InfermillError:
+        return []  # a folder of files
+    plugin = registry.find("sources", fmt)
+    if plugin is None or not plugin.meta.get("committed_drift"):
+        return []
+    try:
+        from ..sources import source_class
+        from ..sources.base import Shard
+
+        committed = [
+            (Shard.from_json(row.descriptor), (row.rows_out or 0) + row.rows_failed)
+            for row in ledger.shards("committed")
+        ]
+        return source_class(fmt)(spec).committed_drift(committed) if committed else []
+    except InfermillError as exc:
+        return [f"cannot check the input for changes: {exc.message}"]

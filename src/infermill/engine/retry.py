@@ -69,7 +69,8 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
     source = open_source(spec)
     columns = resolve_columns(spec, source.schema())
     # The stored plan when the listing is unchanged: after an incremental run the ledger's shards are numbered
-    # as the rounds made them, which planning afresh would not repeat.
+    # as the rounds made them, which planning afresh would not repeat (and a SQL table planned again would
+    # cut other key ranges once rows were added).
     planned = stored_shards(record, ledger, source)
     shards = {s.shard_id: s for s in (planned if planned is not None else source.plan())}
     if record.spec_fingerprint != spec.fingerprint() or record.input_fingerprint != input_fingerprint(
@@ -170,6 +171,15 @@ def _retry_shard(
         raise InfermillError(
             f"shard {shard.shard_id}: could not find all dead-lettered rows in the input",
             hint="the input may have changed; rerun with --restart",
+        )
+    # Rows are found by their place in the shard: a shard whose rows moved (a row inserted into a SQL key
+    # range before them) would put other rows there. Their ids say so.
+    found = retry_rows.column(columns.id).to_pylist()
+    if any(v is not None and str(v) != rows_by_index[int(i)].item_id for v, i in zip(found, wanted, strict=True)):
+        raise JobChangedError(
+            f"shard {shard.shard_id}: the input rows at the places of its dead-lettered items are other rows now "
+            "(the input changed since the shard ran); retry would score the wrong rows",
+            hint="rerun everything with `infermill run JOB --restart`",
         )
     scored: list[pa.Table] = []
     still_dead: list[DeadItem] = []

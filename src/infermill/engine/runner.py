@@ -475,7 +475,13 @@ class _Coordinator:
         )
         if note and self.progress_mode != "off":
             print(f"[{spec.name}] {note}", file=sys.stderr)
-        executor = make_executor(run_spec, columns, pending)
+        # What the source holds for the whole run (a SQL snapshot) is taken now and released in the finally.
+        run_spec = source.begin_run(run_spec, self._warn)
+        try:
+            executor = make_executor(run_spec, columns, pending)
+        except BaseException:
+            source.end_run()
+            raise
         failures: list[str] = []
         fatal: InfermillError | None = None
         rows_this_run = 0
@@ -543,6 +549,7 @@ class _Coordinator:
                 # In flight when the run stopped: not committed, so it is simply done again next time.
                 ledger.requeue_shard(sid, self.lease)
             sink.tidy()
+            source.end_run()
 
         summary = ledger.summary()
         if fatal is not None:

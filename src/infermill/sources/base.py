@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -211,6 +211,24 @@ class Source(ABC):
         """Take the schema :meth:`schema` gave when the job was planned, so that a worker's source need not
         learn it again (for a folder, by listing every file). Sources with nothing costly to learn ignore it."""
         del schema  # nothing to keep here; ColumnSource keeps it
+
+    def begin_run(self, spec: JobSpec, warn: Callable[[str], None]) -> JobSpec:
+        """Called by the coordinator once per run, before workers start: take what the run holds (a SQL
+        source's exported snapshot) and return the spec the workers get (naming it). ``warn`` prints a
+        warning of the run. Released by :meth:`end_run`. The default holds nothing."""
+        del warn
+        return spec
+
+    def end_run(self) -> None:
+        """Release what :meth:`begin_run` took, when the run ends however it ends."""
+        return None  # the default held nothing
+
+    def committed_drift(self, committed: Sequence[tuple[Shard, int]]) -> list[str]:
+        """For ``infermill status``: each committed shard (with the rows it read) whose input has changed
+        since it committed, in words. The default (files: a changed file changes the input fingerprint, which
+        a run refuses) reports nothing."""
+        del committed
+        return []
 
 
 def readable_rows(batch: pa.RecordBatch) -> pa.RecordBatch:

@@ -1,0 +1,232 @@
+"""The database side of the SQL source: connecting, streaming a SELECT, and column types as Arrow types,
+for PostgreSQL (psycopg 3) and SQLite (the standard library). Nothing here knows about shards."""
+
+from __future__ import annotations
+
+import sqlite3
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from ..errors import InputError, SpecError
+from ..sql._url import SqlUrl
+
+__all__ = ["PARAM", "Database", "open_database"]
+
+PARAM = "\x00param\x00"
+"""Where a parameter goes in SQL text given to :class:`Database` (no SQL text holds a NUL): each dialect
+writes its own placeholder there, and PostgreSQL's driver needs every other ``%`` doubled."""
+
+# PostgreSQL type OIDs (pg_type.oid; stable across versions) -> Arrow types. Anything else reads as text.
+_PG_TYPES: dict[int, pa.DataType] = {
+    16: pa.bool_(), 20: pa.int64(), 21: pa.int16(), 23: pa.int32(), 26: pa.int64(),
+    700: pa.float32(), 701: pa.float64(), 1700: pa.float64(),
+    25: pa.string(), 1043: pa.string(), 1042: pa.string(), 19: pa.string(), 114: pa.string(), 3802: pa.string(),
+    2950: pa.string(),
+    17: pa.binary(), 1082: pa.date32(), 1114: pa.timestamp("us"), 1184: pa.timestamp("us", tz="UTC"),
+    1000: pa.list_(pa.bool_()), 1005: pa.list_(pa.int16()), 1007: pa.list_(pa.int32()),
+    1016: pa.list_(pa.int64()), 1021: pa.list_(pa.float32()), 1022: pa.list_(pa.float64()),
+    1231: pa.list_(pa.float64()), 1009: pa.list_(pa.string()), 1015: pa.list_(pa.string()),
+}
+
+
+class Database:
+    """One dialect's way of doing the few things the source needs. SQL text marks parameters with
+    :data:`PARAM`."""
+
+    def __init__(self, url: SqlUrl) -> None:
+        self.url = url
+
+    def text(self, sql: str) -> str:
+        """``sql`` with this driver's placeholders."""
+        return sql.replace(PARAM, "?")
+
+    def connect(self, snapshot: str | None = None) -> Any:
+        raise NotImplementedError
+
+    def rows(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """All rows of a small query (planning)."""
+        cur = conn.execute(self.text(sql), tuple(params))
+        return [tuple(r) for r in cur.fetchall()]
+
+    def stream(self, conn: Any, sql: str, params: Sequence[Any], fetch_rows: int) -> Iterator[list[tuple[Any, ...]]]:
+        """The rows of ``sql`` in chunks of at most ``fetch_rows``, never all at once."""
+        cur = conn.execute(self.text(sql), tuple(params))
+        while chunk := cur.fetchmany(fetch_rows):
+            yield chunk
+
+    def columns(self, conn: Any, select: str) -> list[pa.Field]:
+        """The columns of ``select`` (a query with no rows wanted) as Arrow fields."""
+        raise NotImplementedError
+
+    def key_is_constrained(self, conn: Any, table: str, keys: Sequence[str]) -> bool:
+        """True when the catalog guarantees ``keys`` unique and never NULL in ``table`` (quoted)."""
+        del conn, table, keys
+        return False
+
+    def estimated_rows(self, conn: Any, table: str) -> int | None:
+        """The table's row count from its statistics, None when it has none."""
+        del conn, table
+        return None
+
+
+class _Postgres(Database):
+    def text(self, sql: str) -> str:
+        return sql.replace("%", "%%").replace(PARAM, "%s")
+
+    def connect(self, snapshot: str | None = None) -> Any:
+        try:
+            import psycopg
+            from psycopg.types.numeric import FloatLoader
+            from psycopg.types.string import TextLoader
+        except ImportError:
+            raise SpecError(
+                "reading PostgreSQL needs psycopg 3", hint="pip install 'infermill[postgres]'"
+            ) from None
+        kwargs = dict(self.url.connect_kwargs)
+        if "connect_timeout" not in str(kwargs.get("conninfo", "")):
+            kwargs["connect_timeout"] = 30  # a host that never answers fails the read (or status), not hangs it
+        try:
+            conn = psycopg.connect(**kwargs)
+        except psycopg.Error as exc:
+            raise InputError(
+                f"cannot connect to {self.url.display}: {_clean(str(exc), self.url)}",
+                hint="check [input] url (host, port, database, user) and password_env",
+            ) from None
+        # JSON as its text, numeric as float64: what the Arrow columns hold.
+        for name in ("json", "jsonb"):
+            conn.adapters.register_loader(name, TextLoader)
+        conn.adapters.register_loader("numeric", FloatLoader)
+        if snapshot is not None:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            # Not a parameter: SET TRANSACTION takes a literal; the id was checked by the source.
+            conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        return conn
+
+    def stream(self, conn: Any, sql: str, params: Sequence[Any], fetch_rows: int) -> Iterator[list[tuple[Any, ...]]]:
+        # A server-side cursor: the server keeps the result, and each FETCH brings fetch_rows rows over.
+        with conn.cursor(name="infermill_read") as cur:
+            cur.itersize = fetch_rows
+            cur.execute(self.text(sql), tuple(params))
+            while chunk := cur.fetchmany(fetch_rows):
+                yield chunk
+
+    def columns(self, conn: Any, select: str) -> list[pa.Field]:
+        cur = conn.execute(self.text(select), ())
+        return [pa.field(d.name, _PG_TYPES.get(d.type_code, pa.string())) for d in cur.description or ()]
+
+    def key_is_constrained(self, conn: Any, table: str, keys: Sequence[str]) -> bool:
+        # A unique index (no predicate) on a subset of the key columns, and NOT NULL on each of them.
+        row = conn.execute(
+            """
+            WITH k AS (SELECT attnum, attnotnull FROM pg_attribute
+                       WHERE attrelid = %s::regclass AND attname = ANY(%s) AND NOT attisdropped)
+            SELECT (SELECT count(*) FROM k WHERE attnotnull) = %s
+               AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = %s::regclass AND i.indisunique
+                           AND i.indpred IS NULL AND i.indkey::int2[] <@ (SELECT array_agg(attnum) FROM k))
+            """,
+            (table, list(keys), len(keys), table),
+        ).fetchone()
+        return bool(row and row[0])
+
+    def estimated_rows(self, conn: Any, table: str) -> int | None:
+        row = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (table,)).fetchone()
+        return int(row[0]) if row and row[0] is not None and row[0] >= 0 else None
+
+    def export_snapshot(self) -> tuple[Any, str]:
+        """A connection holding a REPEATABLE READ transaction open, and the id of its exported snapshot."""
+        import psycopg
+
+        conn = self.connect()
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        return conn, str(row[0])
+
+
+class _Sqlite(Database):
+    def connect(self, snapshot: str | None = None) -> Any:
+        path = self.url.connect_kwargs["database"]
+        try:
+            # Read-only, and usable from the thread that iterates the read (prefetch may be another one).
+            return sqlite3.connect(
+                f"file:{urllib.parse.quote(path)}?mode=ro", uri=True, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise InputError(
+                f"cannot open SQLite database {self.url.display}: {exc}",
+                hint="check [input] url: sqlite:///relative/to/job/file.db or sqlite:////absolute/path.db",
+            ) from None
+
+    def columns(self, conn: Any, select: str) -> list[pa.Field]:
+        # SQLite columns have no fixed type: the declared type where there is one, else the first value's.
+        cur = conn.execute(self.text(select).replace(" LIMIT 0", " LIMIT 1000"))
+        names = [d[0] for d in cur.description or ()]
+        sample = cur.fetchall()
+        declared = _declared_types(conn, select, len(names))
+        out = []
+        for i, name in enumerate(names):
+            kind = _affinity(declared[i]) if declared[i] else None
+            if kind is None:
+                kind = next((_value_type(r[i]) for r in sample if r[i] is not None), pa.string())
+            out.append(pa.field(name, kind))
+        return out
+
+
+def _declared_types(conn: Any, select: str, count: int) -> list[str]:
+    """The declared type of each column of ``select`` ("" for an expression), through a temporary view."""
+    try:
+        conn.execute("CREATE TEMP VIEW IF NOT EXISTS _infermill_columns AS " + select)
+        rows = conn.execute("PRAGMA table_info(_infermill_columns)").fetchall()
+        conn.execute("DROP VIEW _infermill_columns")
+    except sqlite3.Error:
+        return [""] * count  # a read-only database may refuse even a temporary view
+    types = [str(r[2] or "") for r in rows]
+    return types if len(types) == count else [""] * count
+
+
+def _affinity(declared: str) -> pa.DataType | None:
+    """SQLite's type affinity rules (https://sqlite.org/datatype3.html#affinity_name_examples), plus BOOL."""
+    t = declared.upper()
+    if "BOOL" in t:
+        return pa.bool_()
+    if "INT" in t:
+        return pa.int64()
+    if any(s in t for s in ("CHAR", "CLOB", "TEXT")):
+        return pa.string()
+    if "BLOB" in t:
+        return pa.binary()
+    if any(s in t for s in ("REAL", "FLOA", "DOUB", "NUMERIC", "DECIMAL")):
+        return pa.float64()
+    return None  # DATE, TIMESTAMP and the like: as the values are stored
+
+
+def _value_type(value: Any) -> pa.DataType:
+    if isinstance(value, bool):
+        return pa.bool_()
+    if isinstance(value, int):
+        return pa.int64()
+    if isinstance(value, float):
+        return pa.float64()
+    if isinstance(value, bytes):
+        return pa.binary()
+    return pa.string()
+
+
+def _clean(text: str, url: SqlUrl) -> str:
+    """A driver's message with any password it repeats masked (psycopg quotes the connection string)."""
+    conninfo = str(url.connect_kwargs.get("conninfo", ""))
+    text = text.replace(conninfo, url.display)
+    netloc = conninfo.partition("://")[2].partition("/")[0]
+    userinfo = netloc.rpartition("@")[0]
+    secrets = [url.connect_kwargs.get("password"), userinfo.partition(":")[2] if ":" in userinfo else None]
+    for secret in secrets:
+        if secret:
+            text = text.replace(str(secret), "***")
+            text = text.replace(urllib.parse.unquote(str(secret)), "***")
+    return text
+
+
+def open_database(url: SqlUrl) -> Database:
+    return _Postgres(url) if url.dialect == "postgresql" else _Sqlite(url)

@@ -1,0 +1,569 @@
+"""``[input] format = "sql"``: PostgreSQL (a real server, tests/postgres.py) and SQLite tables and queries read
+in key-range shards, through the real engine and CLI."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+import infermill
+from infermill.errors import InputError, JobChangedError, SpecError
+from infermill.sources import open_source
+from infermill.spec import InputSpec, JobSpec, ModelSpec, OutputSpec
+from infermill.sql._ident import quote_ident, validate_ident
+from infermill.sql._url import mask, parse_url
+from infermill.testing.sources import SourceConformance, source_spec
+from tests.conftest import read_output, run_cli, write_job
+from tests.postgres import PostgresServer
+
+SECRET = "s3cret-pw"
+INJECTION = 'scores"; DROP TABLE x; --'
+
+SCORER = """
+class Scorer:
+    def predict(self, batch):
+        return {"score": batch["f0"] * 2}
+"""
+
+# Inserts two rows the first time it is called (mid-run): key 1, inside the first shard's range, whose
+# cursor is already open, and key 10**9, in the last shard's range, not read yet.
+INSERTER = """
+import os
+import psycopg
+
+class Scorer:
+    def predict(self, batch):
+        flag = os.environ["SQL_TEST_FLAG"]
+        if not os.path.exists(flag):
+            open(flag, "w").close()
+            with psycopg.connect(os.environ["SQL_TEST_URL"], autocommit=True) as conn:
+                conn.execute("INSERT INTO items VALUES (1, 1.0, 'early'), (1000000000, 1.0, 'late')")
+        return {"score": batch["f0"] * 2}
+"""
+
+
+# Fails on rows named "bad" until SQL_TEST_FIXED is set: they are dead-lettered, for `infermill retry`.
+PICKY = """
+import os
+
+class Scorer:
+    def predict(self, batch):
+        if not os.environ.get("SQL_TEST_FIXED") and "bad" in list(batch["name"]):
+            raise ValueError("a bad row")
+        return {"score": batch["f0"] * 2}
+"""
+
+
+class Db:
+    """A test database: its URL and a way to run SQL on it outside infermill."""
+
+    def __init__(self, dialect: str, url: str, path: Path | None = None) -> None:
+        self.dialect, self.url, self.path = dialect, url, path
+
+    @property
+    def ph(self) -> str:
+        return "?" if self.dialect == "sqlite" else "%s"
+
+    def execute(self, sql: str, rows: Sequence[Sequence[Any]] | None = None) -> list[tuple[Any, ...]]:
+        if self.dialect == "sqlite":
+            assert self.path is not None
+            conn = sqlite3.connect(self.path)
+            try:
+                cur = conn.executemany(sql, rows) if rows is not None else conn.execute(sql)
+                out = cur.fetchall()
+                conn.commit()
+                return out
+            finally:
+                conn.close()
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as pg, pg.cursor() as cur:
+            if rows is not None:
+                cur.executemany(sql, rows)
+                return []
+            cur.execute(sql)
+            return cur.fetchall() if cur.description else []
+
+    def items(self, ids: Sequence[int]) -> None:
+        """Table ``items(id, f0, name)`` with the given ids."""
+        self.execute("CREATE TABLE items (id BIGINT PRIMARY KEY, f0 DOUBLE PRECISION, name TEXT)")
+        self.execute(f"INSERT INTO items VALUES ({self.ph}, {self.ph}, {self.ph})",
+                     [(i, i * 0.5, f"n{i}") for i in ids])
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
+    if request.param == "sqlite":
+        return Db("sqlite", "sqlite:///data.db", tmp_path / "data.db")
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return Db("postgresql", server.create_database())
+
+
+@pytest.fixture
+def pg(postgres_server: PostgresServer) -> Db:
+    return Db("postgresql", postgres_server.create_database())
+
+
+def sql_job(folder: Path, db_url: str, *, input_keys: str = 'table = "items"', shard_rows: int = 250,
+            workers: int = 1, batch: int = 50, model: str = SCORER, keep: str = '["name"]',
+            features: str = '["f0"]') -> Path:
+    (folder / "scorer.py").write_text(model)
+    return write_job(folder / "job.toml", f"""
+        name = "sq"
+        [input]
+        url = "{db_url}"
+        {input_keys}
+        shard_rows = {shard_rows}
+        [model]
+        kind = "python"
+        entrypoint = "scorer.py:Scorer"
+        features = {features}
+        outputs = ["score"]
+        [batch]
+        size = {batch}
+        [output]
+        path = "out"
+        keep = {keep}
+        [runtime]
+        workers = {workers}
+        """)
+
+
+def _spec(db_url: str, base: Path, **keys: Any) -> JobSpec:
+    return JobSpec(
+        input=InputSpec(url=db_url, **keys),
+        model=ModelSpec(kind="python", entrypoint="scorer.py:Scorer"),
+        output=OutputSpec(path="out"),
+        base_dir=str(base),
+    )
+
+
+def _by_id(table: pa.Table) -> list[dict[str, Any]]:
+    return sorted(table.to_pylist(), key=lambda r: int(r["_row_id"]))
+
+
+# -- URLs and identifiers ------------------------------------------------------------------------------
+def test_url_password_is_masked_and_kept_out_of_display() -> None:
+    url = parse_url("postgresql://app:p@ss:w@db.example:5432/shop")
+    assert url.dialect == "postgresql"
+    assert url.display == "postgresql://app:***@db.example:5432/shop"
+    assert "p@ss" not in repr(url)
+    assert mask("postgres://u:x@h/db") == "postgres://u:***@h/db"
+    assert mask("sqlite:///data.db") == "sqlite:///data.db"
+
+
+def test_password_env_supplies_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SQL_TEST_PW", SECRET)
+    url = parse_url("postgresql://app@db/shop", "SQL_TEST_PW")
+    assert url.connect_kwargs["password"] == SECRET and SECRET not in url.display
+    monkeypatch.delenv("SQL_TEST_PW")
+    with pytest.raises(SpecError, match="SQL_TEST_PW") as info:
+        parse_url("postgresql://app@db/shop", "SQL_TEST_PW")
+    assert "export SQL_TEST_PW" in (info.value.hint or "")
+
+
+def test_sqlite_url_is_relative_to_the_job_folder(tmp_path: Path) -> None:
+    assert parse_url("sqlite:///data/x.db", base_dir=str(tmp_path)).connect_kwargs["database"] == str(
+        tmp_path / "data" / "x.db"
+    )
+    assert parse_url("sqlite:////abs/x.db").connect_kwargs["database"] == "/abs/x.db"
+
+
+def test_identifiers_are_validated_and_quoted() -> None:
+    assert quote_ident("public.scores") == '"public"."scores"'
+    for bad in (INJECTION, "a.b.c", "1abc", "", "x y"):
+        with pytest.raises(SpecError) as info:
+            validate_ident(bad)
+        assert repr(bad) in info.value.message
+
+
+# -- the job spec --------------------------------------------------------------------------------------
+def test_format_is_inferred_from_the_url(tmp_path: Path) -> None:
+    for url in ("postgresql://u@h/db", "postgres://u@h/db", "sqlite:///data.db"):
+        assert _spec(url, tmp_path, table="items").input_format() == "sql"
+
+
+def test_table_or_query_exactly_one(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="exactly one"):
+        _spec("sqlite:///data.db", tmp_path)
+    with pytest.raises(SpecError, match="exactly one"):
+        _spec("sqlite:///data.db", tmp_path, table="items", query="SELECT 1")
+
+
+def test_snapshot_needs_postgresql(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="snapshot"):
+        _spec("sqlite:///data.db", tmp_path, table="items", consistency="snapshot")
+
+
+def test_fingerprint_ignores_the_password_and_the_fetch_size(tmp_path: Path) -> None:
+    one = _spec(f"postgresql://u:{SECRET}@h/db", tmp_path, table="items")
+    two = _spec("postgresql://u:rotated@h/db", tmp_path, table="items", fetch_rows=5)
+    assert one.fingerprint() == two.fingerprint()
+    assert one.fingerprint() != _spec("postgresql://u@h/other", tmp_path, table="items").fingerprint()
+    assert SECRET not in json.dumps(one.to_dict(redact=True))
+
+
+def test_injection_named_table_is_refused(db: Db, tmp_path: Path) -> None:
+    db.items(range(10))
+    db.execute("CREATE TABLE x (a INTEGER)")
+    job = sql_job(tmp_path, db.url, input_keys=f"table = '{INJECTION}'")
+    with pytest.raises(SpecError) as info:
+        infermill.run(job, progress="off")
+    assert repr(INJECTION) in info.value.message
+    with pytest.raises(SpecError, match="key column"):
+        _spec(db.url, tmp_path, table="items", key=INJECTION)
+    assert db.execute("SELECT count(*) FROM x") == [(0,)]  # still there
+
+
+def test_odd_column_names_are_quoted(db: Db, tmp_path: Path) -> None:
+    db.execute('CREATE TABLE odd (id INTEGER PRIMARY KEY, "we""ird; col" TEXT)')
+    db.execute(f"INSERT INTO odd VALUES ({db.ph}, {db.ph})", [(1, "a"), (2, "b")])
+    source = open_source(_spec(db.url, tmp_path, table="odd", shard_rows=1))
+    rows = [r for s in source.plan() for b in source.read(s, 10) for r in b.to_pylist()]
+    assert rows == [
+        {"id": 1, 'we"ird; col': "a", "_row_id": "1"}, {"id": 2, 'we"ird; col': "b", "_row_id": "2"}
+    ]
+
+
+# -- planning ------------------------------------------------------------------------------------------
+def test_null_key_is_refused_with_the_values(db: Db, tmp_path: Path) -> None:
+    db.execute("CREATE TABLE items (id INTEGER, day TEXT, f0 REAL)")
+    db.execute(f"INSERT INTO items VALUES ({db.ph}, {db.ph}, {db.ph})",
+               [(1, "a", 1.0), (None, "b", 2.0), (3, None, 3.0)])
+    source = open_source(_spec(db.url, tmp_path, table="items", key=["id", "day"]))
+    with pytest.raises(InputError) as info:
+        source.plan()
+    assert "NULL in 2 row(s)" in info.value.message
+    assert "(None, 'b')" in info.value.message and "(3, None)" in info.value.message
+    assert info.value.hint
+
+
+def test_duplicate_key_is_refused_with_the_values(db: Db, tmp_path: Path) -> None:
+    db.execute("CREATE TABLE items (id INTEGER, f0 REAL)")
+    db.execute(f"INSERT INTO items VALUES ({db.ph}, {db.ph})", [(1, 0.0), (7, 0.0), (7, 1.0), (9, 0.0), (9, 0.0),
+                                                                 (9, 1.0)])
+    with pytest.raises(InputError) as info:
+        open_source(_spec(db.url, tmp_path, table="items")).plan()
+    assert "not unique: 7 (2 rows), 9 (3 rows)" in info.value.message
+
+
+def test_shards_are_half_open_key_ranges(db: Db, tmp_path: Path) -> None:
+    db.items(range(0, 2000, 2))  # 1000 rows, even ids
+    source = open_source(_spec(db.url, tmp_path, table="items", shard_rows=300))
+    shards = source.plan()
+    ranges = [json.loads(s.fragments[0].relpath) for s in shards]
+    assert ranges == [{"lo": None, "hi": [600]}, {"lo": [600], "hi": [1200]}, {"lo": [1200], "hi": [1800]},
+                      {"lo": [1800], "hi": None}]
+    assert [s.rows for s in shards] == [300, 300, 300, 100]
+    assert source.plan() == shards  # deterministic
+    read = [[r["id"] for b in source.read(s, 64) for r in b.to_pylist()] for s in shards]
+    assert [len(r) for r in read] == [300, 300, 300, 100]
+    assert [i for r in read for i in r] == list(range(0, 2000, 2))
+    assert all(b.num_rows <= 64 for s in shards for b in source.read(s, 64))
+
+
+def test_query_source_and_composite_key(db: Db, tmp_path: Path) -> None:
+    db.execute("CREATE TABLE events (user_id INTEGER, day TEXT, f0 REAL, PRIMARY KEY (user_id, day))")
+    rows = [(u, f"2026-01-{d:02d}", u + d / 100) for u in range(30) for d in range(1, 11)]
+    db.execute(f"INSERT INTO events VALUES ({db.ph}, {db.ph}, {db.ph})", rows)
+    job = sql_job(
+        tmp_path, db.url, shard_rows=70, keep='["user_id", "day"]',
+        input_keys='query = "SELECT * FROM events WHERE user_id < 25;"\nkey = ["user_id", "day"]',
+    )
+    result = infermill.run(job, progress="off")
+    assert result.rows_succeeded == 250 and infermill.status(job)["shards_total"] == 4
+    out = read_output(tmp_path / "out").to_pylist()
+    assert sorted((r["user_id"], r["day"]) for r in out) == [(u, d) for u, d, _ in rows if u < 25]
+    assert all(json.loads(r["_row_id"]) == [r["user_id"], r["day"]] for r in out)
+    assert all(r["score"] == pytest.approx(2 * (r["user_id"] + int(r["day"][-2:]) / 100)) for r in out)
+
+
+@pytest.mark.slow
+def test_million_rows_four_shards_two_workers_equal_select_star(tmp_path: Path) -> None:
+    db = Db("sqlite", "sqlite:///data.db", tmp_path / "data.db")
+    n = 1_000_000
+    conn = sqlite3.connect(db.path)  # type: ignore[arg-type]
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, f0 REAL, name TEXT)")
+    # ids with gaps and out of insertion order: ranges are of keys, not of positions
+    conn.executemany("INSERT INTO items VALUES (?, ?, ?)", ((i * 3 + 7, i * 0.25, f"n{i}") for i in reversed(range(n))))
+    conn.commit()
+    conn.close()
+    job = sql_job(tmp_path, db.url, shard_rows=250_000, workers=2, batch=20_000)
+    result = infermill.run(job, progress="off")
+    assert result.rows_succeeded == n and infermill.status(job)["shards_total"] == 4
+    out = read_output(tmp_path / "out").sort_by("_row_id")
+    star = db.execute("SELECT id, f0, name FROM items ORDER BY CAST(id AS TEXT)")
+    assert out.column("_row_id").to_pylist() == [str(r[0]) for r in star]
+    assert out.column("name").to_pylist() == [r[2] for r in star]
+    assert out.column("score").to_pylist() == [r[1] * 2 for r in star]
+
+
+# -- resume --------------------------------------------------------------------------------------------
+def _cli_run(job: Path, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {"INFERMILL_FAULT": fault} if fault else {}
+    return run_cli("run", str(job), "--progress", "off", env=env)  # type: ignore[no-any-return]
+
+
+def _descriptors(folder: Path) -> list[str]:
+    conn = sqlite3.connect(folder / ".infermill" / "sq.sqlite")
+    try:
+        return [r[0] for r in conn.execute("SELECT descriptor FROM shards ORDER BY ordinal")]
+    finally:
+        conn.close()
+
+
+def test_vacuum_full_between_a_killed_run_and_the_resume_changes_nothing(db: Db, tmp_path: Path) -> None:
+    db.items(range(1000))
+    clean_dir, crash_dir = tmp_path / "clean", tmp_path / "crash"
+    clean_dir.mkdir()
+    crash_dir.mkdir()
+    if db.dialect == "sqlite":  # both jobs read the one database file
+        assert db.path is not None
+        url = f"sqlite:///{db.path}"
+    else:
+        url = db.url
+    clean = sql_job(clean_dir, url)
+    assert _cli_run(clean).returncode == 0
+    crash = sql_job(crash_dir, url)
+    killed = _cli_run(crash, "after_commit:2")
+    assert killed.returncode == -9, killed.stderr
+    planned = _descriptors(crash_dir)
+    # Rows move physically (new ctids / rowids), and the key ranges keep their rows.
+    db.execute("UPDATE items SET name = name")
+    db.execute("DELETE FROM items WHERE id >= 500")
+    db.execute(f"INSERT INTO items VALUES ({db.ph}, {db.ph}, {db.ph})",
+               [(i, i * 0.5, f"n{i}") for i in range(500, 1000)])
+    db.execute("VACUUM FULL" if db.dialect == "postgresql" else "VACUUM")
+    resumed = _cli_run(crash)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _descriptors(crash_dir) == planned  # never planned again
+    assert _by_id(read_output(crash_dir / "out")) == _by_id(read_output(clean_dir / "out"))
+    assert infermill.status(crash)["input_changes"] == []
+
+
+def test_resume_keeps_the_plan_when_rows_were_added(db: Db, tmp_path: Path) -> None:
+    db.items(range(0, 2000, 2))
+    job = sql_job(tmp_path, db.url)
+    assert _cli_run(job, "after_commit:1").returncode == -9
+    planned = _descriptors(tmp_path)
+    # Enough new rows that a new plan would cut other ranges: the resume must not make one.
+    db.execute(f"INSERT INTO items VALUES ({db.ph}, {db.ph}, {db.ph})", [(i, 0.0, "new") for i in range(1, 2000, 2)])
+    resumed = _cli_run(job)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _descriptors(tmp_path) == planned
+    out = read_output(tmp_path / "out")
+    # The first shard committed before the inserts; the three others read their ranges as they are now.
+    assert out.num_rows == 250 + (2000 - 500)
+    changes = infermill.status(job)["input_changes"]
+    assert len(changes) == 1 and "250 row(s) inserted into its key range" in changes[0]
+
+
+def _picky_job(db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    db.items(range(0, 2000, 2))
+    db.execute("UPDATE items SET name = 'bad' WHERE id = 1400")  # in the third shard, [1000, 1500)
+    monkeypatch.delenv("SQL_TEST_FIXED", raising=False)
+    job = sql_job(tmp_path, db.url, model=PICKY, features='["f0", "name"]')
+    assert infermill.run(job, progress="off").rows_failed == 1
+    return job
+
+
+def test_retry_keeps_the_plan_when_rows_were_added(db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = _picky_job(db, tmp_path, monkeypatch)
+    # Rows added past the end: a new plan would cut eight ranges, none of the four the job ran with.
+    db.execute(f"INSERT INTO items VALUES ({db.ph}, {db.ph}, {db.ph})", [(i, 0.0, "new") for i in range(2000, 4000)])
+    monkeypatch.setenv("SQL_TEST_FIXED", "1")
+    result = infermill.retry(job)
+    assert result.rows_failed == 0 and result.rows_succeeded == 1000
+    out = {r["_row_id"]: r for r in read_output(tmp_path / "out").to_pylist()}
+    assert len(out) == 1000 and out["1400"]["score"] == 1400.0
+
+
+def test_retry_refuses_when_rows_moved_inside_the_dead_items_range(
+    db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _picky_job(db, tmp_path, monkeypatch)
+    # A row inserted before the dead one in its key range: the dead row's place now holds another row.
+    db.execute(f"INSERT INTO items VALUES ({db.ph}, {db.ph}, {db.ph})", [(1001, 0.0, "new")])
+    monkeypatch.setenv("SQL_TEST_FIXED", "1")
+    with pytest.raises(JobChangedError, match="other rows now"):
+        infermill.retry(job)
+
+
+# -- consistency ---------------------------------------------------------------------------------------
+def test_key_range_mode_reports_rows_inserted_into_committed_ranges(db: Db, tmp_path: Path) -> None:
+    db.items(range(10, 1010))
+    job = sql_job(tmp_path, db.url)
+    assert infermill.run(job, progress="off").rows_succeeded == 1000
+    assert infermill.status(job)["input_changes"] == []
+    db.execute(f"INSERT INTO items VALUES ({db.ph}, {db.ph}, {db.ph})",
+               [(1, 0.0, "a"), (2, 0.0, "b"), (5000, 0.0, "c")])
+    db.execute("DELETE FROM items WHERE id = 600")
+    changes = infermill.status(job)["input_changes"]
+    assert len(changes) == 3
+    assert "key [-inf, 260)): 2 row(s) inserted into its key range after it committed (250 read, 252 now)" in changes[0]
+    assert "key [510, 760)): 1 row(s) deleted from" in changes[1]
+    assert "key [760, +inf)): 1 row(s) inserted" in changes[2]
+    shown = run_cli("status", str(job))
+    assert shown.returncode == 0 and shown.stdout.count("changed: shard") == 3
+    assert "--restart" in shown.stdout
+
+
+@pytest.mark.postgres
+def test_key_range_mode_reads_rows_inserted_mid_run_into_ranges_not_read_yet(
+    pg: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg.items(range(10, 1010))
+    monkeypatch.setenv("SQL_TEST_URL", pg.url)
+    monkeypatch.setenv("SQL_TEST_FLAG", str(tmp_path / "inserted"))
+    job = sql_job(tmp_path, pg.url, model=INSERTER)
+    infermill.run(job, progress="off")
+    names = {r["name"] for r in read_output(tmp_path / "out").to_pylist()}
+    assert "late" in names and "early" not in names and len(names) == 1001
+    changes = infermill.status(job)["input_changes"]
+    assert len(changes) == 1 and "1 row(s) inserted" in changes[0] and "[-inf, 260)" in changes[0]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("workers", [1, 2])
+def test_snapshot_mode_ignores_rows_inserted_mid_run(
+    pg: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], workers: int
+) -> None:
+    pg.items(range(10, 1010))
+    monkeypatch.setenv("SQL_TEST_URL", pg.url)
+    monkeypatch.setenv("SQL_TEST_FLAG", str(tmp_path / "inserted"))
+    job = sql_job(
+        tmp_path, pg.url, model=INSERTER,
+        input_keys='table = "items"\nconsistency = "snapshot"\nsnapshot_warn_seconds = 0.001', workers=workers,
+    )
+    infermill.run(job, progress="log")
+    assert (tmp_path / "inserted").exists()
+    names = {r["name"] for r in read_output(tmp_path / "out").to_pylist()}
+    assert len(names) == 1000 and not names & {"early", "late"}
+    assert "the PostgreSQL snapshot of this run has been held" in capsys.readouterr().err
+    # The snapshot was released with the run: no transaction of ours is left open.
+    open_ = pg.execute("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'")
+    assert open_ == [(0,)]
+
+
+# -- PostgreSQL specifics ------------------------------------------------------------------------------
+@pytest.mark.postgres
+def test_postgres_types_map_to_arrow(pg: Db, tmp_path: Path) -> None:
+    pg.execute("""
+        CREATE TABLE t (id INTEGER PRIMARY KEY, big BIGINT, small SMALLINT, r REAL, d DOUBLE PRECISION,
+                        n NUMERIC(10, 3), s TEXT, v VARCHAR(10), b BOOLEAN, ts TIMESTAMPTZ, dt DATE, j JSONB,
+                        e REAL[], e8 FLOAT8[], u UUID)
+    """)
+    pg.execute("""
+        INSERT INTO t VALUES (1, 9000000000, 7, 1.5, 2.25, 3.125, 'x', 'y', true, '2026-01-02 03:04:05+00',
+                              '2026-01-02', '{"a": [1, 2]}', '{0.5, 1.5}', '{1, 2}',
+                              '00000000-0000-0000-0000-000000000001'),
+                             (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+    """)
+    source = open_source(_spec(pg.url, tmp_path, table="t", id_column="id"))
+    schema = source.schema()
+    assert [str(f.type) for f in schema] == [
+        "int32", "int64", "int16", "float", "double", "double", "string", "string", "bool",
+        "timestamp[us, tz=UTC]", "date32[day]", "string", "list<item: float>", "list<item: double>", "string",
+    ]
+    rows = [r for s in source.plan() for b in source.read(s, 10) for r in b.to_pylist()]
+    first = rows[0]
+    assert first["n"] == 3.125 and first["b"] is True and first["e"] == [0.5, 1.5] and first["e8"] == [1.0, 2.0]
+    assert json.loads(first["j"]) == {"a": [1, 2]} and first["u"] == "00000000-0000-0000-0000-000000000001"
+    assert first["ts"].isoformat() == "2026-01-02T03:04:05+00:00" and str(first["dt"]) == "2026-01-02"
+    assert all(v is None for k, v in rows[1].items() if k != "id")
+
+
+@pytest.mark.postgres
+def test_large_postgres_table_is_cut_at_sampled_keys(pg: Db, tmp_path: Path) -> None:
+    pg.items(range(0, 60_000, 3))
+    pg.execute("ANALYZE items")
+    source = open_source(_spec(pg.url, tmp_path, table="items", shard_rows=5_000, sample_above_rows=10_000))
+    shards = source.plan()
+    assert 2 <= len(shards) <= 4 and all(s.rows is None for s in shards)  # sizes estimated, not counted
+    read = [[r["id"] for b in source.read(s, 4096) for r in b.to_pylist()] for s in shards]
+    assert [i for ids in read for i in ids] == list(range(0, 60_000, 3))  # every row once, in key order
+    # Without the statistics' guarantee (no unique index), every key is scanned and counted instead.
+    pg.execute("ALTER TABLE items DROP CONSTRAINT items_pkey")
+    counted = open_source(_spec(pg.url, tmp_path, table="items", shard_rows=5_000, sample_above_rows=10_000)).plan()
+    assert [s.rows for s in counted] == [5_000] * 4
+
+
+@pytest.mark.postgres
+def test_postgres_rows_stream_through_a_server_side_cursor(pg: Db, tmp_path: Path) -> None:
+    pg.items(range(5000))
+    source = open_source(_spec(pg.url, tmp_path, table="items", shard_rows=10_000, fetch_rows=100))
+    (shard,) = source.plan()
+    batches: Iterator[pa.RecordBatch] = source.read(shard, 1000)
+    first = next(batches)
+    assert first.num_rows == 100  # one fetch, not the shard
+    active = pg.execute("SELECT query FROM pg_stat_activity WHERE query LIKE 'FETCH%infermill_read%'")
+    assert len(active) == 1
+    assert sum(b.num_rows for b in batches) == 4900
+
+
+@pytest.mark.postgres
+def test_password_is_masked_in_errors_status_and_ledger(
+    postgres_server: PostgresServer, pg: Db, tmp_path: Path
+) -> None:
+    pg.items(range(100))
+    # The test server trusts loopback connections: the password is accepted and ignored, as a secret that
+    # must never be echoed.
+    secret_url = pg.url.replace(f"://{postgres_server.user}@", f"://{postgres_server.user}:{SECRET}@")
+    assert SECRET in secret_url
+    job = sql_job(tmp_path, secret_url)
+    done = run_cli("run", str(job))
+    assert done.returncode == 0, done.stderr
+    shown = run_cli("status", str(job), "--json")
+    assert shown.returncode == 0 and SECRET not in shown.stdout + done.stdout + done.stderr
+    for path in (tmp_path / ".infermill").iterdir():
+        assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in (tmp_path / "out" / "_manifest.json").read_text()
+    # A table that does not exist, and a server that is not there: the errors name the URL, masked.
+    (tmp_path / "missing").mkdir()
+    (tmp_path / "down").mkdir()
+    missing = run_cli("run", str(sql_job(tmp_path / "missing", secret_url, input_keys='table = "nope"')))
+    assert missing.returncode != 0 and "nope" in missing.stderr
+    assert SECRET not in missing.stdout + missing.stderr
+    dead = secret_url.replace(f":{postgres_server.port}/", ":1/")
+    down = run_cli("run", str(sql_job(tmp_path / "down", dead)))
+    assert down.returncode != 0 and "cannot connect to postgresql://" in down.stderr
+    assert ":***@" in down.stderr and SECRET not in down.stdout + down.stderr
+
+
+@pytest.mark.postgres
+def test_password_env_names_the_variable(
+    postgres_server: PostgresServer, pg: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg.items(range(100))
+    job = sql_job(tmp_path, pg.url, input_keys='table = "items"\npassword_env = "SQL_TEST_PW"')
+    monkeypatch.delenv("SQL_TEST_PW", raising=False)
+    missing = run_cli("run", str(job))
+    assert missing.returncode != 0 and "SQL_TEST_PW" in missing.stderr
+    monkeypatch.setenv("SQL_TEST_PW", SECRET)
+    assert infermill.run(job, progress="off").rows_succeeded == 100
+
+
+# -- the shipped source conformance suite ---------------------------------------------------------------
+class TestSqliteConformance(SourceConformance):
+    def make_dataset(self, tmp_path: Path, rows: list[dict[str, Any]], **input_options: Any) -> JobSpec:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        path = tmp_path / "data.db"
+        names = list(rows[0])
+        types = {bool: "BOOLEAN", int: "INTEGER", float: "REAL", str: "TEXT"}
+        conn = sqlite3.connect(path)
+        columns = ", ".join(f'"{n}" {types[type(rows[0][n])]}' for n in names)
+        conn.execute(f"CREATE TABLE t ({columns})")
+        conn.executemany(f"INSERT INTO t VALUES ({', '.join('?' * len(names))})",
+                         [tuple(r[n] for n in names) for r in rows])
+        conn.commit()
+        conn.close()
+        # A SQL source reads in key order: the suite's rows ascend in "key" (or, without it, in "x").
+        key = "key" if "key" in names else "x"
+        return source_spec("", url=f"sqlite:///{path}", table="t", key=key, shard_rows=10, **input_options)
