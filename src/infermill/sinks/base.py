@@ -45,6 +45,7 @@ __all__ = [
     "ERRORS_DIR",
     "MANIFEST_NAME",
     "OWNER_NAME",
+    "SETS_DIR",
     "STAGING_DIR",
     "CommittedFile",
     "OwnerRecord",
@@ -60,12 +61,14 @@ MANIFEST_NAME = "_manifest.json"
 OWNER_NAME = "_infermill.json"
 STAGING_DIR = "_staging"
 ERRORS_DIR = "_errors"
-PART_RE = re.compile(r"^part-\d{5,}(?:-a\d+)?\.[A-Za-z0-9]+$")
-"""Any result-like file name: infermill's own, an older release's (no attempt), or another tool's."""
-OWN_PART_RE = re.compile(r"^part-\d{5,}-a\d+\.[A-Za-z0-9]+$")
+SETS_DIR = "_sets"
+PART_RE = re.compile(r"^part-\d{5,}(?:-\d{4,})?(?:-a\d+)?\.[A-Za-z0-9]+$")
+"""Any result-like file name: infermill's own, an older release's (no attempt), or another tool's. The
+optional ``-0001`` numbers one file of a shard whose result is a set of files (``target_file_mb``)."""
+OWN_PART_RE = re.compile(r"^part-\d{5,}(?:-\d{4,})?-a\d+\.[A-Za-z0-9]+$")
 """The names infermill gives committed attempts: in a folder this job owns, these are this job's."""
 STAGED_RE = re.compile(
-    r"^(?:_errors-)?part-\d{5,}\.[A-Za-z0-9]+\.[0-9a-f]{8}\.tmp$"
+    r"^(?:_errors-|_sets-)?part-\d{5,}(?:-\d{4,})?\.[A-Za-z0-9]+\.[0-9a-f]{8}\.tmp$"
     r"|^_(?:manifest|infermill)\.json\.[0-9a-f]{8}\.tmp$|^\.probe-[0-9a-f]{32}$"
 )
 """Files infermill itself puts under ``_staging/``; nothing else there is touched."""
@@ -97,6 +100,11 @@ class StagedFile:
     rows: int
     bytes: int
     sha256: str = ""
+    members: tuple[StagedFile, ...] = ()
+    """A result that is a set of files (``target_file_mb``, ``partition_by``): the files, each staged at its
+    ``location`` under its ``final_name`` in the output (``country=DE/part-00003-0001.parquet``). The
+    set itself (``location``, ``final_name``, ``sha256``) is then its index, ``_sets/part-00003.json``,
+    which lists them with their rows, sizes and checksums; the index is what the ledger records."""
 
 
 @dataclass(frozen=True)
@@ -266,6 +274,12 @@ class Sink(ABC):
     @abstractmethod
     def read_manifest(self) -> dict[str, Any] | None:
         """The manifest, or None when the job is not complete (or it is unreadable)."""
+
+    def members(self, name: str) -> list[CommittedFile]:
+        """The files of a committed result that is a set of files (its index's list, each with the rows,
+        size and checksum recorded at the commit; ``mtime_ns`` None); [] for a one-file result. A
+        sink whose results are always one file keeps this default."""
+        return []
 
 
 def open_sink(spec: JobSpec) -> Sink:
