@@ -33,7 +33,7 @@ example job file (job.toml):
   [input]
   path = "data/customers/*.parquet"     # file, directory, glob or fsspec URL
   id_column = "customer_id"             # optional: else a stable synthetic _row_id
-  format = "parquet"                    # parquet | csv | jsonl | openai-batch (default: from the extension)
+  format = "parquet"                    # parquet | arrow | csv | jsonl | openai-batch (default: from the extension)
   [model]
   kind = "sklearn"                      # python | sklearn | onnx | torch | hf | sentence-transformers
                                         # | llm | http | mlflow
@@ -44,7 +44,7 @@ example job file (job.toml):
   size = 65536                          # rows per call; default by kind (sklearn/onnx 65,536, else 8,192)
   [output]
   path = "out/churn/"
-  format = "parquet"                    # parquet | jsonl | csv | openai-batch
+  format = "parquet"                    # parquet | arrow | jsonl | csv | openai-batch
   [runtime]
   workers = 1
 """
