@@ -23,7 +23,7 @@ from infermill.errors import SpecError
 from infermill.sinks import OwnerRecord, open_sink
 from infermill.spec import JobSpec
 from infermill.testing.sinks import SinkConformance, sink_spec
-from tests.conftest import SCORER, expected_score, make_table, run_cli, write_job, write_parquet_files
+from tests.conftest import SCORER, expected_score, run_cli, write_job, write_parquet_files
 
 
 class TestArrowSink(SinkConformance):
@@ -237,19 +237,20 @@ FAILING = SCORER.replace(
     "    def predict(self, batch):\n",
     "    def predict(self, batch):\n"
     "        import os\n"
-    "        if os.environ.get('FAIL_ODD') and any(int(i) % 97 == 0 for i in batch['customer_id']):\n"
+    "        if os.environ.get('FAIL_SOME') and any(int(i) % 97 == 0 for i in batch['customer_id']):\n"
     "            raise ValueError('bad row')\n",
 )
 
 
 def test_retry_rewrites_a_partitioned_shard_as_a_new_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     job, table = _job(tmp_path, 'partition_by = ["segment"]\n[errors]\nmax_failed_fraction = 1.0',
-                      scorer=FAILING.replace("[\\'customer_id\\']", "['customer_id']"), rows=4_000, shard_rows=2_000)
-    job.write_text(job.read_text().replace('features = ["f0", "f1", "f2"]', 'features = ["f0", "f1", "f2", "customer_id"]'))
-    monkeypatch.setenv("FAIL_ODD", "1")
+                      scorer=FAILING, rows=4_000, shard_rows=2_000)
+    features = 'features = ["f0", "f1", "f2", "customer_id"]'  # the model fails the batches of some ids
+    job.write_text(job.read_text().replace('features = ["f0", "f1", "f2"]', features))
+    monkeypatch.setenv("FAIL_SOME", "1")
     first = infermill.run(job, progress="off")
     assert first.rows_failed > 0
-    monkeypatch.delenv("FAIL_ODD")
+    monkeypatch.delenv("FAIL_SOME")
     result = run_cli("retry", str(job))
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
