@@ -102,6 +102,14 @@ def test_bad_layout_settings_are_refused_when_the_spec_is_built(tmp_path: Path) 
         sink_spec(tmp_path, "out", format="arrow", partition_by=["a", "a"]).output_settings()
 
 
+def test_partition_by_a_column_that_is_not_a_result_is_refused_by_validate(tmp_path: Path) -> None:
+    job, _ = _job(tmp_path, 'partition_by = ["f0"]')
+    result = run_cli("validate", str(job))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "'output.partition_by' names 'f0', which is not a result column" in result.stderr
+    assert 'keep = ["f0"]' in result.stderr
+
+
 JOB = """
 name = "layout"
 [input]

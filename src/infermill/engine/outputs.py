@@ -100,8 +100,9 @@ def _member_problems(part: CommittedPart, sink: Sink, full: bool) -> list[PartPr
         return [PartProblem(part.name, part.shard_id, "checksum")]
     if not members:
         return []
-    index = sink.stat(part.name)
-    since = index[1] if index is not None else None
+    # The files were renamed into place before the index, and renaming keeps a file's mtime: one modified
+    # later than the index was at its commit has been written to since, and is hashed.
+    since = part.check.mtime_ns if part.check is not None else None
     problems: list[PartProblem] = []
     for member in members:
         found = sink.stat(member.name)
