@@ -18,8 +18,13 @@ A staged result is a *location* (a local path or a URL), so a worker on another 
 object storage and the coordinator commits without seeing the worker's disk. Committing never replaces
 another attempt's result: names carry the attempt (the run's lease epoch), the ledger records which
 attempt is a shard's result, and ``recover``/``finalize`` remove the results of other attempts. Reading
-back (``stat``, ``checksum``, ``read_part``, ``read_manifest``, ``list_parts``) serves ``verify``,
-``status`` and ``retry``.
+back (``stat``, ``checksum``, ``read_part``, ``read_manifest``, ``list_parts``, ``members``) serves
+``verify``, ``status`` and ``retry``.
+
+A shard's result may be a *set* of files (``[output] target_file_mb``, ``partition_by``): the staged
+result then carries its files in ``StagedFile.members`` and is itself their index, which is what is
+committed last and recorded in the ledger; ``members(name)`` lists a committed set's files. See
+:mod:`infermill.sinks.layout`.
 
 :class:`~infermill.sinks.files.FileSink` implements it for a folder of files (local or any fsspec
 store); ``infermill.testing.SinkConformance`` is the suite every sink passes.
