@@ -170,6 +170,11 @@ def read_output(out_dir: Path, fmt: str = "parquet") -> pa.Table:
             tables.append(pq.read_table(path))
         elif fmt == "csv":
             tables.append(pacsv.read_csv(path))
+        elif fmt == "arrow":
+            import pyarrow.ipc as ipc
+
+            with ipc.open_file(path) as reader:
+                tables.append(reader.read_all())
         else:
             tables.append(pajson.read_json(path))
     return pa.concat_tables(tables) if tables else pa.table({})

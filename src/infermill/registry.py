@@ -97,6 +97,9 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
         }),
         "sources": group("sources", {
             "parquet": ("infermill.sources.parquet:ParquetSource", None, {"extensions": (".parquet", ".pq")}),
+            "arrow": (
+                "infermill.sources.arrow:ArrowSource", None, {"extensions": (".arrow", ".feather", ".ipc", ".arrows")},
+            ),
             "csv": (
                 "infermill.sources.text:CsvSource", None,
                 _s(S, "CsvSettings", extensions=(".csv", ".tsv"), compressed=True),
@@ -121,8 +124,9 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
         }),
         "sinks": group("sinks", {
             "parquet": ("infermill.sinks.formats:ParquetSink", None, _s(K, "ParquetSettings")),
-            "jsonl": ("infermill.sinks.formats:JsonlSink", None, {}),
-            "csv": ("infermill.sinks.formats:CsvSink", None, {}),
+            "arrow": ("infermill.sinks.formats:ArrowSink", None, _s(K, "ArrowSettings")),
+            "jsonl": ("infermill.sinks.formats:JsonlSink", None, _s(K, "FileSettings")),
+            "csv": ("infermill.sinks.formats:CsvSink", None, _s(K, "FileSettings")),
             "openai-batch": ("infermill.sinks.openai_batch:OpenAIBatchSink", None, {}),
         }),
         "executors": group("executors", {

@@ -116,9 +116,9 @@ class InputSpec:
     """A file, a directory, a glob, or an fsspec URL (``s3://...``, ``memory://...``). Required by the file
     formats."""
     format: str | None = None
-    """parquet, csv, jsonl, openai-batch, files (a folder of documents and images, one row per file), sql or
-    a plugin's format; inferred from the file extension when omitted (never files: name it; ``sql`` from an
-    ``url`` such as ``postgresql://...`` or ``sqlite:///...``)."""
+    """parquet, arrow, csv, jsonl, openai-batch, files (a folder of documents and images, one row per file),
+    sql or a plugin's format; inferred from the file extension when omitted (never files: name it; ``sql``
+    from an ``url`` such as ``postgresql://...`` or ``sqlite:///...``)."""
     id_column: str | None = None
     """Column holding each row's unique id; without it each row gets a stable synthetic ``_row_id``."""
     columns: list[str] | None = None
@@ -252,12 +252,13 @@ class ErrorsSpec:
 @dataclass(frozen=True)
 class OutputSpec:
     """Where results go. Besides these keys, ``[output]`` takes the keys of its format (parquet:
-    ``compression``; see docs/sinks.md), held in ``settings``."""
+    ``compression``; every file format: ``target_file_mb``, ``partition_by``; see docs/sinks.md), held in
+    ``settings``."""
 
     path: str = ""
     """Output directory, local or an fsspec URL. Required by the file formats."""
     format: str = "parquet"
-    """parquet, jsonl, csv, openai-batch or a plugin's format."""
+    """parquet, arrow, jsonl, csv, openai-batch or a plugin's format."""
     keep: list[str] = field(default_factory=list)
     """Input columns written next to the predictions (the id is always kept)."""
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -550,7 +551,7 @@ class JobSpec:
                 return fmt
         raise SpecError(
             f"cannot infer the input format from '{self.input.path}'",
-            hint='set [input] format = "parquet", "csv", "jsonl" or "openai-batch"',
+            hint='set [input] format = "parquet", "arrow", "csv", "jsonl" or "openai-batch"',
         )
 
 

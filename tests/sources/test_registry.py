@@ -31,7 +31,7 @@ def test_public_names() -> None:
 
 
 def test_every_input_format_has_a_source() -> None:
-    assert sorted(SOURCE_FORMATS) == ["csv", "files", "jsonl", "openai-batch", "parquet", "sql"]
+    assert sorted(SOURCE_FORMATS) == ["arrow", "csv", "files", "jsonl", "openai-batch", "parquet", "sql"]
     assert source_class("parquet") is ParquetSource
     assert source_class("csv") is CsvSource
     assert source_class("jsonl") is JsonlSource

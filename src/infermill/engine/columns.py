@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from ..errors import InputError
+from ..errors import InputError, SpecError
 from ..sources.base import SYNTHETIC_ID
 from ..spec import JobSpec
 
@@ -57,8 +57,25 @@ def resolve_columns(spec: JobSpec, schema: pa.Schema) -> Columns:
     keep = [c for c in spec.output.keep if c != (id_column or SYNTHETIC_ID)]
     for column in keep:
         check(column, "output.keep")
+    _check_partition_columns(spec, [id_column or SYNTHETIC_ID, *keep])
     read: list[str] = []
     for column in ([id_column] if id_column else []) + features + keep:
         if column not in read:
             read.append(column)
     return Columns(id=id_column or SYNTHETIC_ID, features=features, keep=keep, read=read, schema=schema)
+
+
+def _check_partition_columns(spec: JobSpec, kept: list[str]) -> None:
+    """``[output] partition_by`` names result columns: kept input columns or declared model outputs (a kind
+    whose outputs are not declared is checked when its first result is written)."""
+    partition = list(getattr(spec.output_settings(), "partition_by", None) or [])
+    outputs = spec.model.outputs
+    for column in partition:
+        if column in kept or outputs is None or column in outputs:
+            continue
+        raise SpecError(
+            f"'output.partition_by' names {column!r}, which is not a result column (results have "
+            f"{', '.join([*kept, *outputs])})",
+            hint=f'keep the input column in the output (`keep = ["{column}"]` under [output]), or partition by '
+            "a model output",
+        )

@@ -7,6 +7,11 @@ size and SHA-256. A run, ``status`` and ``verify`` compare what is on disk with 
   whose size is right but whose modification time moved is hashed to decide;
 - ``verify`` hashes every part.
 
+A shard whose result is a set of files (``[output] target_file_mb``, ``partition_by``; see
+:mod:`infermill.sinks.layout`) is recorded as its index; the index lists each file with its size and
+SHA-256, and each file is checked as a part is (the quick look hashes a file whose modification time is
+later than its index's: files are renamed, never written, once the index exists).
+
 A run sends the shards of damaged parts back to pending (with a warning) and recomputes only those.
 """
 
@@ -17,12 +22,12 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import OutputConflictError, SpecError
+from ..errors import OutputConflictError, OutputError, SpecError
 from ..ledger import CommittedPart, Ledger, ledger_exists, open_ledger
 from ..sinks import MANIFEST_NAME, Sink, open_sink
 from ..spec import JobSpec, is_url, load_spec
 
-__all__ = ["PartProblem", "VerifyReport", "check_output_location", "damaged_parts", "verify"]
+__all__ = ["PartProblem", "VerifyReport", "check_output_location", "damaged_parts", "manifest_entries", "verify"]
 
 _MAGIC = re.compile(r"[*?\[]")
 
@@ -84,7 +89,48 @@ def damaged_parts(ledger: Ledger, sink: Sink, *, full: bool = False) -> list[Par
         problem = _part_problem(part, sink, full)
         if problem is not None:
             problems.append(PartProblem(part.name, part.shard_id, problem))
+            continue
+        problems += _member_problems(part, sink, full)
     return problems
+
+
+def _member_problems(part: CommittedPart, sink: Sink, full: bool) -> list[PartProblem]:
+    """The damaged files of a set result whose index is intact."""
+    try:
+        members = sink.members(part.name)
+    except OutputError:
+        return [PartProblem(part.name, part.shard_id, "checksum")]
+    if not members:
+        return []
+    # The files were renamed into place before the index, and renaming keeps a file's mtime: one modified
+    # later than the index was at its commit has been written to since, and is hashed.
+    since = part.check.mtime_ns if part.check is not None else None
+    problems: list[PartProblem] = []
+    for member in members:
+        found = sink.stat(member.name)
+        problem: str | None = None
+        if found is None:
+            problem = "missing"
+        elif found[0] != member.bytes:
+            problem = "size"
+        elif (full or since is None or found[1] is None or found[1] > since) and (
+            sink.checksum(member.name) != member.sha256
+        ):
+            problem = "checksum"
+        if problem is not None:
+            problems.append(PartProblem(member.name, part.shard_id, problem))
+    return problems
+
+
+def manifest_entries(sink: Sink, part: CommittedPart) -> list[dict[str, Any]]:
+    """The manifest's entries for a committed part: the part, or each file of a set result (the index
+    is the ledger's record; readers of the manifest want the data files)."""
+    members = sink.members(part.name)
+    if members:
+        return [{"path": m.name, "rows": m.rows, "bytes": m.bytes, "sha256": m.sha256} for m in members]
+    check = part.check
+    return [{"path": part.name, "rows": part.rows, "bytes": check.bytes if check else None,
+             "sha256": check.sha256 if check else None}]
 
 
 def _part_problem(part: CommittedPart, sink: Sink, full: bool) -> str | None:
@@ -175,7 +221,10 @@ def _check_manifest(sink: Sink, parts: list[CommittedPart]) -> str:
         return f"missing: the job is complete but {MANIFEST_NAME} is gone (rerun the job to write it again)"
     entries = [*manifest.get("files", []), *manifest.get("error_files", [])]
     listed = {(f["path"], f["rows"], f.get("sha256")) for f in entries}
-    expected = {(p.name, p.rows, p.check.sha256 if p.check else None) for p in parts}
+    try:
+        expected = {(f["path"], f["rows"], f["sha256"]) for p in parts for f in manifest_entries(sink, p)}
+    except OutputError:
+        return "disagrees with the ledger: a set index is damaged (rerun the job to write it again)"
     if listed != expected:
         return "disagrees with the ledger (rerun the job to write it again)"
     return "ok"

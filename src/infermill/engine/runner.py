@@ -81,7 +81,7 @@ from .faults import fault_point
 from .job_status import rows_total as _rows_total
 from .job_status import status
 from .lease import Held, as_spec, holding
-from .outputs import check_output_location, damaged_parts
+from .outputs import check_output_location, damaged_parts, manifest_entries
 from .plan import next_ordinal, plan_record, stored_shards
 from .validate import no_rows_error
 
@@ -718,14 +718,8 @@ def finish_job(spec: JobSpec, ledger: Ledger, sink: Sink) -> None:
     part files on disk, each with its rows, size and checksum."""
     parts = ledger.committed_parts()
     sink.recover({p.name for p in parts})
-
-    def entry(part: Any) -> dict[str, Any]:
-        check = part.check
-        return {"path": part.name, "rows": part.rows, "bytes": check.bytes if check else None,
-                "sha256": check.sha256 if check else None}
-
-    files = [entry(p) for p in parts if not p.errors]
-    error_files = [entry(p) for p in parts if p.errors]
+    files = [f for p in parts if not p.errors for f in manifest_entries(sink, p)]
+    error_files = [f for p in parts if p.errors for f in manifest_entries(sink, p)]
     manifest = {
         "job": spec.name,
         "complete": True,

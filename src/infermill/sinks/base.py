@@ -18,8 +18,13 @@ A staged result is a *location* (a local path or a URL), so a worker on another 
 object storage and the coordinator commits without seeing the worker's disk. Committing never replaces
 another attempt's result: names carry the attempt (the run's lease epoch), the ledger records which
 attempt is a shard's result, and ``recover``/``finalize`` remove the results of other attempts. Reading
-back (``stat``, ``checksum``, ``read_part``, ``read_manifest``, ``list_parts``) serves ``verify``,
-``status`` and ``retry``.
+back (``stat``, ``checksum``, ``read_part``, ``read_manifest``, ``list_parts``, ``members``) serves
+``verify``, ``status`` and ``retry``.
+
+A shard's result may be a *set* of files (``[output] target_file_mb``, ``partition_by``): the staged
+result then carries its files in ``StagedFile.members`` and is itself their index, which is what is
+committed last and recorded in the ledger; ``members(name)`` lists a committed set's files. See
+:mod:`infermill.sinks.layout`.
 
 :class:`~infermill.sinks.files.FileSink` implements it for a folder of files (local or any fsspec
 store); ``infermill.testing.SinkConformance`` is the suite every sink passes.
@@ -46,6 +51,7 @@ __all__ = [
     "ERRORS_DIR",
     "MANIFEST_NAME",
     "OWNER_NAME",
+    "SETS_DIR",
     "STAGING_DIR",
     "CommittedFile",
     "OwnerRecord",
@@ -61,12 +67,14 @@ MANIFEST_NAME = "_manifest.json"
 OWNER_NAME = "_infermill.json"
 STAGING_DIR = "_staging"
 ERRORS_DIR = "_errors"
-PART_RE = re.compile(r"^part-\d{5,}(?:-a\d+)?\.[A-Za-z0-9]+$")
-"""Any result-like file name: infermill's own, an older release's (no attempt), or another tool's."""
-OWN_PART_RE = re.compile(r"^part-\d{5,}-a\d+\.[A-Za-z0-9]+$")
+SETS_DIR = "_sets"
+PART_RE = re.compile(r"^part-\d{5,}(?:-\d{4,})?(?:-a\d+)?\.[A-Za-z0-9]+$")
+"""Any result-like file name: infermill's own, an older release's (no attempt), or another tool's. The
+optional ``-0001`` numbers one file of a shard whose result is a set of files (``target_file_mb``)."""
+OWN_PART_RE = re.compile(r"^part-\d{5,}(?:-\d{4,})?-a\d+\.[A-Za-z0-9]+$")
 """The names infermill gives committed attempts: in a folder this job owns, these are this job's."""
 STAGED_RE = re.compile(
-    r"^(?:_errors-)?part-\d{5,}\.[A-Za-z0-9]+\.[0-9a-f]{8}\.tmp$"
+    r"^(?:_errors-|_sets-)?part-\d{5,}(?:-\d{4,})?\.[A-Za-z0-9]+\.[0-9a-f]{8}\.tmp$"
     r"|^_(?:manifest|infermill)\.json\.[0-9a-f]{8}\.tmp$|^\.probe-[0-9a-f]{32}$"
 )
 """Files infermill itself puts under ``_staging/``; nothing else there is touched."""
@@ -98,6 +106,11 @@ class StagedFile:
     rows: int
     bytes: int
     sha256: str = ""
+    members: tuple[StagedFile, ...] = ()
+    """A result that is a set of files (``target_file_mb``, ``partition_by``): the files, each staged at its
+    ``location`` under its ``final_name`` in the output (``country=DE/part-00003-0001.parquet``). The
+    set itself (``location``, ``final_name``, ``sha256``) is then its index, ``_sets/part-00003.json``,
+    which lists them with their rows, sizes and checksums; the index is what the ledger records."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +280,12 @@ class Sink(ABC):
     @abstractmethod
     def read_manifest(self) -> dict[str, Any] | None:
         """The manifest, or None when the job is not complete (or it is unreadable)."""
+
+    def members(self, name: str) -> list[CommittedFile]:
+        """The files of a committed result that is a set of files (its index's list, each with the rows,
+        size and checksum recorded at the commit; ``mtime_ns`` None); [] for a one-file result. A
+        sink whose results are always one file keeps this default."""
+        return []
 
 
 def open_sink(spec: JobSpec) -> Sink:

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import OutputConflictError, OutputError
 from ..spec import JobSpec, is_url
+from . import layout
 from .base import (
     _CHUNK,
     ERRORS_DIR,
     MANIFEST_NAME,
     OWNER_NAME,
     PART_RE,
+    SETS_DIR,
     STAGED_RE,
     STAGING_DIR,
     CommittedFile,
@@ -198,9 +200,20 @@ class FileSink(Sink):
 
     def open_writer(self, ordinal: int, *, errors: bool = False) -> ShardWriter:
         final = self.part_name(ordinal, errors=errors)
+        settings = self.spec.output_settings()
+        if not errors and getattr(settings, "layout", False):
+            final = f"{SETS_DIR}/part-{ordinal:05d}.json"  # a set of files (sinks/layout.py)
         os.makedirs(self.scratch, exist_ok=True)
         path = os.path.join(self.scratch, f"{final.replace('/', '-')}.{uuid.uuid4().hex[:8]}.tmp")
-        writer = self._make_writer(path, final, errors)
+        if final.startswith(SETS_DIR):
+            writer: ShardWriter = layout.SetWriter(
+                path, final, ordinal=ordinal, extension=self.extension, scratch=self.scratch,
+                make=lambda member_path, name: self._make_writer(member_path, name, False), discard=self.abort,
+                partition_by=list(settings.partition_by),
+                target_bytes=None if settings.target_file_mb is None else int(settings.target_file_mb * 2**20),
+            )
+        else:
+            writer = self._make_writer(path, final, errors)
         if self.remote:
             writer.publish = self._publish
         return writer
@@ -230,6 +243,8 @@ class FileSink(Sink):
         if staged.rows == 0:
             self.abort(staged)
             return None
+        if staged.members:
+            return layout.commit_set(self, staged, attempt)
         name = attempt_name(staged.final_name, attempt)
         if not self._exists(staged.location):
             # Committed before (a retried commit): one copy, the same record. Anything else is lost work.
@@ -261,6 +276,8 @@ class FileSink(Sink):
         return bool(self.fs.exists(location)) if self.remote else os.path.exists(location)
 
     def abort(self, staged: StagedFile) -> None:
+        for member in staged.members:
+            self.abort(member)
         if self.remote and is_url(staged.location):
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm_file(staged.location)
@@ -319,7 +336,7 @@ class FileSink(Sink):
         """Result-like files present in the output directory: committed, debris of a crash, or foreign."""
         parts = [n for n in self._names(self.root) if PART_RE.match(n)]
         parts += [f"{ERRORS_DIR}/{n}" for n in self._names(f"{self.root}/{ERRORS_DIR}") if PART_RE.match(n)]
-        return sorted(parts)
+        return layout.list_results(self, parts)
 
     def sweep(self, keep: set[str]) -> list[str]:
         """Delete this job's attempt files that the ledger does not name (debris); return their names."""
@@ -328,12 +345,14 @@ class FileSink(Sink):
         return debris
 
     def remove(self, names: list[str]) -> None:
+        names = layout.remove_results(self, names)
         for name in names:
             if self.remote:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm_file(f"{self.root}/{name}")
             else:
                 _remove(os.path.join(self.root, name))
+        layout.prune_folders(self, names)
 
     def stat(self, name: str) -> tuple[int, int | None] | None:
         """``(size, mtime_ns)`` of a file in the output (mtime None on object stores); None when missing."""
@@ -367,7 +386,9 @@ class FileSink(Sink):
             return fh.read()
 
     def read_part(self, name: str) -> pa.Table | None:
-        """Read back a committed file (for ``infermill retry``); None when it does not exist."""
+        """Read back a committed result (for ``infermill retry``); None when it does not exist."""
+        if layout.is_set(name):
+            return layout.read_set(self, name)
         path = self.display(name)
         try:
             if self.remote:
@@ -398,6 +419,9 @@ class FileSink(Sink):
             os.replace(tmp, self.manifest_path())
             _fsync_dir(self.root)
         self._remove_staging()
+
+    def members(self, name: str) -> list[CommittedFile]:
+        return layout.read_members(self, name) if layout.is_set(name) else []
 
     def read_manifest(self) -> dict[str, Any] | None:
         try:

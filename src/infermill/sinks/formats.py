@@ -1,4 +1,4 @@
-"""The output file formats: Parquet, JSON Lines and CSV."""
+"""The output file formats: Parquet, Arrow IPC, JSON Lines and CSV."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     # committed parts) and must not pay for it.
     import pyarrow as pa
     import pyarrow.csv as pacsv
+    import pyarrow.ipc as ipc
     import pyarrow.parquet as pq
 
 __all__ = ["SINK_FORMATS"]
@@ -69,6 +70,32 @@ class ParquetWriter(ShardWriter):
     def _close(self) -> None:
         if self._writer is not None:
             self._flush()
+            self._writer.close()
+            self._writer = None
+
+
+class ArrowWriter(ShardWriter):
+    """An Arrow IPC file (Feather v2): the result batches as they come, no re-encoding."""
+
+    def __init__(self, path: str, final_name: str, compression: str | None = None) -> None:
+        super().__init__(path, final_name)
+        self._writer: ipc.RecordBatchFileWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._compression = None if compression in (None, "none") else compression
+
+    def _write(self, table: pa.Table) -> None:
+        import pyarrow.ipc as ipc
+
+        if self._writer is None or self._schema is None:
+            options = ipc.IpcWriteOptions(compression=self._compression)
+            self._schema = table.schema
+            self._writer = ipc.new_file(self.path, table.schema, options=options)
+        elif table.schema != self._schema:
+            table = table.cast(self._schema)
+        self._writer.write_table(table)
+
+    def _close(self) -> None:
+        if self._writer is not None:
             self._writer.close()
             self._writer = None
 
@@ -151,6 +178,30 @@ class ParquetSink(FileSink):
         return ParquetWriter(path, final_name, self.spec.output_settings().compression or "snappy")
 
 
+class ArrowSink(FileSink):
+    extension = ".arrow"
+    writer_cls = ArrowWriter
+
+    def _read(self, source: Any) -> pa.Table:
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+
+        try:
+            with ipc.open_file(source) as reader:
+                return reader.read_all()
+        except FileNotFoundError:
+            raise
+        except (pa.ArrowInvalid, OSError) as exc:
+            where = source if isinstance(source, str) else "a committed part"
+            raise OutputError(
+                f"{where} is damaged and cannot be read back: {exc}",
+                hint="restore the output folder from a copy, or rerun the job with `infermill run JOB --restart`",
+            ) from None
+
+    def _make_writer(self, path: str, final_name: str, errors: bool) -> ShardWriter:
+        return ArrowWriter(path, final_name, self.spec.output_settings().compression)
+
+
 class JsonlSink(FileSink):
     extension = ".jsonl"
     writer_cls = JsonlWriter
@@ -171,5 +222,5 @@ class CsvSink(FileSink):
         return pacsv.read_csv(source)
 
 
-SINK_FORMATS: dict[str, type[Sink]] = {"parquet": ParquetSink, "jsonl": JsonlSink, "csv": CsvSink}
+SINK_FORMATS: dict[str, type[Sink]] = {"parquet": ParquetSink, "arrow": ArrowSink, "jsonl": JsonlSink, "csv": CsvSink}
 SINK_FORMATS["openai-batch"] = OpenAIBatchSink
