@@ -62,12 +62,14 @@ class _IpcWriter(ShardWriter):
     def __init__(self, path: str, final_name: str) -> None:
         super().__init__(path, final_name)
         self._writer: ipc.RecordBatchFileWriter | None = None
+        self._schema: pa.Schema | None = None
 
     def _write(self, table: pa.Table) -> None:
-        if self._writer is None:
+        if self._writer is None or self._schema is None:
+            self._schema = table.schema
             self._writer = ipc.new_file(self.path, table.schema)
-        elif table.schema != self._writer.schema:
-            table = table.cast(self._writer.schema)
+        elif table.schema != self._schema:
+            table = table.cast(self._schema)
         self._writer.write_table(table)
 
     def _close(self) -> None:
@@ -274,6 +276,9 @@ class SqlSink(Sink):
             )
             return bool(cur.fetchone() is not None)
         prefix = f"{quote_ident(schema)}." if schema else ""
+        cur.execute(f"PRAGMA {prefix}table_info({quote_ident(name)})")
+        if [str(r[1]) for r in cur.fetchall() if r[5]] == [self.key]:
+            return True  # an INTEGER PRIMARY KEY is the rowid: no index to list
         cur.execute(f"PRAGMA {prefix}index_list({quote_ident(name)})")
         for index in cur.fetchall():
             if index[2]:
