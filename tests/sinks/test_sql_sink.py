@@ -25,7 +25,8 @@ from tests.postgres import PostgresServer
 ROWS, SHARD_ROWS = 6_000, 1_000
 FAILING_SCORER = SCORER.replace(
     "    def predict(self, batch):\n",
-    "    def predict(self, batch):\n        if (batch['f0'] > 2.2).any():\n            raise ValueError('f0 too large')\n",
+    "    def predict(self, batch):\n"
+    "        if (batch['f0'] > 2.2).any():\n            raise ValueError('f0 too large')\n",
 )
 
 
