@@ -96,7 +96,7 @@ def _cli(job: Path, *args: str, fault: str | None = None, env: dict[str, str] | 
          ) -> subprocess.CompletedProcess[str]:
     extra = {"INFERMILL_FAULT": fault} if fault else {}
     return subprocess.run(
-        [sys.executable, "-m", "infermill", *args, str(job), *(["--quiet"] if args[0] == "run" else [])],
+        [sys.executable, "-m", "infermill", args[0], str(job), *args[1:], *(["--quiet"] if args[0] == "run" else [])],
         env={**os.environ, **extra, **(env or {})}, capture_output=True, text=True, timeout=300,
     )
 
@@ -173,6 +173,28 @@ def test_a_ledger_in_the_same_postgres_database(tmp_path: Path, postgres_server:
     assert _cli(job, "run").returncode == 0
     rows = _table(tmp_path, url)
     assert [r[0] for r in rows] == list(range(ROWS))
+
+
+def test_retry_and_restart_keep_each_row_once(tmp_path: Path, request: pytest.FixtureRequest, backend: str) -> None:
+    """``retry`` replaces a shard's part with one holding its old rows and the newly scored ones: the old
+    part's marker goes, its rows stay; the resolved dead letters leave ``<table>_errors``. ``--restart``
+    deletes the job's rows and writes them again."""
+    reference, _ = _clean(tmp_path, request, backend)
+    url = _url(backend, request)
+    job = _job(tmp_path, url, scorer=FAILING_SCORER)
+    assert _cli(job, "run").returncode == 0
+    failed = _query(tmp_path, url, "SELECT count(*) FROM scores_errors")[0][0]
+    assert failed and len(_table(tmp_path, url)) == ROWS - failed
+    (tmp_path / "scorer.py").write_text(SCORER)
+    retried = _cli(job, "retry")
+    assert retried.returncode == 0, retried.stderr
+    assert _table(tmp_path, url) == reference
+    assert _query(tmp_path, url, "SELECT count(*) FROM scores_errors") == [(0,)]
+    restarted = _cli(job, "run", "--restart")
+    assert restarted.returncode == 0, restarted.stderr
+    assert _table(tmp_path, url) == reference
+    assert len(_query(tmp_path, url, "SELECT part FROM _infermill_commits")) == ROWS // SHARD_ROWS
+    assert _cli(job, "verify").returncode == 0
 
 
 # -- modes -----------------------------------------------------------------------------------------

@@ -405,37 +405,36 @@ class SqlSink(Sink):
             os.rmdir(self.scratch)
 
         def sweep(cur: Any) -> list[str]:
-            markers = self._markers(cur)
-            kept = {(int(m[1]), bool(m[2])) for m in markers if m[0] in keep}
-            debris = [m for m in markers if m[0] not in keep]
-            for part, shard, errors, *_ in debris:
-                self._drop(cur, str(part), keep_rows=(int(shard), bool(errors)) in kept)
-            return [str(m[0]) for m in debris]
+            debris = [str(m[0]) for m in self._markers(cur) if m[0] not in keep]
+            self._drop(cur, debris)
+            return debris
 
         return list(self._run("cannot recover", sweep))
 
     def remove(self, names: list[str]) -> None:
-        """Delete parts (markers and the rows they wrote), e.g. for ``--restart``."""
-
-        def drop(cur: Any) -> None:
-            for name in names:
-                self._drop(cur, name, keep_rows=False)
-
+        """Delete parts: their markers, and the rows they wrote unless another part of the same shard stays
+        (``retry`` replacing a part, ``--restart`` clearing them all)."""
         if names:
-            self._run("cannot remove parts of", drop)
+            self._run("cannot remove parts of", lambda cur: self._drop(cur, names))
 
-    def _drop(self, cur: Any, name: str, *, keep_rows: bool) -> None:
+    def _drop(self, cur: Any, names: list[str]) -> None:
         p = self.db.p
-        marker = self._marker(cur, name)
-        if marker is None:
-            return
-        if not keep_rows:
-            schema, phys = self._physical(cur, bool(marker[2]))
-            if self.db.columns(cur, schema, phys) is not None:
-                key = self.id_column if marker[2] else self.key
-                self._delete_rows(cur, quote_qualified(schema, phys), schema, phys, key, f" AND part = {p}", (name,))
-        cur.execute(f"DELETE FROM {self._meta_table(COMMITS_TABLE)} WHERE target = {p} AND part = {p}",
-                    (self.target, name))
+        dropping = set(names)
+        markers = self._markers(cur)
+        # A shard's rows belong to whichever of its markers stays: a redo merged them again after deleting
+        # the earlier attempt's. Only a shard left with no marker loses its rows.
+        staying = {(int(m[1]), bool(m[2])) for m in markers if m[0] not in dropping}
+        for part, shard, errors, *_ in markers:
+            if part not in dropping:
+                continue
+            if (int(shard), bool(errors)) not in staying:
+                schema, phys = self._physical(cur, bool(errors))
+                if self.db.columns(cur, schema, phys) is not None:
+                    key = self.id_column if errors else self.key
+                    self._delete_rows(cur, quote_qualified(schema, phys), schema, phys, key, f" AND part = {p}",
+                                      (part,))
+            cur.execute(f"DELETE FROM {self._meta_table(COMMITS_TABLE)} WHERE target = {p} AND part = {p}",
+                        (self.target, part))
 
     # -- the job's end -----------------------------------------------------------------------------
     def finalize(self, manifest: dict[str, Any]) -> None:
