@@ -25,7 +25,7 @@ from ..errors import OutputError
 from ..sql._ident import quote_ident, quote_qualified
 from ..sql._url import SqlUrl, mask
 
-__all__ = ["Database", "column_problems", "sql_type"]
+__all__ = ["Database", "column_problems", "for_csv", "from_sql", "sql_type"]
 
 _SQLITE_AFFINITY = (("INT", "integer"), ("CHAR", "text"), ("CLOB", "text"), ("TEXT", "text"), ("BLOB", "blob"),
                     ("REAL", "real"), ("FLOA", "real"), ("DOUB", "real"))
@@ -232,13 +232,19 @@ class Database:
         return [(str(r[1]), str(r[2] or ""), bool(r[3]) and r[4] is None and not r[5]) for r in rows]
 
     # -- loading -----------------------------------------------------------------------------------
-    def load(self, cur: Any, staging: str, table: pa.Table) -> None:
-        """Append ``table``'s rows to the (temporary) table ``staging``, whose columns are its columns."""
+    def load(self, cur: Any, staging: str, table: pa.Table, csv: str | None = None) -> None:
+        """Append ``table``'s rows to the (temporary) table ``staging``, whose columns are its columns
+        (PostgreSQL: from the CSV file ``csv`` of the same rows when the worker made one)."""
         names = ", ".join(quote_ident(n) for n in table.column_names)
         if self.postgres:
-            sink = io.BytesIO()
-            pacsv.write_csv(_for_csv(table), sink, pacsv.WriteOptions(include_header=False))
             with cur.copy(f"COPY {staging} ({names}) FROM STDIN WITH (FORMAT csv)") as copy:
+                if csv is not None and os.path.exists(csv):
+                    with open(csv, "rb") as fh:
+                        while chunk := fh.read(1 << 20):
+                            copy.write(chunk)
+                    return
+                sink = io.BytesIO()
+                pacsv.write_csv(for_csv(table), sink, pacsv.WriteOptions(include_header=False))
                 view = sink.getbuffer()
                 for start in range(0, len(view), 1 << 20):
                     copy.write(view[start : start + (1 << 20)])
@@ -266,7 +272,7 @@ class Database:
         cur.execute(f"CREATE TABLE IF NOT EXISTS {quote_qualified(schema, name)} ({', '.join(cols)})")
 
 
-def _for_csv(table: pa.Table) -> pa.Table:
+def for_csv(table: pa.Table) -> pa.Table:
     """Columns PostgreSQL's CSV input reads as they are, or as text it parses: arrays as ``{1,2}``, JSON as
     text, bytes as ``\\x..`` hex."""
     out = []

@@ -33,6 +33,7 @@ import uuid
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 
 from ..engine.faults import fault_point
@@ -40,7 +41,7 @@ from ..errors import InfermillError, OutputConflictError, OutputError
 from ..spec import JobSpec
 from ..sql._ident import quote_ident, quote_qualified, split_qualified
 from ..sql._url import parse_url
-from ._sqldb import Database, column_problems, from_sql
+from ._sqldb import Database, column_problems, for_csv, from_sql
 from .base import ERRORS_DIR, CommittedFile, OwnerRecord, ShardWriter, Sink, StagedFile, attempt_name
 from .sql_settings import SqlSinkSettings
 
@@ -51,17 +52,26 @@ OUTPUTS_TABLE = "_infermill_outputs"
 FAULT_POINTS = ("sql_after_copy", "sql_in_merge")
 """``INFERMILL_FAULT`` points inside a commit's transaction (see ``engine/faults.py``); ``after_rename`` is
 the point after the merge committed and before the ledger records it."""
-_STAGED = re.compile(r"^(?:_errors-)?part-\d{5,}\.sql\.[0-9a-f]{8}\.tmp$")
+_STAGED = re.compile(r"^(?:_errors-)?part-\d{5,}\.sql\.[0-9a-f]{8}(?:\.csv)?\.tmp$")
 _PART = re.compile(r"part-(\d+)-a(\d+)\.sql$")
 _PG_TYPE = re.compile(r"^[a-z ]+(?:\(\d+(?:,\d+)?\))?$")
 
 
-class _IpcWriter(ShardWriter):
-    """A shard's result as a local Arrow IPC file (fast to write, and read back zero-copy to load)."""
+def csv_path(location: str) -> str:
+    """Where the worker puts a staged result's COPY-ready CSV beside it (PostgreSQL)."""
+    return location[: -len(".tmp")] + ".csv.tmp" if location.endswith(".tmp") else location + ".csv"
 
-    def __init__(self, path: str, final_name: str) -> None:
+
+class _IpcWriter(ShardWriter):
+    """A shard's result as a local Arrow IPC file (fast to write, read back zero-copy to load). For
+    PostgreSQL also the CSV its COPY reads: made here, in the worker, so that the coordinator, which commits
+    one shard at a time, only streams bytes."""
+
+    def __init__(self, path: str, final_name: str, *, csv: bool) -> None:
         super().__init__(path, final_name)
         self._writer: ipc.RecordBatchFileWriter | None = None
+        self._csv: pacsv.CSVWriter | None = None
+        self._want_csv = csv
         self._schema: pa.Schema | None = None
 
     def _write(self, table: pa.Table) -> None:
@@ -71,11 +81,25 @@ class _IpcWriter(ShardWriter):
         elif table.schema != self._schema:
             table = table.cast(self._schema)
         self._writer.write_table(table)
+        if self._want_csv:
+            text = for_csv(table)
+            if self._csv is None:
+                self._csv = pacsv.CSVWriter(csv_path(self.path), text.schema,
+                                            write_options=pacsv.WriteOptions(include_header=False))
+            self._csv.write_table(text)
 
     def _close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
+
+    def abort(self) -> None:
+        super().abort()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(csv_path(self.path))
 
 
 class SqlSink(Sink):
@@ -296,11 +320,13 @@ class SqlSink(Sink):
         final = f"part-{ordinal:05d}.sql"
         final = f"{ERRORS_DIR}/{final}" if errors else final
         os.makedirs(self.scratch, exist_ok=True)
-        return _IpcWriter(os.path.join(self.scratch, f"{final.replace('/', '-')}.{uuid.uuid4().hex[:8]}.tmp"), final)
+        path = os.path.join(self.scratch, f"{final.replace('/', '-')}.{uuid.uuid4().hex[:8]}.tmp")
+        return _IpcWriter(path, final, csv=self.db.postgres)
 
     def abort(self, staged: StagedFile) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(staged.location)
+        for path in (staged.location, csv_path(staged.location)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
     # -- commit ------------------------------------------------------------------------------------
     def commit(self, staged: StagedFile, attempt: int) -> CommittedFile | None:
@@ -345,7 +371,7 @@ class SqlSink(Sink):
             db.create_table(cur, schema, phys, table.schema, None if errors else key)
         target = quote_qualified(schema, phys)
         staging = db.staging_table(cur, target, table.column_names)
-        db.load(cur, staging, table)
+        db.load(cur, staging, table, csv_path(staged.location))
         fault_point("sql_after_copy")
         self._delete_rows(cur, target, schema, phys, key, f" AND shard = {p} AND errors = {p}", (shard, errors))
         names = ", ".join(quote_ident(c) for c in table.column_names)
