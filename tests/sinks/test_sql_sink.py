@@ -249,6 +249,40 @@ def test_replace_is_all_or_nothing(tmp_path: Path, request: pytest.FixtureReques
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
+def test_a_missing_table_is_created_from_the_output_schema(tmp_path: Path, request: pytest.FixtureRequest,
+                                                           backend: str) -> None:
+    """Each output type gets its column type, and a part reads back as it was staged."""
+    import datetime as dt
+
+    url = _url(backend, request)
+    sink = open_sink(sink_spec(tmp_path, "", format="sql", url=url, table="typed", key="id"))
+    sink.claim(OwnerRecord("conformance", "uid-1", "ledger"))
+    sink.prepare()
+    when = dt.datetime(2026, 12, 1, 3, 4, 5, 123456, tzinfo=dt.UTC)
+    table = pa.table({
+        "id": pa.array([1, 2], pa.int64()),
+        "score": pa.array([0.25, None], pa.float64()),
+        "flag": pa.array([True, False]),
+        "label": pa.array(["a", 'quote " and, comma\nnewline']),
+        "at": pa.array([when, None], pa.timestamp("us", tz="UTC")),
+        "embedding": pa.array([[0.5, 1.0, -2.0], None], pa.list_(pa.float32(), 3)),
+        "meta": pa.array([{"k": 1, "v": "x"}, {"k": 2, "v": None}], pa.struct([("k", pa.int64()), ("v", pa.string())])),
+    })
+    writer = sink.open_writer(0)
+    writer.write(table)
+    committed = sink.commit(writer.close(), 1)
+    assert committed is not None
+    if backend == "postgres":
+        types = dict(_query(tmp_path, url, "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute "
+                                           "a WHERE a.attrelid = 'typed'::regclass AND a.attnum > 0"))
+        assert types == {"id": "bigint", "score": "double precision", "flag": "boolean", "label": "text",
+                         "at": "timestamp with time zone", "embedding": "real[]", "meta": "jsonb"}
+        found = _query(tmp_path, url, "SELECT embedding, meta->>'v' FROM typed WHERE id = 1")
+        assert found == [([0.5, 1.0, -2.0], "x")]
+    back = sink.read_part(committed.name)
+    assert back is not None and back.sort_by("id").equals(table)
+
+
 # -- refusals --------------------------------------------------------------------------------------
 def test_an_incompatible_existing_table_is_refused_before_anything_is_written(
     tmp_path: Path, request: pytest.FixtureRequest, backend: str
