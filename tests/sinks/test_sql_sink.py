@@ -349,6 +349,10 @@ def test_the_password_is_never_shown(tmp_path: Path, postgres_server: PostgresSe
     assert secret not in seen
     ledger = (tmp_path / ".infermill" / "tosql.sqlite").read_bytes()
     assert secret.encode() not in ledger
+    if how == "password_env":  # without the variable, what connects says what is missing
+        for command in ("status", "run"):
+            unset = _cli(job, command)
+            assert unset.returncode == 2 and "'SQL_PW', which is not set" in unset.stderr, unset.stderr
 
 
 # -- helpers that create tables --------------------------------------------------------------------

@@ -15,13 +15,13 @@ import json
 import os
 import sqlite3
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from ..errors import OutputError
+from ..errors import InfermillError, OutputError
 from ..sql._ident import quote_ident, quote_qualified
 from ..sql._url import SqlUrl, mask
 
@@ -127,8 +127,9 @@ class Database:
     """One connection to the target database, opened on first use, closed with :meth:`close` or when the
     object is collected (a sink has no close in its contract)."""
 
-    def __init__(self, url: SqlUrl, base_dir: str) -> None:
+    def __init__(self, url: SqlUrl, base_dir: str, credentials: Callable[[], dict[str, Any]] | None = None) -> None:
         self.url = url
+        self._credentials = credentials or (lambda: url.connect_kwargs)
         self.postgres = url.dialect == "postgresql"
         self.base_dir = base_dir
         self._conn: Any = None
@@ -156,12 +157,12 @@ class Database:
                         "a postgresql:// output needs psycopg 3, which is not installed",
                         hint="pip install 'infermill[postgres]'",
                     ) from exc
-                conn = psycopg.connect(**self.url.connect_kwargs, connect_timeout=30)
+                conn = psycopg.connect(**self._credentials(), connect_timeout=30)
             else:
                 path = self.path()
                 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
                 conn = sqlite3.connect(path, isolation_level=None, timeout=60, check_same_thread=False)
-        except OutputError:
+        except InfermillError:  # no driver, or password_env not set: its own message and hint
             raise
         except Exception as exc:
             raise self.error("cannot connect to", exc, hint="check [output] url, password_env and that the "

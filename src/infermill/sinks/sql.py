@@ -111,8 +111,10 @@ class SqlSink(Sink):
         super().__init__(spec)
         s: SqlSinkSettings = spec.output_settings()
         self.settings = s
-        self.url = parse_url(s.url, s.password_env)
-        self.db = Database(self.url, spec.base_dir)
+        # The password (password_env) is read only when connecting: workers, which never connect, and
+        # `status` of a job whose variable is not set here still open the sink.
+        self.url = parse_url(s.url)
+        self.db = Database(self.url, spec.base_dir, lambda: parse_url(s.url, s.password_env).connect_kwargs)
         self.schema, self.table = split_qualified(s.table, "output.table")
         self.errors_schema, self.errors_table = split_qualified(s.errors_table or f"{s.table}_errors",
                                                                 "output.errors_table")
