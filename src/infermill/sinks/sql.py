@@ -346,7 +346,8 @@ class SqlSink(Sink):
             self.abort(staged)
             return CommittedFile(name, int(done[3]), int(done[4]), str(done[5]), None)
         try:
-            with ipc.open_file(staged.location) as reader:
+            # Memory-mapped: on PostgreSQL only the schema is read, the rows travel as the worker's CSV.
+            with pa.memory_map(staged.location) as source, ipc.open_file(source) as reader:
                 table = reader.read_all()
         except FileNotFoundError:
             raise OutputError(
