@@ -125,6 +125,9 @@ class SqlSink(Sink):
         self.scratch = os.path.join(spec.base_dir, ".infermill", f"{spec.name}-sql-staging")
         self._checked: set[bool] = set()
         self._meta = False
+        self._present_parts: dict[str, tuple[Any, ...]] | None = None
+        """stat/checksum read all markers at once (``status`` and ``verify`` ask for each part); any other
+        call through :meth:`_run` forgets them."""
 
     # -- names -------------------------------------------------------------------------------------
     def display(self, name: str = "") -> str:
@@ -201,6 +204,7 @@ class SqlSink(Sink):
 
     def _run(self, what: str, fn: Any) -> Any:
         """``fn(cursor)`` in one transaction; a database error becomes an OutputError naming the table."""
+        self._present_parts = None
         try:
             with self.db.transaction() as cur:
                 return fn(cur)
@@ -523,15 +527,16 @@ class SqlSink(Sink):
     def _present(self, name: str) -> tuple[Any, ...] | None:
         """The part's marker when both it and the table it went to exist."""
 
-        def look(cur: Any) -> tuple[Any, ...] | None:
-            marker = self._marker(cur, name)
-            if marker is None:
-                return None
-            schema, phys = self._physical(cur, bool(marker[2]))
-            return marker if self.db.columns(cur, schema, phys) is not None else None
+        def look(cur: Any) -> dict[str, tuple[Any, ...]]:
+            markers = self._markers(cur)
+            tables = {errors: self.db.columns(cur, *self._physical(cur, errors)) is not None
+                      for errors in {bool(m[2]) for m in markers}}
+            return {str(m[0]): m for m in markers if tables[bool(m[2])]}
 
-        found: tuple[Any, ...] | None = self._run("cannot read the commits of", look)
-        return found
+        if self._present_parts is None:
+            parts: dict[str, tuple[Any, ...]] = self._run("cannot read the commits of", look)
+            self._present_parts = parts
+        return self._present_parts.get(name)
 
     def stat(self, name: str) -> tuple[int, int | None] | None:
         """The staged size its marker recorded (None: no marker, or its table is gone)."""
