@@ -197,6 +197,21 @@ def test_retry_and_restart_keep_each_row_once(tmp_path: Path, request: pytest.Fi
     assert _cli(job, "verify").returncode == 0
 
 
+def test_a_dropped_table_is_damaged_and_recomputed(tmp_path: Path) -> None:
+    url = "sqlite:///out.db"
+    job = _job(tmp_path, url)
+    assert _cli(job, "run").returncode == 0
+    reference = _table(tmp_path, url)
+    _create(tmp_path, url, "DROP TABLE scores")
+    status = _cli(job, "status")
+    assert "damaged" in status.stdout, status.stdout
+    assert _cli(job, "verify").returncode != 0
+    again = _cli(job, "run")
+    assert again.returncode == 0, again.stderr
+    assert _table(tmp_path, url) == reference
+    assert _cli(job, "verify").returncode == 0
+
+
 # -- modes -----------------------------------------------------------------------------------------
 def test_a_key_repeated_inside_one_batch_upserts_once(tmp_path: Path, request: pytest.FixtureRequest,
                                                         backend: str) -> None:
