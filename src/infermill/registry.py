@@ -128,6 +128,10 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
             "jsonl": ("infermill.sinks.formats:JsonlSink", None, _s(K, "FileSettings")),
             "csv": ("infermill.sinks.formats:CsvSink", None, _s(K, "FileSettings")),
             "openai-batch": ("infermill.sinks.openai_batch:OpenAIBatchSink", None, {}),
+            # A table, not files: no [output] path. psycopg is imported (with its install hint) only for a
+            # postgresql:// URL, so SQLite output needs no extra.
+            "sql": ("infermill.sinks.sql:SqlSink", None, _s("infermill.sinks.sql_settings", "SqlSinkSettings",
+                                                            pathless=True)),
         }),
         "executors": group("executors", {
             "inline": ("infermill.engine.executor:InlineExecutor", None, {}),

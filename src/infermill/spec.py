@@ -258,7 +258,8 @@ class OutputSpec:
     path: str = ""
     """Output directory, local or an fsspec URL. Required by the file formats."""
     format: str = "parquet"
-    """parquet, arrow, jsonl, csv, openai-batch or a plugin's format."""
+    """parquet, arrow, jsonl, csv, openai-batch, sql (a PostgreSQL or SQLite table, see docs/sinks.md) or a
+    plugin's format."""
     keep: list[str] = field(default_factory=list)
     """Input columns written next to the predictions (the id is always kept)."""
     storage_options: dict[str, Any] = field(default_factory=dict)

@@ -41,7 +41,8 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
     base: dict[str, Any] = {
         "job": spec.name,
         "ledger": display_location(spec.ledger_path()),
-        "output": spec.resolve(spec.output.path),
+        # A pathless output (a table) is shown as its sink names it, credentials masked.
+        "output": spec.resolve(spec.output.path) if spec.output.path else open_sink(spec).display(),
     }
     if not has_ledger(spec):
         return {

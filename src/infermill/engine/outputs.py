@@ -63,9 +63,9 @@ def _same_or_inside(inner: str, outer: str) -> bool:
 
 def check_output_location(spec: JobSpec) -> None:
     """Refuse an output folder that is the input location or lies inside it: the job would read its own
-    results as input on the next run."""
-    if not spec.input.path:
-        return  # a format that reads no files (a SQL table): nothing to clash with
+    results as input on the next run. An input or output without a path (a table) cannot clash."""
+    if not spec.input.path or not spec.output.path:
+        return
     output = spec.resolve(spec.output.path)
     source = _input_location(spec)
     if is_url(output) or is_url(source):

@@ -78,6 +78,7 @@ def validate(job: JobSpec | str | os.PathLike[str]) -> list[str]:
         )
     sink = open_sink(spec)
     sink.probe()
+    sink.check_schema(tables[0].schema)
     lines.append(f"output:   {spec.output.format} in {sink.display()}")
     lines.append(f"ledger:   {display_location(spec.ledger_path())}")
     lines.append("ok: the job is valid")

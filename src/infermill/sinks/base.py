@@ -223,6 +223,12 @@ class Sink(ABC):
         """Check, as :meth:`prepare` would, that the output can be written, leaving nothing behind
         (``infermill validate``)."""
 
+    def check_schema(self, schema: pa.Schema) -> None:
+        """Refuse (OutputError) an existing output that cannot take rows of ``schema`` (the results'
+        columns), before anything is written: ``infermill validate`` calls it with the sample's schema. A
+        folder of files takes any schema: the default accepts it."""
+        return None
+
     @abstractmethod
     def tidy(self) -> None:
         """End of a run, whatever its outcome: remove what the run made and left empty (a staging folder);

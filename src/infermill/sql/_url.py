@@ -15,12 +15,13 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import SpecError
 
-__all__ = ["SCHEMES", "SqlUrl", "is_sql_url", "mask", "parse_url"]
+__all__ = ["SCHEMES", "SqlUrl", "is_sql_url", "mask", "parse_url", "scrub"]
 
 Dialect = Literal["postgresql", "sqlite"]
 
@@ -103,3 +104,9 @@ def parse_url(url: str, password_env: str | None = None, *, base_dir: str | None
             )
         kwargs["password"] = password
     return SqlUrl("postgresql", display, kwargs)
+
+
+def scrub(text: str) -> str:
+    """Any text (a driver's error message) with every URL password and ``password=`` value masked."""
+    shown = re.sub(r"([a-zA-Z][\w+.-]*://[^/@:\s]*):[^/@\s]*@", r"\1:***@", text)
+    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", shown)
