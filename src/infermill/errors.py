@@ -22,6 +22,8 @@ process exit code the CLI uses for it and whether retrying the same work may suc
     ├── ItemError                       per item: the model cannot score this item (never retried)
     │   └── PartialBatchError           per call: some rows answered, the others failed, each its own way
     └── TransientError                  per call: may succeed when retried (``transient = True``)
+        └── StorageError                exit 1  an object store kept failing (5xx, throttling, dropped
+                                                connections) after infermill's bounded retries
 
 User model code may raise :class:`ItemError` or :class:`TransientError` (or subclass them) to tell the
 engine how to treat a failure. A call that answered some rows of its batch and not others raises
@@ -56,6 +58,7 @@ __all__ = [
     "OutputError",
     "PartialBatchError",
     "SpecError",
+    "StorageError",
     "TransientError",
 ]
 
@@ -224,6 +227,12 @@ class TransientError(InfermillError):
     """A failure that may succeed when retried (timeouts, throttling, flaky servers)."""
 
     transient = True
+
+
+class StorageError(TransientError):
+    """An object store (S3 or any fsspec store) kept failing in a way that passes (5xx, SlowDown and other
+    throttling, a dropped connection, a timeout) after infermill retried the call with backoff as many times
+    as :mod:`infermill.store` allows. Nothing half-done is left committed; a rerun resumes."""
 
 
 class PartialBatchError(ItemError):

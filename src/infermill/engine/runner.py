@@ -406,7 +406,7 @@ class _Coordinator:
         )
         if note and self.progress_mode != "off":
             print(f"[{spec.name}] {note}", file=sys.stderr)
-        executor = make_executor(run_spec, columns, pending)
+        executor = make_executor(run_spec, columns, pending, attempt=self.lease.token)
         failures: list[str] = []
         fatal: InfermillError | None = None
         rows_this_run = 0

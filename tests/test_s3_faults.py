@@ -1,0 +1,161 @@
+"""Object storage under faults: Parquet in and out of moto's S3 server through a proxy that answers 503
+SlowDown, cuts a response in mid-body, or drops the answer to a PUT it forwarded.
+
+The store client's own retries are turned down (s3fs ``retries = 1``, botocore ``max_attempts = 1``, set in
+the job's storage options as a user could) and each fault repeats three times in a row, so what survives
+is infermill's retrying (``infermill.store``), not the client's. Every run must end with the output of a
+clean run: the same rows and scores, a manifest whose checksums match the objects, and no other key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import infermill
+from infermill.errors import StorageError
+from infermill.testing.faulty_proxy import Fault, FaultyProxy
+from tests.conftest import SCORER, expected_score, make_table
+from tests.test_s3 import SECRET, bucket, s3_endpoint  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.s3
+
+ROWS, FILES, SHARD_ROWS = 6_000, 3, 1_000
+SHARDS = ROWS // SHARD_ROWS
+
+
+@dataclass
+class Store:
+    fs: Any
+    """s3fs straight to moto (the test's own view: no faults)."""
+    name: str
+    proxy: FaultyProxy
+    table: pa.Table
+
+
+@pytest.fixture
+def store(bucket: tuple[Any, dict[str, Any]], s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:  # noqa: F811
+    import s3fs
+
+    fs, info = bucket
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
+    table = make_table(ROWS)
+    per_file = ROWS // FILES
+    for i in range(FILES):
+        with fs.open(f"{info['name']}/in/part-{i}.parquet", "wb") as fh:
+            pq.write_table(table.slice(i * per_file, per_file), fh, row_group_size=500)
+    with FaultyProxy(s3_endpoint) as proxy:
+        yield Store(fs, info["name"], proxy, table)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+def _job(tmp_path: Path, store: Store) -> Path:
+    options = {
+        "endpoint_url": store.proxy.url, "key": "testing", "secret": SECRET,
+        "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}},
+    }
+    (tmp_path / "scorer.py").write_text(SCORER)
+    job = tmp_path / "job.toml"
+    job.write_text(f"""
+name = "faults"
+[input]
+path = "s3://{store.name}/in/"
+format = "parquet"
+id_column = "customer_id"
+shard_rows = {SHARD_ROWS}
+storage_options = {_toml(options)}
+[model]
+kind = "python"
+entrypoint = "scorer.py:Scorer"
+features = ["f0", "f1", "f2"]
+outputs = ["score"]
+[output]
+path = "s3://{store.name}/out/"
+storage_options = {_toml(options)}
+""")
+    return job
+
+
+def _check_output(store: Store, attempts: dict[int, int] | None = None) -> None:
+    """The output equals a clean run's: every row once with its score, the manifest lists exactly the
+    objects under the output (each with its checksum), and nothing else is there."""
+    fs, root = store.fs, f"{store.name}/out"
+    fs.invalidate_cache()
+    manifest = json.loads(fs.cat(f"{root}/_manifest.json"))
+    names = [f"part-{i:05d}-a{(attempts or {}).get(i, 1)}.parquet" for i in range(SHARDS)]
+    assert [f["path"] for f in manifest["files"]] == names
+    assert manifest["rows_total"] == ROWS and manifest["error_files"] == []
+    for entry in manifest["files"]:
+        data = fs.cat(f"{root}/{entry['path']}")
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["bytes"], entry["sha256"])
+    keys = sorted(p[len(root) + 1 :] for p in fs.find(root))
+    assert keys == sorted([*names, "_infermill.json", "_manifest.json"])  # no orphan, no staging key
+    out = pa.concat_tables(pq.read_table(fs.open(f"{root}/{n}", "rb")) for n in names).sort_by("customer_id")
+    assert out.column("customer_id").to_pylist() == list(range(ROWS))
+    np.testing.assert_allclose(out.column("score").to_numpy(), expected_score(store.table))
+
+
+FAULTS = {
+    "listing answered 503 SlowDown": Fault("slowdown", method="GET", path=r"list-type=2", times=3),
+    "input read answered 503 SlowDown": Fault("slowdown", method="GET", path=r"/in/part-1\.parquet", nth=2, times=3),
+    "input read cut in mid-body": Fault("reset_body", method="GET", path=r"/in/part-2\.parquet", nth=2, times=3),
+    "input read answered 500": Fault("status", method="GET", path=r"/in/part-0\.parquet", status=500, times=3),
+    "output upload done, answer lost": Fault("drop_response", method="PUT", path=r"/out/part-00002-a1", times=3),
+    "output upload answered 503": Fault("slowdown", method="PUT", path=r"/out/part-00004-a1", times=3),
+    "commit check connection reset": Fault("reset", method="HEAD", path=r"/out/part-00001-a1", times=3),
+    "manifest upload done, answer lost": Fault("drop_response", method="PUT", path=r"/out/_manifest\.json", times=3),
+    "ownership record upload done, answer lost": Fault(
+        "drop_response", method="PUT", path=r"/out/_infermill\.json", times=3
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS.values()), ids=list(FAULTS))
+def test_a_fault_is_retried_and_the_output_is_exact(store: Store, tmp_path: Path, fault: Fault) -> None:
+    store.proxy.add(fault)
+    result = infermill.run(_job(tmp_path, store), progress="off")
+    assert (result.state, result.rows_succeeded, result.shards_committed) == ("complete", ROWS, SHARDS)
+    assert len(store.proxy.fired) == 3, store.proxy.fired  # the fault happened, three times in a row
+    _check_output(store)
+
+
+def test_retries_run_out_then_a_rerun_resumes_and_cleans_the_dead_attempts_key(store: Store, tmp_path: Path) -> None:
+    """Shard 3 is uploaded, then its commit check fails for good: the run stops with a transient error,
+    leaving the uploaded key of an attempt the ledger never committed. The rerun removes it, redoes the
+    shard under its own attempt, and the output is exact."""
+    job = _job(tmp_path, store)
+    store.proxy.add(Fault("slowdown", method="HEAD", path=r"/out/part-00003-a1", times=None))
+    with pytest.raises(StorageError) as err:
+        infermill.run(job, progress="off")
+    assert err.value.transient and "part-00003-a1" in str(err.value) and SECRET not in str(err.value)
+    store.fs.invalidate_cache()
+    assert store.fs.exists(f"{store.name}/out/part-00003-a1.parquet")  # the dead attempt's key
+    assert not store.fs.exists(f"{store.name}/out/_manifest.json")
+    store.proxy.clear()
+    result = infermill.run(job, progress="off")
+    assert (result.state, result.rows_succeeded, result.shards_committed) == ("complete", ROWS, SHARDS)
+    committed = infermill.status(job)["shards_committed"]
+    assert committed == SHARDS
+    _check_output(store, attempts={i: 2 for i in range(3, SHARDS)})
+
+
+def test_a_store_that_keeps_throttling_is_a_transient_error(store: Store, tmp_path: Path) -> None:
+    store.proxy.add(Fault("slowdown", method="GET", path=r"list-type=2", times=None))
+    with pytest.raises(StorageError) as err:
+        infermill.run(_job(tmp_path, store), progress="off")
+    assert err.value.transient and "SlowDown" not in SECRET and SECRET not in str(err.value)
+    assert "rerun" in (err.value.hint or "")
