@@ -202,7 +202,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def _body(self, message: Any) -> bytes:
         if "chunked" in message.get("Transfer-Encoding", "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
