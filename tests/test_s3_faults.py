@@ -1,8 +1,8 @@
 """Object storage under faults: Parquet in and out of moto's S3 server through a proxy that answers 503
 SlowDown, cuts a response in mid-body, or drops the answer to a PUT it forwarded.
 
-The store client's own retries are turned down (s3fs ``retries = 1``, botocore ``max_attempts = 1``, set in
-the job's storage options as a user could) and each fault repeats three times in a row, so what survives
+The store client's own retries are turned down (s3fs ``retries = 1``; botocore ``total_max_attempts = 1``,
+in the job's storage options as a user could set it) and each fault repeats three times in a row, so what survives
 is infermill's retrying (``infermill.store``), not the client's. Every run must end with the output of a
 clean run: the same rows and scores, a manifest whose checksums match the objects, and no other key.
 """
@@ -48,6 +48,7 @@ def store(bucket: tuple[Any, dict[str, Any]], s3_endpoint: str, monkeypatch: pyt
 
     fs, info = bucket
     monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
+    monkeypatch.setattr(s3fs.core.S3File, "retries", 1)
     table = make_table(ROWS)
     per_file = ROWS // FILES
     for i in range(FILES):
@@ -66,7 +67,7 @@ def _toml(value: Any) -> str:
 def _job(tmp_path: Path, store: Store) -> Path:
     options = {
         "endpoint_url": store.proxy.url, "key": "testing", "secret": SECRET,
-        "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}},
+        "config_kwargs": {"retries": {"total_max_attempts": 1}},
     }
     (tmp_path / "scorer.py").write_text(SCORER)
     job = tmp_path / "job.toml"
