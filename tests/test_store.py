@@ -156,7 +156,7 @@ def test_parquet_reads_through_a_file_that_drops_its_connection() -> None:
 
 def test_a_file_that_keeps_dropping_is_a_storage_error() -> None:
     data = b"x" * 1_000
-    with RetryingFile(lambda: _Dropping(data, cut=10), "s3://b/in/x.bin", policy=FAST) as fh:
-        with pytest.raises(StorageError) as err:
-            fh.read()
+    fh = RetryingFile(lambda: _Dropping(data, cut=10), "s3://b/in/x.bin", policy=FAST)
+    with fh, pytest.raises(StorageError) as err:
+        fh.read()
     assert "read s3://b/in/x.bin at byte 0" in str(err.value)
