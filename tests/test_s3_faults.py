@@ -160,3 +160,25 @@ def test_a_store_that_keeps_throttling_is_a_transient_error(store: Store, tmp_pa
         infermill.run(_job(tmp_path, store), progress="off")
     assert err.value.transient and "SlowDown" not in SECRET and SECRET not in str(err.value)
     assert "rerun" in (err.value.hint or "")
+
+
+def _with_workers(job: Path, workers: int, out: str) -> None:
+    text = job.read_text().replace('/out/"', f'/{out}/"')
+    job.write_text(text + f"[runtime]\nworkers = {workers}\n")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_upload_straight_to_their_keys_and_never_list(store: Store, tmp_path: Path, workers: int) -> None:
+    """No rename on object stores: each result is one PUT to its shard's and attempt's key (nothing under
+    _staging/, no copy), and the input is listed by the planner alone, however many worker processes."""
+    job = _job(tmp_path, store)
+    _with_workers(job, workers, "out")
+    result = infermill.run(job, progress="off")
+    assert (result.state, result.rows_succeeded) == ("complete", ROWS)
+    proxy = store.proxy
+    assert proxy.count("PUT", r"_staging") == 0
+    assert proxy.count("PUT", r"/out/part-\d{5}-a1\.parquet") == SHARDS
+    assert proxy.count("PUT", r"/out/part-") == SHARDS  # no copy: the only PUTs are the uploads
+    # Planning lists the input (s3fs: a HEAD of the prefix, one LIST to tell it is a folder, one to list it).
+    assert proxy.count("GET", r"list-type=2.*prefix=in") == 2
+    _check_output(store)
