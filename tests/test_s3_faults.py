@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,12 +98,16 @@ storage_options = {_toml(options)}
 
 def _check_output(store: Store, attempts: dict[int, int] | None = None) -> None:
     """The output equals a clean run's: every row once with its score, the manifest lists exactly the
-    objects under the output (each with its checksum), and nothing else is there."""
+    objects under the output (each with its checksum), and nothing else is there. ``attempts``: the
+    attempt each shard was committed by, where not the first (None: any of the first two)."""
     fs, root = store.fs, f"{store.name}/out"
     fs.invalidate_cache()
     manifest = json.loads(fs.cat(f"{root}/_manifest.json"))
-    names = [f"part-{i:05d}-a{(attempts or {}).get(i, 1)}.parquet" for i in range(SHARDS)]
-    assert [f["path"] for f in manifest["files"]] == names
+    names = [f["path"] for f in manifest["files"]]
+    if attempts is None:
+        assert all(re.fullmatch(rf"part-{i:05d}-a[12]\.parquet", n) for i, n in enumerate(names)), names
+    else:
+        assert names == [f"part-{i:05d}-a{attempts.get(i, 1)}.parquet" for i in range(SHARDS)]
     assert manifest["rows_total"] == ROWS and manifest["error_files"] == []
     for entry in manifest["files"]:
         data = fs.cat(f"{root}/{entry['path']}")
@@ -182,3 +191,26 @@ def test_workers_upload_straight_to_their_keys_and_never_list(store: Store, tmp_
     # Planning lists the input (s3fs: a HEAD of the prefix, one LIST to tell it is a folder, one to list it).
     assert proxy.count("GET", r"list-type=2.*prefix=in") == 2
     _check_output(store)
+
+
+@pytest.mark.parametrize(
+    ("point", "committed"), [("after_stage:3", None), ("before_rename:3", 2), ("after_commit:3", 3)]
+)
+@pytest.mark.slow
+def test_killed_at_a_commit_step_then_resumed(store: Store, tmp_path: Path, point: str, committed: int | None) -> None:
+    """SIGKILL of a real run at a step of the commit of shard 2 (its result uploaded to its key, or also
+    recorded by the ledger), then a rerun: the dead attempt's key is gone, the shards the ledger had not
+    committed are redone under the rerun's attempt, and the output is exact."""
+    job = _job(tmp_path, store)
+    proc = subprocess.run(
+        [sys.executable, "-m", "infermill", "run", str(job), "--quiet"],
+        env={**os.environ, "INFERMILL_FAULT": point}, capture_output=True, check=False, timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    store.fs.invalidate_cache()
+    uploaded = store.fs.exists(f"{store.name}/out/part-00002-a1.parquet")
+    assert uploaded  # killed with the result of shard 2 in its final key
+    result = infermill.run(job, progress="off")
+    assert (result.state, result.rows_succeeded, result.shards_committed) == ("complete", ROWS, SHARDS)
+    # after_stage: the worker is killed with the coordinator's commits of earlier shards in flight.
+    _check_output(store, None if committed is None else {i: 2 for i in range(committed, SHARDS)})
