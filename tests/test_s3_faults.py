@@ -214,3 +214,25 @@ def test_killed_at_a_commit_step_then_resumed(store: Store, tmp_path: Path, poin
     assert (result.state, result.rows_succeeded, result.shards_committed) == ("complete", ROWS, SHARDS)
     # after_stage: the worker is killed with the coordinator's commits of earlier shards in flight.
     _check_output(store, None if committed is None else {i: 2 for i in range(committed, SHARDS)})
+
+
+def test_jsonl_input_survives_a_read_cut_in_mid_body(store: Store, tmp_path: Path) -> None:
+    """Line-oriented input (byte ranges of JSONL objects) reads through the same retrying file."""
+    rows = store.table.select(["customer_id", "f0", "f1", "f2"]).to_pylist()
+    per_file = ROWS // FILES
+    for i in range(FILES):
+        text = "".join(json.dumps(r) + "\n" for r in rows[i * per_file : (i + 1) * per_file])
+        store.fs.pipe_file(f"{store.name}/lines/part-{i}.jsonl", text.encode())
+    job = _job(tmp_path, store)
+    job.write_text(job.read_text().replace("/in/", "/lines/").replace('format = "parquet"', 'format = "jsonl"'))
+    store.proxy.add(Fault("reset_body", method="GET", path=r"/lines/part-1\.jsonl", times=3))
+    result = infermill.run(job, progress="off")
+    assert (result.state, result.rows_succeeded) == ("complete", ROWS)
+    assert len(store.proxy.fired) == 3
+    fs, root = store.fs, f"{store.name}/out"
+    fs.invalidate_cache()
+    manifest = json.loads(fs.cat(f"{root}/_manifest.json"))
+    out = pa.concat_tables(pq.read_table(fs.open(f"{root}/{f['path']}", "rb")) for f in manifest["files"])
+    out = out.sort_by("customer_id")
+    assert out.column("customer_id").to_pylist() == list(range(ROWS))
+    np.testing.assert_allclose(out.column("score").to_numpy(), expected_score(store.table))

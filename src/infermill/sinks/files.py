@@ -277,7 +277,8 @@ class FileSink(Sink):
                 # then the staged key is deleted (a delete of a key already gone is no error).
                 target = self.display(name)
                 self._retry(f"copy {staged.location} to {target}", lambda: self.fs.copy(staged.location, target))
-                self._rm(staged.location)
+                if staged.location.startswith(self.staging + "/"):  # never another attempt's key
+                    self._rm(staged.location)
             else:
                 target = os.path.join(self.root, name)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
