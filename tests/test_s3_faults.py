@@ -236,3 +236,32 @@ def test_jsonl_input_survives_a_read_cut_in_mid_body(store: Store, tmp_path: Pat
     out = out.sort_by("customer_id")
     assert out.column("customer_id").to_pylist() == list(range(ROWS))
     np.testing.assert_allclose(out.column("score").to_numpy(), expected_score(store.table))
+
+
+def test_footers_of_many_objects_are_read_at_once_and_planned_in_order(store: Store, tmp_path: Path) -> None:
+    """Planning reads one footer per object, a round trip each: several are in flight at once, and the
+    shards are the ones a serial plan of the same files gives (a local copy, planned in turn)."""
+    from infermill.sources import open_source
+
+    local = tmp_path / "many"
+    local.mkdir()
+    for i in range(40):
+        pq.write_table(store.table.slice(i * 50, 50 + i), local / f"part-{i:02d}.parquet", row_group_size=30)
+        store.fs.put_file(str(local / f"part-{i:02d}.parquet"), f"{store.name}/many/part-{i:02d}.parquet")
+    options = {"endpoint_url": store.proxy.url, "key": "testing", "secret": SECRET}
+
+    def plan(path: str, storage: dict[str, Any]) -> list[list[tuple[Any, ...]]]:
+        spec = infermill.JobSpec(
+            input=infermill.InputSpec(path=path, format="parquet", id_column="customer_id", shard_rows=120,
+                                      storage_options=storage),
+            model=infermill.ModelSpec(kind="python", entrypoint="scorer.py:Scorer"),
+            output=infermill.OutputSpec(path=str(tmp_path / "out")),
+            base_dir=str(tmp_path),
+        )
+        shards = open_source(spec).plan()
+        return [[(f.relpath, f.start, f.stop, f.row_offset, f.rows) for f in s.fragments] for s in shards]
+
+    remote = plan(f"s3://{store.name}/many/", options)
+    assert store.proxy.max_in_flight > 1
+    assert remote == plan(str(local), {})
+    assert sum(rows for shard in remote for *_, rows in shard) == sum(50 + i for i in range(40))

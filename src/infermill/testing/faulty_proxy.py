@@ -10,6 +10,7 @@ and breaks chosen requests the ways object stores and networks break them.
         ...  # storage_options endpoint_url = proxy.url
     proxy.fired                                                                 # which faults fired, on what
     proxy.count("GET", r"list-type=2")                                          # list calls seen
+    proxy.max_in_flight                                                         # most requests at once
 
 Fault kinds:
 
@@ -93,6 +94,9 @@ class FaultyProxy:
         self._seen: list[int] = []
         self._lock = threading.Lock()
         self.log: list[ProxiedRequest] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        """The most requests the proxy was serving at once."""
         self.fired: list[tuple[Fault, ProxiedRequest]] = []
         for fault in faults or []:
             self.add(fault)
@@ -216,6 +220,17 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def _answer(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> bool:
         """Serve one request; False when the connection is gone."""
+        owner = self.owner
+        with owner._lock:
+            owner.in_flight += 1
+            owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+        try:
+            return self._serve(method, target, headers, body)
+        finally:
+            with owner._lock:
+                owner.in_flight -= 1
+
+    def _serve(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> bool:
         owner = self.owner
         fault = owner._match(method, target)
         if fault is not None and fault.kind in ("slowdown", "status"):
