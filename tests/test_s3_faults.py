@@ -265,3 +265,40 @@ def test_footers_of_many_objects_are_read_at_once_and_planned_in_order(store: St
     assert store.proxy.max_in_flight > 1
     assert remote == plan(str(local), {})
     assert sum(rows for shard in remote for *_, rows in shard) == sum(50 + i for i in range(40))
+
+
+def test_a_writer_that_knows_its_attempt_uploads_to_the_key_it_commits(store: Store, tmp_path: Path) -> None:
+    """The sink contract on an object store without rename: the upload is the only PUT, the commit checks
+    the key and is idempotent, a dead attempt's key is removed by recover, abort removes the key."""
+    from infermill.errors import OutputError
+    from infermill.sinks import OwnerRecord, open_sink
+    from infermill.testing.sinks import sink_spec
+
+    options = {"endpoint_url": store.proxy.url, "key": "testing", "secret": SECRET}
+    sink = open_sink(sink_spec(tmp_path, f"s3://{store.name}/direct", format="parquet", storage_options=options))
+    assert sink.claim(OwnerRecord("conformance", "uid-1", str(tmp_path / "ledger")))
+    sink.prepare()
+    rows = pa.table({"_row_id": [f"r{i}" for i in range(10)], "score": [float(i) for i in range(10)]})
+
+    def stage(ordinal: int, attempt: int) -> Any:
+        sink.attempt = attempt
+        writer = sink.open_writer(ordinal)
+        writer.write(rows)
+        return writer.close()
+
+    staged = stage(3, 7)
+    assert staged.location == f"s3://{store.name}/direct/part-00003-a7.parquet"
+    committed, again = sink.commit(staged, 7), sink.commit(staged, 7)
+    assert committed is not None and committed == again and committed.name == "part-00003-a7.parquet"
+    assert store.proxy.count("PUT", r"/direct/part-") == 1  # the upload; the commit copies nothing
+    assert sink.checksum(committed.name) == staged.sha256
+    orphan = stage(4, 8)  # its run died before the ledger committed it
+    assert sink.recover({committed.name}) == ["part-00004-a8.parquet"]
+    assert sink.list_parts() == [committed.name]
+    with pytest.raises(OutputError, match="missing or incomplete"):
+        sink.commit(orphan, 8)
+    dropped = stage(5, 9)
+    sink.abort(dropped)
+    store.fs.invalidate_cache()
+    assert not store.fs.exists(f"{store.name}/direct/part-00005-a9.parquet")
+    assert sink.list_parts() == [committed.name]

@@ -296,7 +296,16 @@ class FileSink(Sink):
         if not self.remote:
             return os.path.exists(location)
         self._fresh(location)
-        return bool(self._retry(f"look up {location}", lambda: self.fs.exists(location)))
+
+        def look() -> bool:
+            # Not fs.exists: fsspec's default answers False for any error, a throttled store included.
+            try:
+                self.fs.info(location)
+            except FileNotFoundError:
+                return False
+            return True
+
+        return self._retry(f"look up {location}", look)
 
     def _retry(self, what: str, call: Callable[[], T]) -> T:
         """A call to the output's store, retried when the store fails in a way that passes."""
