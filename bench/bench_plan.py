@@ -117,14 +117,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def s3_leg(objects: int, workers: list[int]) -> list[str]:
+def s3_leg(objects: int, workers: list[int], latency_ms: float = 0.0) -> list[str]:
     import io
 
     import pyarrow as pa
     import pyarrow.parquet as pq
     import s3fs
 
-    from infermill.testing.faulty_proxy import FaultyProxy
+    from infermill.testing.faulty_proxy import Fault, FaultyProxy
 
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -155,7 +155,9 @@ def s3_leg(objects: int, workers: list[int]) -> list[str]:
             fs.pipe(batch)  # concurrent PUTs
         print(f"uploaded in {time.perf_counter() - started:.1f} s", flush=True)
         lines = []
-        with FaultyProxy(direct["endpoint_url"]) as proxy:
+        # --latency-ms: every request waits that long in the proxy, as across a network to a real store.
+        delay = [Fault("delay", seconds=latency_ms / 1000, times=None)] if latency_ms else []
+        with FaultyProxy(direct["endpoint_url"], delay) as proxy:
             options = {**direct, "endpoint_url": proxy.url}
             storage = "storage_options = " + json.dumps(options).replace('": ', '" = ').replace('{"', '{ "') + "\n"
             for count in workers:
@@ -167,8 +169,9 @@ def s3_leg(objects: int, workers: list[int]) -> list[str]:
                     fs.invalidate_cache()
                     fs.rm_file(sorted(fs.glob(f"{out}/part-*.parquet"))[0])
 
+                latency = f", +{latency_ms:g} ms" if latency_ms else ""
                 lines += measure(
-                    f"s3, {objects:,} objects, {count} worker{'s' if count > 1 else ''}", job, env, drop,
+                    f"s3, {objects:,} objects, {count} worker{'s' if count > 1 else ''}{latency}", job, env, drop,
                     lambda: proxy.count("GET", r"list-type=2.*prefix=data"),
                 )
         return lines
@@ -184,6 +187,7 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=5_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts of the S3 leg")
     parser.add_argument("--skip-local", action="store_true", help="only the S3 leg")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="S3 leg: latency the proxy adds to every request")
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parent / "data"))
     args = parser.parse_args()
     lines: list[str] = []
@@ -192,7 +196,7 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp(prefix="bench-plan-"))
         lines += measure(f"local, {args.files:,} files", _job(folder, str(data)))
     if args.s3:
-        lines += s3_leg(args.objects, args.workers)
+        lines += s3_leg(args.objects, args.workers, args.latency_ms)
     print("\nplan once: time to the first scored batch (fresh plans; a resume takes the plan from the ledger)")
     for line in lines:
         print(line)

@@ -24,7 +24,10 @@ Fault kinds:
     forward, then send the answer's head and half its body, then reset the connection;
 ``drop_response``
     forward (so the request takes effect: a PUT stores its object), then reset the connection without
-    answering: the client cannot tell whether it happened.
+    answering: the client cannot tell whether it happened;
+``delay``
+    wait ``Fault.seconds``, then forward and answer normally: the latency of a store across a network
+    (``Fault("delay", seconds=0.02, times=None)`` gives every request 20 ms).
 
 A fault applies to the ``nth`` request (1-based) that matches its ``method`` and ``path`` (a regex
 searched in the request target, path and query), and to the ``times - 1`` matching requests after it
@@ -41,13 +44,14 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 __all__ = ["Fault", "FaultyProxy", "ProxiedRequest"]
 
-FaultKind = Literal["slowdown", "status", "reset", "reset_body", "drop_response"]
+FaultKind = Literal["slowdown", "status", "reset", "reset_body", "drop_response", "delay"]
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "trailer", "upgrade"}
 _CODES = {500: "InternalError", 502: "BadGateway", 503: "ServiceUnavailable", 504: "GatewayTimeout"}
 
@@ -67,6 +71,8 @@ class Fault:
     """How many matching requests in a row get it, from the ``nth``; None: every one."""
     status: int = 503
     """The status a ``status`` fault answers."""
+    seconds: float = 0.0
+    """How long a ``delay`` fault holds the request."""
 
     def applies(self, seen: int) -> bool:
         """Whether the ``seen``-th matching request (1-based) gets this fault."""
@@ -246,6 +252,8 @@ class _Handler(socketserver.StreamRequestHandler):
             self._send(status, "Slow Down" if fault.kind == "slowdown" else "Error", head, payload)
             owner._record(method, target, fault.kind, fault)
             return True
+        if fault is not None and fault.kind == "delay":
+            time.sleep(fault.seconds)  # the latency being simulated: nothing to wait for but time
         if fault is not None and fault.kind == "reset":
             owner._record(method, target, fault.kind, fault)
             self._reset()
@@ -268,7 +276,7 @@ class _Handler(socketserver.StreamRequestHandler):
             self._send(status, reason, head, data[: len(data) // 2])
             self._reset()
             return False
-        owner._record(method, target, str(status), None)
+        owner._record(method, target, str(status), fault if fault is not None and fault.kind == "delay" else None)
         self._send(status, reason, head, data)
         return True
 
