@@ -23,6 +23,8 @@ process exit code the CLI uses for it and whether retrying the same work may suc
     │   └── PartialBatchError           per call: some rows answered, the others failed, each its own way
     └── TransientError                  exit 75 per call: may succeed when retried (``transient = True``);
                                                 one that escapes the run makes it exit 75 (safe to retry)
+        └── StorageError                exit 75 an object store kept failing (5xx, throttling, dropped
+                                                connections) after infermill's bounded retries
 
 User model code may raise :class:`ItemError` or :class:`TransientError` (or subclass them) to tell the
 engine how to treat a failure. A call that answered some rows of its batch and not others raises
@@ -69,6 +71,7 @@ __all__ = [
     "OutputError",
     "PartialBatchError",
     "SpecError",
+    "StorageError",
     "TransientError",
     "outcome_of",
 ]
@@ -278,6 +281,12 @@ class TransientError(InfermillError):
     # Escaping the run (a model's setup that timed out, a throttled server): the run stopped before the
     # job could finish, and the same command may well succeed later. It resumes.
     exit_code = EXIT_INTERRUPTED
+
+
+class StorageError(TransientError):
+    """An object store (S3 or any fsspec store) kept failing in a way that passes (5xx, SlowDown and other
+    throttling, a dropped connection, a timeout) after infermill retried the call with backoff as many times
+    as :mod:`infermill.store` allows. Nothing half-done is left committed; a rerun resumes."""
 
 
 class PartialBatchError(ItemError):

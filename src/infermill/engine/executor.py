@@ -39,6 +39,9 @@ def threads_per_worker(spec: JobSpec, workers: int | None = None) -> int:
 
 
 class Executor(ABC):
+    attempt: int | None = None
+    """The run's attempt (lease epoch), handed to every worker (``WorkerConfig.attempt``)."""
+
     def __init__(
         self, spec: JobSpec, columns: Columns, shards: list[Shard], plan: list[WorkerSlot] | None = None
     ) -> None:
@@ -88,7 +91,9 @@ class InlineExecutor(Executor):
 
     def start(self) -> None:
         # No pinning in this process: the coordinator may have started CUDA already.
-        config = WorkerConfig(self.spec, self.columns, worker_id=0, threads=self.plan[0].threads)
+        config = WorkerConfig(
+            self.spec, self.columns, worker_id=0, threads=self.plan[0].threads, attempt=self.attempt
+        )
         self._thread = threading.Thread(
             target=run_worker, args=(config, self._next, self._events, self._flags), name="infermill-worker",
             daemon=True,
@@ -158,7 +163,7 @@ class ProcessExecutor(Executor):
         for slot in self.plan:
             config = WorkerConfig(
                 self.spec, self.columns, worker_id=slot.worker_id, threads=slot.threads, watch_parent=True,
-                gpu=slot.gpu,
+                gpu=slot.gpu, attempt=self.attempt,
             )
             proc = self._ctx.Process(
                 target=_process_main,
@@ -222,7 +227,7 @@ class ProcessExecutor(Executor):
         self._tasks.close()
 
 
-def make_executor(spec: JobSpec, columns: Columns, shards: list[Shard]) -> Executor:
+def make_executor(spec: JobSpec, columns: Columns, shards: list[Shard], *, attempt: int | None = None) -> Executor:
     plan = plan_workers(spec, len(shards))
     # One worker needs no process of its own, unless it must be pinned to a GPU the user listed: with
     # devices = "auto" a lone worker takes cuda:0 of what this process sees, which is what pinning gives.
@@ -232,4 +237,5 @@ def make_executor(spec: JobSpec, columns: Columns, shards: list[Shard]) -> Execu
         name = "inline" if len(plan) <= 1 and not pinned else "process"
     cls = registry.load("executors", name)
     executor: Executor = cls(spec, columns, shards, plan)
+    executor.attempt = attempt
     return executor

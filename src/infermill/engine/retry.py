@@ -85,6 +85,7 @@ def _retry(spec: JobSpec, ledger: Ledger, lease: Lease, started: float) -> RunRe
         )
     dead = ledger.dead_items()
     sink = open_sink(spec)
+    sink.attempt = lease.token
     damaged = damaged_parts(ledger, sink)
     if damaged:
         # Retry merges into the committed files: with one missing or changed it would lose rows.

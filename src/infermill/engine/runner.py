@@ -478,7 +478,7 @@ class _Coordinator:
         # What the source holds for the whole run (a SQL snapshot) is taken now and released in the finally.
         run_spec = source.begin_run(run_spec, self._warn)
         try:
-            executor = make_executor(run_spec, columns, pending)
+            executor = make_executor(run_spec, columns, pending, attempt=self.lease.token)
         except BaseException:
             source.end_run()
             raise

@@ -84,6 +84,8 @@ class WorkerConfig:
     """Stop when the parent process changes (a worker process whose coordinator died)."""
     gpu: str | None = None
     """The CUDA device this worker process is pinned to (its ``CUDA_VISIBLE_DEVICES``), or None."""
+    attempt: int | None = None
+    """The run's attempt (lease epoch): results are written for it (``Sink.attempt``)."""
 
 
 @dataclass
@@ -162,6 +164,7 @@ def run_worker(
         if config.columns.schema is not None:
             source.use_schema(config.columns.schema)  # as planned: no second listing of the input
         sink = open_sink(spec)
+        sink.attempt = config.attempt
         # A pinned process sees its GPU as the only one: cuda:0.
         adapter = load_adapter(spec, threads=config.threads, device=None if config.gpu is None else "cuda:0")
         try:

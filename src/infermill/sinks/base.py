@@ -192,6 +192,11 @@ class ShardWriter(ABC):
 class Sink(ABC):
     """Where a job's results go. See the module docstring for the order of calls."""
 
+    attempt: int | None = None
+    """The attempt (the run's lease epoch) that writers of this sink write for, set by the engine in each
+    worker before it opens one; None when not known. A sink that cannot rename (an object store) uses it to
+    write a result straight to the name :meth:`commit` gives it, ``attempt_name(final_name, attempt)``."""
+
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
 

@@ -15,10 +15,12 @@ import json
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import OutputConflictError, OutputError
 from ..spec import JobSpec, is_url
+from ..store import RetryingFile, retrying
 from . import layout
 from .base import (
     _CHUNK,
@@ -43,14 +45,21 @@ if TYPE_CHECKING:
 
 __all__ = ["FileSink"]
 
+T = TypeVar("T")
+
 
 class FileSink(Sink):
     """A folder (local, or any fsspec store) that receives one file per shard and attempt.
 
     Local: files are written in ``<output>/_staging/`` and committed by ``os.replace`` (same filesystem,
-    atomic). Object stores: a worker writes in a local scratch folder and uploads the finished file to
-    ``<output>/_staging/`` (its staged location, a URL); the commit moves it to its final key, which object
-    stores make visible at once. The coordinator never needs the worker's disk.
+    atomic). Object stores have no rename: a worker writes in a local scratch folder and uploads the finished
+    file straight to its final key, the shard's and attempt's own (``part-00003-a7.parquet``: the attempt is
+    :attr:`~infermill.sinks.base.Sink.attempt`, the run's lease epoch), and the commit only checks that the
+    key holds the staged size: the ledger is the commit point, and the manifest lists what it committed.
+    A key of an attempt the ledger never committed (its run died) is removed by :meth:`recover` when the
+    job resumes and before the manifest is written. A writer that does not know its attempt uploads to
+    ``<output>/_staging/`` and the commit copies the object to its final key. The coordinator never needs
+    the worker's disk. Every call to the store is retried with backoff (:mod:`infermill.store`).
     """
 
     extension: str = ""
@@ -146,8 +155,9 @@ class FileSink(Sink):
         try:
             if self.remote:
                 # Object stores have no exclusive create in fsspec's API: write, then read back who won.
-                if not self.fs.exists(target):
-                    self.fs.pipe_file(target, data)
+                if not self._exists(target):
+                    # Sent again after a lost answer, the same bytes land on the same key.
+                    self._retry(f"write {target}", lambda: self.fs.pipe_file(target, data))
                     return True
                 return False
             tmp = os.path.join(self.root, f"{OWNER_NAME}.{uuid.uuid4().hex[:8]}.tmp")
@@ -167,7 +177,8 @@ class FileSink(Sink):
         data = self._owner_bytes(owner)
         try:
             if self.remote:
-                self.fs.pipe_file(self.display(OWNER_NAME), data)
+                target = self.display(OWNER_NAME)
+                self._retry(f"write {target}", lambda: self.fs.pipe_file(target, data))
                 return
             tmp = os.path.join(self.root, f"{OWNER_NAME}.{uuid.uuid4().hex[:8]}.tmp")
             _write_synced(tmp, data)
@@ -180,7 +191,7 @@ class FileSink(Sink):
     def _makedirs(self, path: str) -> None:
         try:
             if self.remote:
-                self.fs.makedirs(path, exist_ok=True)
+                self._retry(f"create {path}", lambda: self.fs.makedirs(path, exist_ok=True))
             else:
                 os.makedirs(path, exist_ok=True)
         except OSError as exc:
@@ -215,17 +226,26 @@ class FileSink(Sink):
         else:
             writer = self._make_writer(path, final, errors)
         if self.remote:
-            writer.publish = self._publish
+            attempt = self.attempt
+            writer.publish = lambda local, name: self._publish(local, name, attempt)
         return writer
 
     def _make_writer(self, path: str, final_name: str, errors: bool) -> ShardWriter:
         return self.writer_cls(path, final_name)
 
-    def _publish(self, path: str, final_name: str) -> str:
-        """Upload a worker's finished file to the output's staging area; return its URL."""
-        location = self.display(f"{STAGING_DIR}/{os.path.basename(path)}")
+    def _publish(self, path: str, final_name: str, attempt: int | None = None) -> str:
+        """Upload a worker's finished file to its attempt's final key (to the output's staging area when
+        the attempt is not known); return its URL.
+
+        The key is the shard's and attempt's own, so an upload sent again (its answer was lost, the
+        connection dropped) writes the same bytes to the same key: nothing else can be there.
+        """
+        if attempt is not None:
+            location = self.display(attempt_name(final_name, attempt))
+        else:
+            location = self.display(f"{STAGING_DIR}/{os.path.basename(path)}")
         try:
-            self.fs.put_file(path, location)
+            self._retry(f"upload {location}", lambda: self.fs.put_file(path, location))
         except OSError as exc:
             raise OutputError(
                 f"cannot stage {final_name} in {self.display()}: {exc}",
@@ -246,6 +266,17 @@ class FileSink(Sink):
         if staged.members:
             return layout.commit_set(self, staged, attempt)
         name = attempt_name(staged.final_name, attempt)
+        if self.remote and staged.location == self.display(name):
+            # Uploaded straight to its final key: nothing moves; the ledger transaction that follows is the
+            # commit. The key must hold the whole staged file (a size check: one HEAD, no download).
+            found = self.stat(name)
+            if found is None or found[0] != staged.bytes:
+                raise OutputError(
+                    f"the result of {staged.final_name} is missing or incomplete at {staged.location} "
+                    f"({'missing' if found is None else f'{found[0]} bytes'}, {staged.bytes} were written)",
+                    hint="another run may have cleaned it up; rerun the job: committed shards are kept",
+                )
+            return CommittedFile(name, staged.rows, staged.bytes, staged.sha256, None)
         if not self._exists(staged.location):
             # Committed before (a retried commit): one copy, the same record. Anything else is lost work.
             found = self.stat(name)
@@ -258,7 +289,12 @@ class FileSink(Sink):
         mtime_ns: int | None = None
         try:
             if self.remote:
-                self.fs.mv(staged.location, self.display(name))
+                # No rename on object stores: a copy (sent again after a lost answer, the same object),
+                # then the staged key is deleted (a delete of a key already gone is no error).
+                target = self.display(name)
+                self._retry(f"copy {staged.location} to {target}", lambda: self.fs.copy(staged.location, target))
+                if staged.location.startswith(self.staging + "/"):  # never another attempt's key
+                    self._rm(staged.location)
             else:
                 target = os.path.join(self.root, name)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -273,14 +309,40 @@ class FileSink(Sink):
         return CommittedFile(name, staged.rows, staged.bytes, staged.sha256, mtime_ns)
 
     def _exists(self, location: str) -> bool:
-        return bool(self.fs.exists(location)) if self.remote else os.path.exists(location)
+        if not self.remote:
+            return os.path.exists(location)
+        self._fresh(location)
+
+        def look() -> bool:
+            # Not fs.exists: fsspec's default answers False for any error, a throttled store included.
+            try:
+                self.fs.info(location)
+            except FileNotFoundError:
+                return False
+            return True
+
+        return self._retry(f"look up {location}", look)
+
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        """A call to the output's store, retried when the store fails in a way that passes."""
+        return retrying(what, call) if self.remote else call()
+
+    def _fresh(self, path: str) -> None:
+        """Forget what the filesystem cached of ``path`` and its folders: workers in other processes write
+        here, and s3fs answers ``info`` of a key missing from a cached listing with "a folder"."""
+        with contextlib.suppress(Exception):  # a cache that cannot be emptied was not there
+            self.fs.invalidate_cache(path)
+
+    def _rm(self, location: str) -> None:
+        self._fresh(location)
+        with contextlib.suppress(FileNotFoundError):
+            self._retry(f"delete {location}", lambda: self.fs.rm_file(location))
 
     def abort(self, staged: StagedFile) -> None:
         for member in staged.members:
             self.abort(member)
         if self.remote and is_url(staged.location):
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm_file(staged.location)
+            self._rm(staged.location)
         else:
             _remove(staged.location)
 
@@ -293,8 +355,7 @@ class FileSink(Sink):
         if self.remote:
             for name in self._names(self.staging):
                 if STAGED_RE.match(name):
-                    with contextlib.suppress(FileNotFoundError):
-                        self.fs.rm_file(self.display(f"{STAGING_DIR}/{name}"))
+                    self._rm(self.display(f"{STAGING_DIR}/{name}"))
         self._remove_staging()
         return self.sweep(keep)
 
@@ -327,7 +388,9 @@ class FileSink(Sink):
         """File names in a folder of the output (``local``: of this machine)."""
         try:
             if self.remote and not local:
-                return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)]
+                self._fresh(folder)
+                found = self._retry(f"list {folder}", lambda: self.fs.ls(folder, detail=False))
+                return [p.rstrip("/").rsplit("/", 1)[-1] for p in found]
             return os.listdir(folder)
         except (FileNotFoundError, NotADirectoryError):
             return []
@@ -348,8 +411,7 @@ class FileSink(Sink):
         names = layout.remove_results(self, names)
         for name in names:
             if self.remote:
-                with contextlib.suppress(FileNotFoundError):
-                    self.fs.rm_file(f"{self.root}/{name}")
+                self._rm(self.display(name))
             else:
                 _remove(os.path.join(self.root, name))
         layout.prune_folders(self, names)
@@ -358,7 +420,12 @@ class FileSink(Sink):
         """``(size, mtime_ns)`` of a file in the output (mtime None on object stores); None when missing."""
         try:
             if self.remote:
-                return int(self.fs.info(self.display(name))["size"]), None
+                path = self.display(name)
+                self._fresh(path)
+                info = self._retry(f"look up {path}", lambda: self.fs.info(path))
+                if info.get("type") == "directory":
+                    return None
+                return int(info["size"]), None
             st = os.stat(os.path.join(self.root, name))
             return st.st_size, st.st_mtime_ns
         except (FileNotFoundError, NotADirectoryError):
@@ -369,7 +436,7 @@ class FileSink(Sink):
         try:
             if self.remote:
                 digest = hashlib.sha256()
-                with self.fs.open(self.display(name), "rb") as fh:
+                with self._open_remote(name) as fh:
                     while chunk := fh.read(_CHUNK):
                         digest.update(chunk)
                 return digest.hexdigest()
@@ -379,9 +446,10 @@ class FileSink(Sink):
 
     def _read_bytes(self, name: str) -> bytes:
         if self.remote:
-            with self.fs.open(self.display(name), "rb") as fh:
-                data: bytes = fh.read()
-                return data
+            path = self.display(name)
+            self._fresh(path)
+            data: bytes = self._retry(f"read {path}", lambda: self.fs.cat_file(path))
+            return data
         with open(os.path.join(self.root, name), "rb") as fh:
             return fh.read()
 
@@ -394,13 +462,18 @@ class FileSink(Sink):
             if self.remote:
                 import pyarrow as pa
 
-                with self.fs.open(path, "rb") as fh:
+                with self._open_remote(name) as fh:
                     return self._read(pa.BufferReader(fh.read()))
             if not os.path.exists(path):
                 return None
             return self._read(path)
         except FileNotFoundError:
             return None
+
+    def _open_remote(self, name: str) -> RetryingFile:
+        path = self.display(name)
+        self._fresh(path)
+        return RetryingFile(lambda: self.fs.open(path, "rb"), path)
 
     def _read(self, source: Any) -> pa.Table:
         raise NotImplementedError
@@ -410,8 +483,9 @@ class FileSink(Sink):
         remove the emptied staging folder."""
         data = json.dumps(manifest, indent=2, sort_keys=True).encode()
         if self.remote:
-            with self.fs.open(self.manifest_path(), "wb") as fh:
-                fh.write(data)
+            # One PUT: the manifest appears whole or not at all; sent again, the same bytes.
+            target = self.manifest_path()
+            self._retry(f"write {target}", lambda: self.fs.pipe_file(target, data))
         else:
             os.makedirs(self.scratch, exist_ok=True)
             tmp = os.path.join(self.scratch, f"{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}.tmp")
@@ -432,8 +506,7 @@ class FileSink(Sink):
 
     def unfinalize(self) -> None:
         if self.remote:
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm_file(self.manifest_path())
+            self._rm(self.manifest_path())
         else:
             _remove(self.manifest_path())
 

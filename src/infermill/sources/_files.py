@@ -17,6 +17,7 @@ from fsspec.spec import AbstractFileSystem
 
 from ..errors import InputError
 from ..spec import JobSpec
+from ..store import RetryingFile
 from ._columns import ColumnSource
 from ._fs import InputFile, InputListing, display_path, list_input, open_filesystem
 from .base import InputDelta, Shard
@@ -46,9 +47,13 @@ class FileSource(ColumnSource):
         return self._fs
 
     def open_file(self, path: str) -> Any:
-        """Open an input file for reading; a file gone since planning is an :class:`InputError`."""
+        """Open an input file for reading; a file gone since planning is an :class:`InputError`. A file of
+        an object store survives dropped connections and throttling (:class:`~infermill.store.RetryingFile`)."""
+        fs = self.fs
         try:
-            return self.fs.open(path, "rb")
+            if not _is_local(fs):
+                return RetryingFile(lambda: fs.open(path, "rb"), display_path(path))
+            return fs.open(path, "rb")
         except FileNotFoundError:
             raise InputError(
                 f"input file not found: {display_path(path)}",

@@ -22,6 +22,7 @@ from fsspec.spec import AbstractFileSystem
 
 from ..errors import InputError
 from ..spec import JobSpec, compressible_formats, input_extensions, is_url, strip_compression
+from ..store import retrying
 
 __all__ = ["InputFile", "InputListing", "display_path", "infer_format", "list_input", "open_filesystem"]
 
@@ -106,7 +107,7 @@ def list_input(spec: JobSpec, fmt: str, *, every_file: bool = False) -> InputLis
             )
     else:
         try:
-            info = fs.info(fspath)
+            info = retrying(f"look up {shown}", lambda: fs.info(fspath))
         except FileNotFoundError:
             raise _not_found(spec) from None
         if info.get("type") == "directory":
@@ -166,7 +167,7 @@ def infer_format(spec: JobSpec) -> str | None:
         root, infos = _glob_root(fspath), _glob(fs, fspath)
     else:
         try:
-            if fs.info(fspath).get("type") != "directory":
+            if retrying(f"look up {display_path(fspath)}", lambda: fs.info(fspath)).get("type") != "directory":
                 return None
         except FileNotFoundError:
             raise _not_found(spec) from None
@@ -207,7 +208,9 @@ def _find(fs: AbstractFileSystem, root: str) -> dict[str, dict[str, Any]]:
     """Every file below ``root`` with its info (a seam: tests shuffle it to prove the order is ours)."""
     if isinstance(fs, LocalFileSystem):
         return _walk_local(fs, root)
-    return dict(fs.find(root, withdirs=False, detail=True))
+    # Object stores list in pages; a page that fails (503, SlowDown, a dropped connection) fails the call,
+    # which starts the listing over: a listing is only ever used whole.
+    return dict(retrying(f"list {display_path(root)}", lambda: fs.find(root, withdirs=False, detail=True)))
 
 
 def _glob(fs: AbstractFileSystem, pattern: str) -> dict[str, dict[str, Any]]:
@@ -217,7 +220,7 @@ def _glob(fs: AbstractFileSystem, pattern: str) -> dict[str, dict[str, Any]]:
         parts = pattern[len(root) :].strip("/").split("/")
         infos = _walk_local(fs, root, depth=None if "**" in parts else len(parts))
         return {path: info for path, info in infos.items() if _glob_match(_relpath(path, root).split("/"), parts)}
-    return dict(fs.glob(pattern, detail=True))
+    return dict(retrying(f"list {display_path(pattern)}", lambda: fs.glob(pattern, detail=True)))
 
 
 def _walk_local(fs: AbstractFileSystem, root: str, depth: int | None = None) -> dict[str, dict[str, Any]]:
