@@ -54,9 +54,13 @@ class ModelAdapter(ABC):
         self.assigned_device = device
         """The device the engine pinned this worker to (``"cuda:0"``: the one GPU its process sees, via
         ``CUDA_VISIBLE_DEVICES``), or None: the adapter chooses by its own ``device`` rule."""
-        self.settings: Any = parse_settings(
-            self.settings_cls, spec.model.settings, self.kind, spec.source_file or "job spec"
-        )
+        if self.settings_cls is None and spec.model.settings and getattr(self, "kind", None) == spec.model.kind:
+            # A subclass of a registered kind that declares no keys of its own: the kind's registered keys.
+            self.settings: Any = spec.model_settings()
+        else:
+            self.settings = parse_settings(
+                self.settings_cls, spec.model.settings, self.kind, spec.source_file or "job spec"
+            )
 
     @property
     def outputs(self) -> list[str]:
