@@ -10,7 +10,7 @@ Runs in its own environment (``make test-dagster``: .venv-dagster); skipped wher
 # No `from __future__ import annotations`: Dagster checks the `context` annotation at definition time.
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,8 @@ def _pipes_asset(job_file: Path, **kwargs: Any) -> dg.AssetsDefinition:
     @dg.asset(name="scores", check_specs=[dg.AssetCheckSpec("error_budget", asset="scores")])
     def scores(
         context: dg.AssetExecutionContext, pipes_subprocess_client: dg.PipesSubprocessClient
-    ) -> dg.MaterializeResult:
-        return run_pipes(context, job_file, client=pipes_subprocess_client, retry_seconds=0, **kwargs)
+    ) -> Iterator[Any]:
+        yield from run_pipes(context, job_file, client=pipes_subprocess_client, retry_seconds=0, **kwargs)
 
     return scores
 
@@ -233,3 +233,38 @@ def test_docs_example_materializes(job: tuple[Path, pa.Table], monkeypatch: pyte
     # Whichever ran first scored every row; the other found nothing to do.
     assert sorted([first["rows_this_run"].value, second["rows_this_run"].value]) == [0, ROWS]
     _assert_output_exact(job_file, table)
+
+
+BAD_ROWS_SCORER = SCORER + '''
+
+class SomeBad(Scorer):
+    """Fails on every row whose id ends in 007 (of each 500): 8 of 4,000 rows are dead-lettered."""
+
+    def predict(self, batch):
+        if (batch["customer_id"] % 500 == 7).any():
+            raise ValueError("a bad row")
+        return super().predict(batch)
+'''
+
+
+@WAYS
+def test_exit_1_over_the_budget_fails_the_check_without_retry(
+    job: tuple[Path, pa.Table], make_asset: Callable[[Path], dg.AssetsDefinition]
+) -> None:
+    job_file, _ = job
+    (job_file.parent / "scorer.py").write_text(BAD_ROWS_SCORER)
+    text = job_file.read_text().replace('"scorer.py:Scorer"', '"scorer.py:SomeBad"')
+    text = text.replace('["f0", "f1", "f2"]', '["customer_id", "f0", "f1", "f2"]')
+    job_file.write_text(text + "\n[errors]\nmax_failed_rows = 0\n")
+
+    result, _ = _materialize(make_asset(job_file))
+
+    assert not result.success
+    assert _events(result, "STEP_UP_FOR_RETRY") == []
+    (failure,) = _events(result, "STEP_FAILURE")
+    user = failure.step_failure_data.user_failure_data
+    assert user.metadata["exit_code"].value == 1 and "error budget exceeded" in user.description
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "error_budget" and not check.passed
+    assert check.metadata["rows_failed"].value > 0 and check.metadata["max_failed_rows"].value == 0
+    assert result.asset_materializations_for_node("scores") == []

@@ -214,15 +214,16 @@ def run_pipes(
     max_retries: int = 3,
     python: str | None = None,
     env: Mapping[str, str] | None = None,
-) -> dg.MaterializeResult:
-    """Run the job under Dagster Pipes from an asset's body, and return its materialization (reported by
-    ``infermill run`` itself through Pipes: progress logs, metadata, the ``error_budget`` check).
+) -> Iterator[Any]:
+    """Run the job under Dagster Pipes from an asset's body (``yield from``), and yield its materialization
+    as ``infermill run`` reported it through Pipes (progress logs, metadata, the ``error_budget`` check).
 
-    Exit 75 or 3: ``RetryRequested``; 1, 2 or killed: ``Failure``, as ``infermill_asset`` does::
+    Exit 75 or 3: ``RetryRequested``; 1, 2 or killed: ``Failure`` (exit 1 over the budget yields the failed
+    check first), as ``infermill_asset`` does::
 
         @dg.asset(check_specs=[dg.AssetCheckSpec("error_budget", asset="scores")])
         def scores(context: dg.AssetExecutionContext, pipes_subprocess_client: dg.PipesSubprocessClient):
-            return run_pipes(context, "job.toml", client=pipes_subprocess_client)
+            yield from run_pipes(context, "job.toml", client=pipes_subprocess_client)
     """
     job_file = os.fspath(job)
     values = {str(k): str(v) for k, v in (params or {}).items()}
@@ -234,9 +235,17 @@ def run_pipes(
                 command=argv, context=context, env=dict(env or {}),
             )
         except DagsterPipesExecutionError:
-            summary = _read_summary(summary_path)
+            invocation = None
             # The client says only "failed"; the summary has the exit code (none: killed by a signal).
-            code = int(summary["exit_code"]) if summary is not None else -1
-            _fail_or_retry(code, summary, retry_seconds=retry_seconds, max_retries=max_retries)
-            raise  # not reached: _fail_or_retry always raises
-    return invocation.get_materialize_result()
+            summary = _read_summary(summary_path)
+    if invocation is not None:
+        yield invocation.get_materialize_result()
+        return
+    code = int(summary["exit_code"]) if summary is not None else -1
+    if summary is not None and outcome_of(code).state == "failed":
+        # What the run reported through Pipes goes with the failed step: exit 1 over the budget is yielded
+        # as the failed check here, as infermill_asset does.
+        passed, check = _check_result(context.asset_key, summary, job_file, values)
+        if not passed:
+            yield check
+    _fail_or_retry(code, summary, retry_seconds=retry_seconds, max_retries=max_retries)
