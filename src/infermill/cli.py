@@ -126,8 +126,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_with_pipes(args: argparse.Namespace) -> int:
     """``run`` launched by Dagster Pipes: progress, the materialization and the budget check reported
     through Pipes (infermill/integrations/dagster_pipes.py); ends as ``run`` would."""
-    from .integrations.dagster_pipes import pipes_session
+    import time
 
+    from .integrations.dagster_pipes import pipes_session, require_dagster_pipes
+
+    started = time.time()
+    try:
+        require_dagster_pipes()
+    except InfermillError as exc:
+        if args.summary_json:  # the summary is written whatever the outcome, this one included
+            from .engine.summary import run_summary, write_summary
+
+            write_summary(args.summary_json, run_summary(
+                args.job, error=exc, exit_code=exc.exit_code, started_at=started, ended_at=time.time(),
+                params=_params(getattr(args, "param", None))))
+        raise
     with pipes_session(args.job, _params(getattr(args, "param", None))) as session:
         return _run_with_summary(args, subscribers=[session.subscriber], on_summary=session.report)
 

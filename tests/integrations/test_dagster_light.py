@@ -5,6 +5,7 @@ imports dagster by itself, ``--dagster-pipes`` without the package is refused wi
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -31,11 +32,14 @@ def test_dagster_pipes_without_the_package_is_refused(
     parquet_job: Callable[..., tuple[Path, pa.Table]], tmp_path: Path
 ) -> None:
     job, _ = parquet_job(rows=1_000, files=1)
-    proc = run_cli("run", str(job), "--dagster-pipes", "-q")
+    proc = run_cli("run", str(job), "--dagster-pipes", "-q", "--summary-json", str(tmp_path / "summary.json"))
     assert proc.returncode == 2, proc.stderr
     assert "dagster-pipes package is not installed" in proc.stderr
     assert "pip install 'infermill[dagster-pipes]'" in proc.stderr
     assert not (tmp_path / "out" / "_manifest.json").exists()  # nothing ran
+    summary = json.loads((tmp_path / "summary.json").read_text())  # written whatever the outcome
+    assert summary["state"] == "invalid" and summary["exit_code"] == 2 and summary["retry"] is False
+    assert summary["error"]["class"] == "SpecError"
 
 
 def test_pipes_is_detected_from_both_variables(monkeypatch: pytest.MonkeyPatch) -> None:

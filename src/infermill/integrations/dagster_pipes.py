@@ -27,6 +27,7 @@ __all__ = [
     "launched_by_pipes",
     "materialization_metadata",
     "pipes_session",
+    "require_dagster_pipes",
 ]
 
 PIPES_ENV = ("DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES")
@@ -153,18 +154,25 @@ class PipesSession:
                 f"{summary.get('message')}" + ("; safe to retry, the rerun resumes" if summary.get("retry") else ""))
 
 
-@contextmanager
-def pipes_session(job: str, params: dict[str, str]) -> Iterator[PipesSession]:
-    """Open Pipes for one ``infermill run`` (``dagster-pipes`` must be installed)."""
-    try:
-        from dagster_pipes import open_dagster_pipes
-    except ImportError as exc:
+def require_dagster_pipes() -> None:
+    """Raise ``SpecError`` (exit 2) with a hint when the ``dagster-pipes`` package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("dagster_pipes") is None:
         from ..errors import SpecError
 
         raise SpecError(
             "infermill run was launched by Dagster Pipes (or given --dagster-pipes), but the dagster-pipes "
             "package is not installed",
             hint="pip install 'infermill[dagster-pipes]' where infermill runs, or run without --dagster-pipes",
-        ) from exc
+        )
+
+
+@contextmanager
+def pipes_session(job: str, params: dict[str, str]) -> Iterator[PipesSession]:
+    """Open Pipes for one ``infermill run`` (``dagster-pipes`` must be installed: ``require_dagster_pipes``)."""
+    require_dagster_pipes()
+    from dagster_pipes import open_dagster_pipes
+
     with open_dagster_pipes() as pipes:
         yield PipesSession(pipes, job, params)
