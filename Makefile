@@ -43,6 +43,20 @@ postgres:
 ## make test: install and run the whole test suite (what CI runs)
 test: install-dev postgres
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-dagster
+
+# Dagster in its own environment (its dependencies conflict with other orchestrators'): the versions tested.
+DAGSTER_VENV := .venv-dagster
+DAGSTER_PIP  := $(DAGSTER_VENV)/bin/python -m pip --disable-pip-version-check -q
+$(DAGSTER_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DAGSTER_VENV)
+	$(DAGSTER_PIP) install -e '.[dagster,sklearn]' 'dagster==1.13.29' 'dagster-pipes==1.13.29' 'pytest>=8' 'pytest-timeout>=2.2'
+	touch $@
+
+## make test-dagster: the Dagster integration, run through Dagster's own runner (offline)
+.PHONY: test-dagster
+test-dagster: $(DAGSTER_VENV)/.installed
+	DAGSTER_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1 $(DAGSTER_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integrations/test_dagster.py
 
 ## make test-fast: the inner loop, without slow tests
 test-fast: install-dev postgres

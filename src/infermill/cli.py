@@ -110,7 +110,10 @@ def _job(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine import run
+    from .integrations.dagster_pipes import launched_by_pipes
 
+    if launched_by_pipes(args.dagster_pipes):
+        return _run_with_pipes(args)
     if args.summary_json:
         return _run_with_summary(args)
     result = run(
@@ -120,25 +123,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_with_summary(args: argparse.Namespace) -> int:
-    """``run`` that writes the run summary whatever the outcome, then ends as ``run`` would."""
+def _run_with_pipes(args: argparse.Namespace) -> int:
+    """``run`` launched by Dagster Pipes: progress, the materialization and the budget check reported
+    through Pipes (infermill/integrations/dagster_pipes.py); ends as ``run`` would."""
+    import time
+
+    from .integrations.dagster_pipes import pipes_session, require_dagster_pipes
+
+    started = time.time()
+    try:
+        require_dagster_pipes()
+    except InfermillError as exc:
+        if args.summary_json:  # the summary is written whatever the outcome, this one included
+            from .engine.summary import run_summary, write_summary
+
+            write_summary(args.summary_json, run_summary(
+                args.job, error=exc, exit_code=exc.exit_code, started_at=started, ended_at=time.time(),
+                params=_params(getattr(args, "param", None))))
+        raise
+    with pipes_session(args.job, _params(getattr(args, "param", None))) as session:
+        return _run_with_summary(args, subscribers=[session.subscriber], on_summary=session.report)
+
+
+def _run_with_summary(
+    args: argparse.Namespace, subscribers: list[Any] | None = None, on_summary: Any = None
+) -> int:
+    """``run`` that writes the run summary (``--summary-json``; and hands it to ``on_summary``) whatever the
+    outcome, then ends as ``run`` would."""
     import time
 
     from .engine import run
     from .engine.summary import exit_code_of, run_summary, write_summary
 
+    def deliver(summary: dict[str, Any]) -> None:
+        if args.summary_json:
+            write_summary(args.summary_json, summary)
+        if on_summary is not None:
+            on_summary(summary)
+
     started = time.time()
     params = _params(getattr(args, "param", None))
     try:
         result = run(
-            _job(args), restart=args.restart, full=args.full, wait=args.wait, progress=_progress_mode(args)
+            _job(args), restart=args.restart, full=args.full, wait=args.wait, progress=_progress_mode(args),
+            subscribers=subscribers or (),
         )
     except (Exception, KeyboardInterrupt) as exc:
         code = exit_code_of(exc)
-        write_summary(args.summary_json, run_summary(
+        deliver(run_summary(
             args.job, error=exc, exit_code=code, started_at=started, ended_at=time.time(), params=params))
         raise
-    write_summary(args.summary_json, run_summary(
+    deliver(run_summary(
         args.job, result=result, exit_code=result.exit_code, started_at=started, ended_at=time.time(),
         params=params))
     _print_result(args, result)
@@ -375,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--summary-json", metavar="PATH", default=None,
         help="write the run summary (state, exit_code, counts, dead letters by class, output, manifest, "
         "durations) to PATH as JSON, atomically, whatever the outcome (docs/scheduling.md)",
+    )
+    p.add_argument(
+        "--dagster-pipes", action="store_true",
+        help="report progress, the materialization and the error budget check to Dagster through Pipes "
+        "(automatic when launched by a Dagster Pipes client; needs dagster-pipes; docs/integrations.md)",
     )
 
     p = add(
