@@ -1,0 +1,175 @@
+"""The Airflow operator, run through Airflow's own local runner (``dag.test()``), offline, with a
+throwaway AIRFLOW_HOME and a SQLite metadata database. Runs in ``.venv-airflow`` (``make test-airflow``);
+skipped where Airflow is not installed (the main suite)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import textwrap
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import SCORER, expected_score, read_output, write_parquet_files
+
+if importlib.util.find_spec("airflow") is None:
+    pytest.skip("Airflow is not installed: `make test-airflow` runs these in .venv-airflow", allow_module_level=True)
+
+# Airflow's own deprecation notes (and its dependencies') are not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning",
+                                        "ignore::FutureWarning", "ignore::UserWarning")
+
+ROWS = 8_000
+LOGICAL = datetime(2026, 3, 1, tzinfo=UTC)
+
+# Scores like SCORER; on the attempt that finds no marker file it stops itself half-way with SIGTERM, as a
+# preempted worker would be: the run drains, exits 75, and the next attempt resumes.
+STOPPING_SCORER = SCORER + '''
+
+import os
+import signal
+
+_real = Scorer.predict
+
+
+def _predict(self, batch):
+    marker = os.environ["STOP_MARKER"]
+    if batch["customer_id"].min() >= 4_000 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGTERM)
+    return _real(self, batch)
+
+
+Scorer.predict = _predict
+'''
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh AIRFLOW_HOME with a migrated SQLite metadata database; Airflow reads its configuration when
+    first imported, so the environment is set before that."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",
+        "SCARF_ANALYTICS": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from airflow.utils import db
+
+    db.initdb(load_connections=False)
+    yield home
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _job(folder: Path, path: str = "data/*.parquet", scorer: str = SCORER) -> Path:
+    (folder / "scorer.py").write_text(scorer)
+    job = folder / "job.toml"
+    job.write_text(textwrap.dedent(f"""
+        name = "scores"
+        [input]
+        path = "{path}"
+        id_column = "customer_id"
+        shard_rows = 1000
+        [model]
+        kind = "python"
+        entrypoint = "scorer.py:Scorer"
+        features = ["customer_id", "f0", "f1", "f2"]
+        outputs = ["score"]
+        [batch]
+        size = 500
+        [output]
+        path = "out"
+        [runtime]
+        workers = 1
+        grace_seconds = 30
+        """))
+    return job
+
+
+def _run_dag(dag_id: str, **operator: Any) -> Any:
+    """Run one InfermillOperator task through ``dag.test()``; return its task instance (refreshed)."""
+    from airflow import DAG
+
+    from infermill.integrations.airflow import InfermillOperator
+
+    with DAG(dag_id, start_date=LOGICAL, schedule=None, catchup=False) as dag:
+        InfermillOperator(task_id="score", retry_delay=timedelta(0), **operator)
+    run = dag.test(execution_date=LOGICAL)
+    ti = run.get_task_instance("score")
+    ti.refresh_from_db()
+    return ti
+
+
+def _summary(ti: Any) -> dict[str, Any]:
+    from infermill.integrations.airflow import SUMMARY_XCOM_KEY
+
+    return ti.xcom_pull(task_ids="score", key=SUMMARY_XCOM_KEY)
+
+
+def _assert_exact(folder: Path, table: Any) -> None:
+    out = read_output(folder / "out").sort_by("customer_id")
+    assert out.column("customer_id").to_pylist() == list(range(ROWS))
+    assert out.column("score").to_pylist() == pytest.approx(expected_score(table).tolist())
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferred"])
+def test_success_returns_the_summary_and_fills_the_date(airflow_home: Path, tmp_path: Path, deferrable: bool) -> None:
+    table = write_parquet_files(tmp_path / "data" / "2026-03-01", ROWS, 2)
+    job = _job(tmp_path, path="data/{date}/*.parquet")
+    ti = _run_dag(f"ok_{deferrable}", job=str(job), deferrable=deferrable, poll_interval=0.2, retries=2,
+                  summary_dir=str(tmp_path / "summaries"))
+    assert ti.state == "success" and ti.try_number == 1
+    summary = ti.xcom_pull(task_ids="score")  # the return value
+    assert summary == _summary(ti)
+    assert summary["state"] == "complete" and summary["exit_code"] == 0
+    assert summary["rows_succeeded"] == ROWS and summary["rows_this_run"] == ROWS
+    assert summary["params"] == {"date": "2026-03-01"}  # the logical date, into the path template
+    assert summary["trigger"]["key"].startswith(f"airflow:ok_{deferrable}/score/")
+    _assert_exact(tmp_path, table)
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferred"])
+def test_exit_75_is_retried_and_the_retry_resumes(airflow_home: Path, tmp_path: Path, deferrable: bool) -> None:
+    table = write_parquet_files(tmp_path / "data", ROWS, 2)
+    marker = tmp_path / "stopped-once"
+    job = _job(tmp_path, scorer=STOPPING_SCORER)
+    ti = _run_dag(f"retry_{deferrable}", job=str(job), deferrable=deferrable, poll_interval=0.2, retries=2,
+                  env={"STOP_MARKER": str(marker)}, summary_dir=str(tmp_path / "summaries"))
+    assert marker.exists()  # the first attempt was stopped
+    assert ti.state == "success" and ti.try_number == 2  # one retry, by the task's retries
+    summary = ti.xcom_pull(task_ids="score")
+    assert summary["state"] == "complete" and summary["rows_succeeded"] == ROWS
+    assert 0 < summary["rows_this_run"] < ROWS  # resumed: the first attempt's committed shards were kept
+    _assert_exact(tmp_path, table)
+
+
+def test_exit_2_fails_without_retry(airflow_home: Path, tmp_path: Path) -> None:
+    job = _job(tmp_path)  # no input files: an invalid input, exit 2
+    ti = _run_dag("invalid", job=str(job), retries=3)
+    assert ti.state == "failed" and ti.try_number == 1  # AirflowFailException: the retries were not used
+    summary = _summary(ti)
+    assert summary["state"] == "invalid" and summary["exit_code"] == 2
+    assert summary["error"]["class"] == "InputError"
+
+
+def test_killed_run_fails_without_retry(airflow_home: Path, tmp_path: Path) -> None:
+    write_parquet_files(tmp_path / "data", ROWS, 2)
+    job = _job(tmp_path)
+    ti = _run_dag("killed", job=str(job), retries=3, env={"INFERMILL_FAULT": "after_commit"})
+    assert ti.state == "failed" and ti.try_number == 1  # killed by a signal: a failure, never a success
+    assert _summary(ti) is None  # it died before writing one
