@@ -230,8 +230,9 @@ class InfermillOperator(BaseOperator):  # type: ignore[misc]
                 stderr=subprocess.STDOUT, text=True, start_new_session=True,
             )
             assert self._proc.stdout is not None
-            for line in self._proc.stdout:
-                self.log.info("%s", line.rstrip())
+            with self._proc.stdout:
+                for line in self._proc.stdout:
+                    self.log.info("%s", line.rstrip())
             code = self._proc.wait()
             summary = _read_summary(summary_path)
         return self._finish(context, code, summary)
