@@ -26,12 +26,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::P
 ROWS = 8_000
 LOGICAL = datetime(2026, 3, 1, tzinfo=UTC)
 
-# Scores like SCORER; on the attempt that finds no marker file it stops itself half-way with SIGTERM, as a
-# preempted worker would be: the run drains, exits 75, and the next attempt resumes.
+# Scores like SCORER; the attempt that finds no marker file stops itself half-way with SIGTERM, as a
+# preempted worker would be, and holds the batch in the model past the grace period: the shards before it
+# are committed, the rest is left to the next attempt, which resumes (whatever the machine's speed).
 STOPPING_SCORER = SCORER + '''
 
 import os
 import signal
+import threading
 
 _real = Scorer.predict
 
@@ -41,6 +43,7 @@ def _predict(self, batch):
     if batch["customer_id"].min() >= 4_000 and not os.path.exists(marker):
         open(marker, "w").close()
         os.kill(os.getpid(), signal.SIGTERM)
+        threading.Event().wait()  # until the grace period ends and the run exits 75
     return _real(self, batch)
 
 
@@ -96,7 +99,7 @@ def _job(folder: Path, path: str = "data/*.parquet", scorer: str = SCORER) -> Pa
         path = "out"
         [runtime]
         workers = 1
-        grace_seconds = 30
+        grace_seconds = 2
         """))
     return job
 
@@ -131,8 +134,11 @@ def _assert_exact(folder: Path, table: Any) -> None:
 def test_success_returns_the_summary_and_fills_the_date(airflow_home: Path, tmp_path: Path, deferrable: bool) -> None:
     table = write_parquet_files(tmp_path / "data" / "2026-03-01", ROWS, 2)
     job = _job(tmp_path, path="data/{date}/*.parquet")
+    # Synchronous: {date} defaults to the logical date. Deferred: given as a task param, rendered; the
+    # param that names no placeholder of the job's path is Airflow's alone, not passed to infermill.
+    params = {"date": "{{ ds }}", "team": "risk"} if deferrable else {}
     ti = _run_dag(f"ok_{deferrable}", job=str(job), deferrable=deferrable, poll_interval=0.2, retries=2,
-                  summary_dir=str(tmp_path / "summaries"))
+                  summary_dir=str(tmp_path / "summaries"), params=params)
     assert ti.state == "success" and ti.try_number == 1
     summary = ti.xcom_pull(task_ids="score")  # the return value
     assert summary == _summary(ti)
