@@ -173,9 +173,11 @@ def test_exit_2_fails_without_retry(airflow_home: Path, tmp_path: Path) -> None:
     assert summary["error"]["class"] == "InputError"
 
 
-def test_killed_run_fails_without_retry(airflow_home: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferred"])
+def test_killed_run_fails_without_retry(airflow_home: Path, tmp_path: Path, deferrable: bool) -> None:
     write_parquet_files(tmp_path / "data", ROWS, 2)
     job = _job(tmp_path)
-    ti = _run_dag("killed", job=str(job), retries=3, env={"INFERMILL_FAULT": "after_commit"})
+    ti = _run_dag(f"killed_{deferrable}", job=str(job), retries=3, env={"INFERMILL_FAULT": "after_commit"},
+                  deferrable=deferrable, poll_interval=0.2, summary_dir=str(tmp_path / "summaries"))
     assert ti.state == "failed" and ti.try_number == 1  # killed by a signal: a failure, never a success
     assert _summary(ti) is None  # it died before writing one

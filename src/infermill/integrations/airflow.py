@@ -42,9 +42,14 @@ import tomllib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from airflow.exceptions import AirflowException, AirflowFailException
-from airflow.models import BaseOperator
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+try:
+    from airflow.exceptions import AirflowException, AirflowFailException
+    from airflow.models import BaseOperator
+    from airflow.triggers.base import BaseTrigger, TriggerEvent
+except ImportError as exc:  # the extra is missing: say how to install it
+    raise ImportError(
+        f"infermill.integrations.airflow needs Airflow ({exc}): pip install 'infermill[airflow]'"
+    ) from exc
 
 from ..engine.summary import LOGICAL_DATE_ENV, TRIGGER_ENV
 from ..errors import InfermillError, outcome_of
@@ -89,6 +94,8 @@ def _ledger_view(job: str, params: Mapping[str, str]) -> dict[str, Any]:
         return status(load_spec(job, params=dict(params) or None))
     except InfermillError as exc:
         return {"state": "unknown", "message": exc.message}
+    except Exception as exc:  # noqa: BLE001 - a ledger busy for a moment must not end the wait: look again
+        return {"state": "unknown", "message": f"{type(exc).__name__}: {exc}"}
 
 
 def _process_gone(pid: int, host: str) -> bool | None:
@@ -171,16 +178,21 @@ class InfermillOperator(BaseOperator):  # type: ignore[misc]
     ui_color = "#d8e9c6"
 
     def __init__(
-        self, *, job: str, deferrable: bool = False, poll_interval: float = 5.0, summary_dir: str | None = None,
+        self, *, job: str, deferrable: bool | None = None, poll_interval: float = 5.0, summary_dir: str | None = None,
         python: str = sys.executable, env: Mapping[str, str] | None = None, **kwargs: Any,
     ) -> None:
-        """``job``: the job file (templated). ``deferrable``: wait in the triggerer instead of a worker slot.
+        """``job``: the job file (templated). ``deferrable``: wait in the triggerer instead of a worker slot
+        (default: Airflow's ``[operators] default_deferrable``).
         ``poll_interval``: seconds between the trigger's looks at the ledger. ``summary_dir``: where a
         deferred run's summary and log go (must be readable by the triggerer). ``python``: the interpreter
         that has infermill installed. ``env``: extra environment for the run."""
         super().__init__(**kwargs)
         self.job = job
-        self.deferrable = deferrable
+        if deferrable is None:
+            from airflow.configuration import conf
+
+            deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
+        self.deferrable = bool(deferrable)
         self.poll_interval = poll_interval
         self.summary_dir = summary_dir
         self.python = python
@@ -265,20 +277,21 @@ class InfermillOperator(BaseOperator):  # type: ignore[misc]
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any] | None:
         """Resumed by the trigger's event: map the run's outcome as ``execute`` does."""
-        summary = event.get("summary")
         code = event.get("returncode")
-        return self._finish(context, -int(signal.SIGKILL) if code is None else int(code), summary)
+        return self._finish(context, None if code is None else int(code), event.get("summary"))
 
-    def _finish(self, context: Any, code: int, summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _finish(self, context: Any, code: int | None, summary: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Map the run's end: ``code`` as ``subprocess`` reports it, None for a detached run that ended
+        without a summary (killed: which signal, only its parent knew)."""
         if summary is not None:
             context["ti"].xcom_push(key=SUMMARY_XCOM_KEY, value=summary)
-        outcome = outcome_of(code)
+        outcome = outcome_of(-int(signal.SIGKILL) if code is None else code)
         if outcome.success:
             return summary
-        what = f"infermill run {self.job}: {outcome.state} (exit {code})"
+        what = f"infermill run {self.job}: {outcome.state} (exit {'unknown' if code is None else code})"
         if summary and summary.get("message"):
             what += f": {summary['message']}"
-        elif code < 0:
+        elif outcome.code < 0:
             what += ": killed by a signal before it could finish; committed shards are kept"
         if outcome.retry:
             raise AirflowException(f"{what}; safe to retry: the task's retries rerun it and it resumes")
