@@ -20,8 +20,7 @@ if importlib.util.find_spec("airflow") is None:
     pytest.skip("Airflow is not installed: `make test-airflow` runs these in .venv-airflow", allow_module_level=True)
 
 # Airflow's own deprecation notes (and its dependencies') are not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning",
-                                        "ignore::FutureWarning", "ignore::UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
 
 ROWS = 8_000
 LOGICAL = datetime(2026, 3, 1, tzinfo=UTC)

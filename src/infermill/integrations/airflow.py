@@ -58,6 +58,18 @@ __all__ = ["SUMMARY_XCOM_KEY", "InfermillOperator", "InfermillTrigger"]
 
 SUMMARY_XCOM_KEY = "infermill_summary"
 
+# A deferred run is started by a short-lived intermediate process, which prints the run's pid and exits:
+# the run, in its own session, is nobody's child in the worker (no zombie, nothing left to wait for), and
+# outlives the worker process that deferred.
+_SPAWN = """\
+import os, subprocess, sys
+with open(sys.argv[1], "ab") as log:
+    run = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+print(run.pid, flush=True)
+os._exit(0)
+"""
+
 
 def _placeholders(job: str) -> list[str]:
     """The placeholder names of the job's ``[input] path`` (an unreadable job file has none: the run itself
@@ -263,14 +275,17 @@ class InfermillOperator(BaseOperator):  # type: ignore[misc]
         summary_path = os.path.join(folder, "summary.json")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(summary_path)  # a leftover of an earlier attempt must not end this one
-        with open(os.path.join(folder, "run.log"), "ab") as log:
-            proc = subprocess.Popen(
-                self._command(summary_path, params), env=self._env(context), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,  # outlives this worker process
-            )
-        self.log.info("infermill run of %s started (pid %d); deferring until it ends", self.job, proc.pid)
+        log = os.path.join(folder, "run.log")
+        started = subprocess.run(
+            [self.python, "-c", _SPAWN, log, *self._command(summary_path, params)],
+            env=self._env(context), capture_output=True, text=True, check=False,
+        )
+        if started.returncode != 0:
+            raise AirflowException(f"could not start infermill run of {self.job}: {started.stderr.strip()}")
+        pid = int(started.stdout.strip())
+        self.log.info("infermill run of %s started (pid %d, log %s); deferring until it ends", self.job, pid, log)
         self.defer(
-            trigger=InfermillTrigger(job=self.job, params=params, summary_path=summary_path, pid=proc.pid,
+            trigger=InfermillTrigger(job=self.job, params=params, summary_path=summary_path, pid=pid,
                                      host=socket.gethostname(), poll_interval=self.poll_interval),
             method_name="execute_complete",
         )
