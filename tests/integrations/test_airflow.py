@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -180,3 +184,70 @@ def test_killed_run_fails_without_retry(airflow_home: Path, tmp_path: Path, defe
                   deferrable=deferrable, poll_interval=0.2, summary_dir=str(tmp_path / "summaries"))
     assert ti.state == "failed" and ti.try_number == 1  # killed by a signal: a failure, never a success
     assert _summary(ti) is None  # it died before writing one
+
+
+# Scores like SCORER until half-way, then holds its batch for good (and says so in a file).
+HOLDING_SCORER = SCORER + '''
+
+import os
+import threading
+
+_real = Scorer.predict
+
+
+def _predict(self, batch):
+    if batch["customer_id"].min() >= 4_000:
+        open(os.environ["HELD_FILE"], "w").close()
+        threading.Event().wait()
+    return _real(self, batch)
+
+
+Scorer.predict = _predict
+'''
+
+
+def _wait_for(predicate: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_run_drains_when_the_task_process_is_killed(airflow_home: Path, tmp_path: Path) -> None:
+    """A task process killed with -9 (a worker lost to the OOM killer) leaves no run going on unseen: the
+    run gets SIGTERM, drains, and the ledger records it interrupted (its lease free for the retry)."""
+    from infermill.engine.job_status import status
+
+    write_parquet_files(tmp_path / "data", ROWS, 2)
+    job = _job(tmp_path, scorer=HOLDING_SCORER)
+    held = tmp_path / "held"
+    dag_file = tmp_path / "dag.py"
+    dag_file.write_text(textwrap.dedent(f"""
+        from datetime import UTC, datetime
+
+        from airflow import DAG
+
+        from infermill.integrations.airflow import InfermillOperator
+
+        with DAG("orphan", start_date=datetime(2026, 3, 1, tzinfo=UTC), schedule=None) as dag:
+            InfermillOperator(task_id="score", job={str(job)!r}, env={{"HELD_FILE": {str(held)!r}}})
+        dag.test(execution_date=datetime(2026, 3, 1, tzinfo=UTC))
+        """))
+    task = subprocess.Popen([sys.executable, str(dag_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(held.exists)  # half the input committed, a batch held in the model
+        assert status(str(job))["state"] == "running"
+    finally:
+        task.kill()
+        task.wait()
+    try:
+        _wait_for(lambda: status(str(job))["state"] != "running")  # the run drained: grace_seconds = 2
+    finally:
+        holder = status(str(job))["holder"]
+        if holder:  # the run went on unseen: stop it, so the failed test leaves no process behind
+            os.kill(holder["pid"], signal.SIGKILL)
+    info = status(str(job))
+    assert info["state"] == "interrupted" and info["holder"] is None
+    assert 0 < info["shards_committed"] < info["shards_total"]  # kept: the next run resumes
