@@ -161,6 +161,10 @@ class InfermillTrigger(BaseTrigger):  # type: ignore[misc]
              "host": self.host, "poll_interval": self.poll_interval},
         )
 
+    @property
+    def _run_log(self) -> str:
+        return os.path.join(os.path.dirname(self.summary_path), "run.log")
+
     def _ours(self, view: Mapping[str, Any], key: str) -> bool:
         record = view.get(key) or {}
         return bool(record) and record.get("pid") == self.pid and record.get("host") == self.host
@@ -171,7 +175,7 @@ class InfermillTrigger(BaseTrigger):  # type: ignore[misc]
         while True:
             summary = _read_summary(self.summary_path)
             if summary is not None:
-                yield TriggerEvent({"returncode": int(summary["exit_code"]), "summary": summary})
+                yield TriggerEvent({"returncode": int(summary["exit_code"]), "summary": summary, "log": self._run_log})
                 return
             view = await asyncio.to_thread(_ledger_view, self.job, self.params)
             holding = self._ours(view, "holder")
@@ -181,7 +185,8 @@ class InfermillTrigger(BaseTrigger):  # type: ignore[misc]
                 gone = seen_ours and not holding
             if gone and not holding:
                 summary = _read_summary(self.summary_path)  # it may have landed since the first read
-                yield TriggerEvent({"returncode": int(summary["exit_code"]) if summary else None, "summary": summary})
+                code = int(summary["exit_code"]) if summary else None
+                yield TriggerEvent({"returncode": code, "summary": summary, "log": self._run_log})
                 return
             if view.get("shards_committed") != committed:
                 committed = view.get("shards_committed")
@@ -304,6 +309,11 @@ class InfermillOperator(BaseOperator):  # type: ignore[misc]
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any] | None:
         """Resumed by the trigger's event: map the run's outcome as ``execute`` does."""
+        log = event.get("log")
+        if log:  # the run's own output, into the task's log as a synchronous run's is
+            with contextlib.suppress(OSError), open(log, encoding="utf-8", errors="replace") as fh:
+                for line in fh.readlines()[-200:]:
+                    self.log.info("%s", line.rstrip())
         code = event.get("returncode")
         return self._finish(context, None if code is None else int(code), event.get("summary"))
 
