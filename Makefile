@@ -44,6 +44,7 @@ postgres:
 test: install-dev postgres
 	$(BIN)/python -m pytest -q
 	$(MAKE) test-dagster
+	$(MAKE) test-airflow
 
 # Dagster in its own environment (its dependencies conflict with other orchestrators'): the versions tested.
 DAGSTER_VENV := .venv-dagster
@@ -57,6 +58,20 @@ $(DAGSTER_VENV)/.installed: pyproject.toml
 .PHONY: test-dagster
 test-dagster: $(DAGSTER_VENV)/.installed
 	DAGSTER_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1 $(DAGSTER_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integrations/test_dagster.py
+
+## make test-airflow: the Airflow operator through Airflow's own dag.test(), in its own venv (its dependencies
+## clash with ours); pinned to the Airflow release it was tested with
+AIRFLOW_VENV ?= .venv-airflow
+AIRFLOW_VERSION ?= 2.10.5
+$(AIRFLOW_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip --disable-pip-version-check -q install -e '.[airflow,sklearn]' \
+		'apache-airflow==$(AIRFLOW_VERSION)' 'pytest>=8' 'pytest-timeout>=2.2'
+	touch $@
+.PHONY: test-airflow
+test-airflow: $(AIRFLOW_VENV)/.installed
+	AIRFLOW__CORE__LOAD_EXAMPLES=False DO_NOT_TRACK=1 SCARF_ANALYTICS=false \
+		$(AIRFLOW_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integrations/test_airflow.py
 
 ## make test-fast: the inner loop, without slow tests
 test-fast: install-dev postgres

@@ -1,1 +1,1 @@
-"""Orchestrator integrations: one module per orchestrator, each an optional extra, imported only when used."""
+"""Orchestrator integrations (Airflow, Prefect, Dagster): each an optional extra, imported only by name."""
