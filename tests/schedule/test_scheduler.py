@@ -95,7 +95,17 @@ def test_files_dropped_during_a_run_trigger_exactly_one_later_run(tmp_path: Path
     assert json.loads(second.detail)["new"] == ["late.parquet"]
     assert first.key != second.key and first.key.startswith("files:")
     assert (first.state, first.attempts, second.attempts) == ("complete", 1, 1)
-    assert second.exit_code is not None  # it ran once (what it does with the new file is the job's business)
+    # The second run is incremental: it scores the new file only, and the output is the whole input's.
+    assert (second.state, second.exit_code) == ("complete", 0)
+    import pyarrow.parquet as pq
+
+    expected = sorted(
+        id_ for f in sorted((tmp_path / "data").glob("*.parquet"))
+        for id_ in pq.read_table(f, columns=["customer_id"]).column("customer_id").to_pylist()
+    )
+    assert sorted(read_output(tmp_path / "out").column("customer_id").to_pylist()) == expected
+    listed = runs(job)
+    assert [e.state for e in listed if e.run_id is not None] == ["complete", "complete"]
 
 
 def test_a_run_killed_by_a_signal_is_recorded_as_a_failure_never_a_success(tmp_path: Path) -> None:
