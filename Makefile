@@ -43,6 +43,19 @@ postgres:
 ## make test: install and run the whole test suite (what CI runs)
 test: install-dev postgres
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-prefect
+
+## make test-prefect: the Prefect integration, in its own environment (Prefect's dependencies conflict with
+## other orchestrators'): a tiny job through Prefect's test harness, offline
+PREFECT_VENV ?= .venv-prefect
+.PHONY: test-prefect
+$(PREFECT_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PREFECT_VENV)
+	$(PREFECT_VENV)/bin/python -m pip --disable-pip-version-check -q install -e '.[prefect,sklearn]' \
+		'prefect==3.9.1' 'pytest>=8' 'pytest-timeout>=2.2'
+	touch $@
+test-prefect: $(PREFECT_VENV)/.installed
+	$(PREFECT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integrations/test_prefect.py
 
 ## make test-fast: the inner loop, without slow tests
 test-fast: install-dev postgres

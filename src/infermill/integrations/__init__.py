@@ -1,0 +1,1 @@
+"""Orchestrator integrations: Airflow, Prefect, Dagster (each an optional extra, imported only here)."""
