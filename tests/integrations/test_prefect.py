@@ -6,6 +6,7 @@ where Prefect is not installed."""
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import json
 import os
@@ -52,7 +53,12 @@ from prefect.client.schemas.filters import (  # noqa: E402
 )
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
-from infermill.integrations.prefect import InfermillRunFailed, infermill_flow, retry_condition  # noqa: E402
+from infermill.integrations.prefect import (  # noqa: E402
+    InfermillRunFailed,
+    _logical_date,
+    infermill_flow,
+    retry_condition,
+)
 
 ROWS = 2_000
 
@@ -193,6 +199,25 @@ def test_a_killed_run_is_a_failure_never_a_success(tmp_path: Path) -> None:
         state.result()
     assert caught.value.returncode == -9 and caught.value.state == "killed" and caught.value.summary is None
     assert "SIGKILL" in caught.value.message
+
+
+def test_the_logical_date_fills_the_date_placeholder(tmp_path: Path) -> None:
+    job, _ = _job(tmp_path)
+    write_parquet_files(tmp_path / "data" / "2026-01-02", 300, files=1)
+    job.write_text(job.read_text().replace('path = "data/*.parquet"', 'path = "data/{date}/*.parquet"'))
+    summary = infermill_flow(job=str(job), logical_date="2026-01-02", retries=0)
+
+    assert summary["params"] == {"date": "2026-01-02"} and summary["rows_succeeded"] == 300
+
+
+def test_a_scheduled_time_is_a_date_in_the_jobs_timezone(tmp_path: Path) -> None:
+    job, _ = _job(tmp_path)
+    late = dt.datetime(2026, 3, 1, 23, 30, tzinfo=dt.UTC)
+    assert _logical_date(str(job), late) is None  # no {date} in the path: nothing to pass (it would be refused)
+    job.write_text(job.read_text().replace('path = "data/*.parquet"', 'path = "data/{date}/*.parquet"')
+                   + 'timezone = "Europe/Paris"\n')
+    assert _logical_date(str(job), late) == "2026-03-02"  # 00:30 in Paris
+    assert _logical_date(str(job), "2026-01-05") == "2026-01-05"
 
 
 def test_import_infermill_does_not_import_prefect() -> None:

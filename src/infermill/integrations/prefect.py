@@ -300,10 +300,14 @@ def _infermill_flow(
     env: dict[str, str] | None = None,
     retries: int = DEFAULT_RETRIES,
     retry_delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS,
+    logical_date: str | None = None,
 ) -> dict[str, Any]:
-    """Run one infermill job (retried on exit 75 and 3); its logical date is the flow run's scheduled date."""
+    """Run one infermill job (retried on exit 75 and 3). Its logical date (``{date}`` in the job's path) is
+    ``logical_date`` (``YYYY-MM-DD``, for a backfill) or else the flow run's scheduled date."""
     run = infermill_task.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
-    result: dict[str, Any] = run(job, params=params, logical_date=_scheduled_date(), command=command, env=env)
+    result: dict[str, Any] = run(
+        job, params=params, logical_date=logical_date or _scheduled_date(), command=command, env=env
+    )
     return result
 
 
