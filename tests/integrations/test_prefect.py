@@ -10,6 +10,8 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -66,6 +68,8 @@ ROWS = 2_000
 # once (a marker file beside the model remembers). The run drains and exits 75, shards left to do.
 INTERRUPTING_SCORER = SCORER + '''
 import os
+import re
+import runpy
 import signal
 from pathlib import Path
 
@@ -91,6 +95,7 @@ def harness() -> Iterator[None]:
 
 
 def _job(folder: Path, entrypoint: str = "scorer.py:Scorer", model_kind: str = "python") -> tuple[Path, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "scorer.py").write_text(INTERRUPTING_SCORER)
     table = write_parquet_files(folder / "data", ROWS, files=4)
     job = write_job(
@@ -218,6 +223,22 @@ def test_a_scheduled_time_is_a_date_in_the_jobs_timezone(tmp_path: Path) -> None
                    + 'timezone = "Europe/Paris"\n')
     assert _logical_date(str(job), late) == "2026-03-02"  # 00:30 in Paris
     assert _logical_date(str(job), "2026-01-05") == "2026-01-05"
+
+
+def test_the_documented_flow_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "integrations.md").read_text()
+    section = docs.split("\n## prefect\n", 1)[1].split("\n## ", 1)[0]
+    found = re.search(r"```python\n(# flows/nightly.py\n.*?)```", section, re.S)
+    assert found, "docs/integrations.md: no flows/nightly.py example in ## prefect"
+    job, table = _job(tmp_path / "jobs")
+    job.rename(tmp_path / "jobs" / "nightly.toml")
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "nightly.py").write_text(found.group(1))
+    monkeypatch.chdir(tmp_path)
+
+    runpy.run_path("flows/nightly.py", run_name="__main__")
+
+    _assert_exact(tmp_path / "jobs", table)
 
 
 def test_import_infermill_does_not_import_prefect() -> None:
