@@ -46,6 +46,7 @@ if importlib.util.find_spec("prefect") is not None:
     _offline()
 pytest.importorskip("prefect", reason="Prefect runs in its own environment: make test-prefect")
 
+from prefect import flow  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.client.schemas.filters import (  # noqa: E402
     ArtifactFilter,
@@ -55,12 +56,15 @@ from prefect.client.schemas.filters import (  # noqa: E402
 )
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
+from infermill.engine.lease import connect  # noqa: E402
 from infermill.integrations.prefect import (  # noqa: E402
     InfermillRunFailed,
     _logical_date,
     infermill_flow,
+    infermill_task,
     retry_condition,
 )
+from infermill.spec import load_spec  # noqa: E402
 
 ROWS = 2_000
 
@@ -92,6 +96,11 @@ class Interrupting(Scorer):
             os.kill(os.getpid(), signal.SIGTERM)
             threading.Event().wait()
         return super().predict(batch)
+
+
+class Stuck(Scorer):
+    def predict(self, batch):
+        threading.Event().wait()  # a model call that never returns
 """
 
 
@@ -213,6 +222,35 @@ def test_a_killed_run_is_a_failure_never_a_success(tmp_path: Path) -> None:
         state.result()
     assert caught.value.returncode == -9 and caught.value.state == "killed" and caught.value.summary is None
     assert "SIGKILL" in caught.value.message
+
+
+def test_a_task_stopped_by_its_timeout_stops_its_run(tmp_path: Path) -> None:
+    job, _ = _job(tmp_path, entrypoint="scorer.py:Stuck")
+    job.write_text(job.read_text() + "grace_seconds = 0\n")
+    run = infermill_task.with_options(timeout_seconds=3, retries=0)
+
+    @flow
+    def stopped() -> Any:
+        return run(str(job))
+
+    state = stopped(return_state=True)
+
+    assert state.is_failed(), state
+    with get_client(sync_client=True) as client:
+        (task_run,) = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    assert task_run.state.name == "TimedOut", task_run.state
+    ledger = connect(load_spec(str(job)))
+    try:
+        last = ledger.runs()[-1]
+    finally:
+        ledger.close()
+    # The child got SIGTERM, gave up on the stuck call, ended its run in the ledger and exited before the
+    # task returned: no run goes on behind a task that Prefect considers over.
+    assert last.ended_at is not None and last.state != "running", last
+    with pytest.raises(ProcessLookupError):
+        os.kill(last.pid, 0)
 
 
 def test_the_logical_date_fills_the_date_placeholder(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -168,6 +169,21 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
+def _forward(stream: Any, logger: Any) -> None:
+    """The child's output, line by line, into the task's log."""
+    with stream:
+        for line in stream:
+            logger.info("%s", line.rstrip("\n"))
+
+
+def _wait(proc: subprocess.Popen[str]) -> int:
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def _run(
     job: str, params: Mapping[str, str], command: Sequence[str] | None, env: Mapping[str, str] | None, logger: Any
 ) -> tuple[int, dict[str, Any] | None]:
@@ -180,16 +196,18 @@ def _run(
             argv, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             errors="replace",
         )
+        # The output is forwarded on a thread, and this one waits in short steps: Prefect stops a task (its
+        # timeout, a cancellation) by raising in the task's thread, which a blocking read would never see.
+        forward = threading.Thread(target=_forward, args=(proc.stdout, logger), name="infermill-log", daemon=True)
+        forward.start()
         try:
-            assert proc.stdout is not None
-            with proc.stdout:
-                for line in proc.stdout:
-                    logger.info("%s", line.rstrip("\n"))
-            code = proc.wait()
+            code = _wait(proc)
         except BaseException:
-            # The task was stopped (timeout, cancellation): the child must not run on unseen.
+            # The task was stopped: the child must not run on unseen. It drains (exit 75) or is killed.
             _stop(proc)
             raise
+        finally:
+            forward.join(timeout=10)
         try:
             with open(summary_path, encoding="utf-8") as fh:
                 summary: dict[str, Any] | None = json.load(fh)
