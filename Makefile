@@ -45,6 +45,7 @@ test: install-dev postgres
 	$(BIN)/python -m pytest -q
 	$(MAKE) test-dagster
 	$(MAKE) test-airflow
+	$(MAKE) test-prefect
 
 # Dagster in its own environment (its dependencies conflict with other orchestrators'): the versions tested.
 DAGSTER_VENV := .venv-dagster
@@ -73,6 +74,18 @@ test-airflow: $(AIRFLOW_VENV)/.installed
 	AIRFLOW__CORE__LOAD_EXAMPLES=False DO_NOT_TRACK=1 SCARF_ANALYTICS=false \
 		$(AIRFLOW_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integrations/test_airflow.py
 
+## make test-prefect: the Prefect integration, in its own environment (Prefect's dependencies conflict with
+## other orchestrators'): a tiny job through Prefect's test harness, offline
+PREFECT_VENV ?= .venv-prefect
+.PHONY: test-prefect
+$(PREFECT_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PREFECT_VENV)
+	$(PREFECT_VENV)/bin/python -m pip --disable-pip-version-check -q install -e '.[prefect,sklearn]' \
+		'prefect==3.9.1' 'pytest>=8' 'pytest-timeout>=2.2'
+	touch $@
+test-prefect: $(PREFECT_VENV)/.installed
+	$(PREFECT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integrations/test_prefect.py
+
 ## make test-fast: the inner loop, without slow tests
 test-fast: install-dev postgres
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -92,4 +105,5 @@ bench: install-dev
 	$(BIN)/python bench/bench_plan.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache infermill-demo
+	rm -rf $(VENV) .venv-dagster .venv-airflow .venv-prefect build dist src/*.egg-info .pytest_cache .mypy_cache \
+		.ruff_cache infermill-demo
