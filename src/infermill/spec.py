@@ -321,13 +321,14 @@ class ScheduleSpec:
     """Due times missed while ``serve`` was down: ``"none"`` skips them, ``"latest"`` runs the newest one
     once, ``"all"`` runs each, oldest first (each with its own logical date)."""
     on_new_files: bool = False
-    """Also run when new input files arrive (and have settled): ``serve`` lists the input location every
-    ``poll_seconds`` (local folders and object stores alike)."""
+    """Also run when new input files arrive (and have settled): ``serve`` watches a local input folder with
+    filesystem events (inotify) and lists an object store every ``poll_seconds``."""
     settle_seconds: float = 30.0
     """New files trigger a run once the input's listing (names, sizes, mtimes or etags) has not changed
     for this long, so a file still being written is not read half-way."""
     poll_seconds: float = 10.0
-    """How often ``serve`` lists the input location when ``on_new_files`` is set."""
+    """How often ``serve`` lists the input location when ``on_new_files`` is set and no file event woke it
+    (object stores; local folders where inotify is not available)."""
     retry_seconds: float = 60.0
     """After a run that exited 3 (another run held the job) or 75 (interrupted, transient), how long
     ``serve`` waits before running the same trigger again (it resumes)."""

@@ -108,6 +108,42 @@ def test_files_dropped_during_a_run_trigger_exactly_one_later_run(tmp_path: Path
     assert [e.state for e in listed if e.run_id is not None] == ["complete", "complete"]
 
 
+def test_a_file_landing_in_a_local_input_folder_is_seen_through_its_event_not_at_the_next_poll(
+    tmp_path: Path,
+) -> None:
+    """With a listing only every hour, the new file is still seen at once: the folder's inotify event says
+    when to look (the listing still says what is new), and ``wait`` wakes on it."""
+    import threading
+    import time
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    job, _ = scheduled_job(tmp_path, "on_new_files = true\nsettle_seconds = 5\npoll_seconds = 3600\n")
+    clock = FakeClock(T0)
+    scheduler = _scheduler(job, clock)
+    assert scheduler.tick() == 0  # the first listing: three new files, settling
+    assert scheduler.watches[0].events is not None  # a local folder: watched
+    clock.advance(5)
+    assert scheduler.tick() == 1
+    late = pq.read_table(tmp_path / "data" / "part-000.parquet").slice(0, 7)
+    late = late.set_column(0, "customer_id", pc.add(late.column("customer_id"), 500_000))
+    writer = threading.Timer(0.3, lambda: pq.write_table(late, tmp_path / "data" / "late.parquet"))
+    writer.start()
+    started = time.monotonic()
+    scheduler.wait(60)  # woken by the file's events, not by the minute passing
+    writer.join()
+    assert time.monotonic() - started < 30
+    clock.advance(1)  # an hour before the next listing by the clock
+    assert scheduler.tick() == 0  # seen through its event: settling
+    clock.advance(5)
+    assert scheduler.tick() == 1
+    first, second = triggers(job, "files")
+    assert json.loads(second.detail)["new"] == ["late.parquet"] and second.state == "complete"
+    ids = read_output(tmp_path / "out").column("customer_id").to_pylist()
+    assert set(late.column("customer_id").to_pylist()) <= set(ids) and len(ids) == len(set(ids))
+
+
 def test_a_run_killed_by_a_signal_is_recorded_as_a_failure_never_a_success(tmp_path: Path) -> None:
     job, _ = scheduled_job(tmp_path, 'cron = "0 2 * * *"\n')
     clock = FakeClock(T0)

@@ -26,6 +26,7 @@ import glob
 import hashlib
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -41,6 +42,7 @@ from ..ledger import Ledger, TriggerRecord, holder_is_dead, lease_is_live
 from ..spec import JobSpec, load_spec
 from .cron import Cron, zone
 from .launch import Launched, Launcher
+from .watch import FolderEvents, watch_root
 
 __all__ = ["CLOCK_FILE_ENV", "Scheduler", "file_clock", "job_files", "serve"]
 
@@ -88,6 +90,9 @@ class _Watch:
     not_before: dict[str, float] = field(default_factory=dict)
     """Trigger key -> when it may run again (after exit 3 or 75)."""
     complained: str | None = None
+    events: FolderEvents | None = None
+    """inotify on a local input folder (None: an object store, or no inotify here: listed every poll)."""
+    events_root: str | None = None
 
 
 def _utc(epoch: float) -> _dt.datetime:
@@ -128,9 +133,6 @@ class Scheduler:
         """Stop after the running job (which is told to drain); a second request stops it at once."""
         self.signals += 1
         self._stop.set()
-
-    def wait(self, seconds: float) -> None:
-        self._stop.wait(seconds)
 
     # -- one tick ---------------------------------------------------------------------------------
     def tick(self) -> int:
@@ -219,7 +221,11 @@ class Scheduler:
     # -- new files --------------------------------------------------------------------------------
     def _claim_files(self, spec: JobSpec, ledger: Ledger, now: float, watch: _Watch) -> None:
         schedule = spec.schedule
-        if now < watch.next_poll:
+        fired = self._events(spec, watch)
+        settled = watch.seen_digest is not None and now - watch.seen_since >= schedule.settle_seconds
+        # A local folder's events say when to look (at once); its listing, as an object store's, says what is
+        # new. Without an event the input is listed every poll_seconds, and once more when a change settles.
+        if now < watch.next_poll and not fired and not settled:
             return
         watch.next_poll = now + schedule.poll_seconds
         listing = _listing(spec)
@@ -243,6 +249,28 @@ class Scheduler:
                                 logical_date=_utc(now).astimezone(tz).date().isoformat(), detail=json.dumps(detail)):
             self.log(f"{spec.name}: {len(new)} new input file(s) settled ({', '.join(p for p, _ in new[:3])}"
                      f"{' ...' if len(new) > 3 else ''})")
+
+    def _events(self, spec: JobSpec, watch: _Watch) -> bool:
+        """Whether the job's local input folder had file events since the last look (opening the watch on
+        first use, or again when the folder it watches changed)."""
+        root = watch_root(spec.resolve(spec.input_template or spec.input.path))
+        if root != watch.events_root:
+            if watch.events is not None:
+                watch.events.close()
+            watch.events, watch.events_root = (FolderEvents.open(root) if root else None), root
+        return watch.events.changed() if watch.events is not None else False
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, waking early on a stop request or a file event in a watched input folder."""
+        fds = [w.events.fileno() for w in self.watches if w.events is not None]
+        if not fds:
+            self._stop.wait(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(fds, [], [], min(left, 0.25))
+            if ready:
+                return
 
     # -- what to run ------------------------------------------------------------------------------
     def _runnable(self, spec: JobSpec, ledger: Ledger, now: float, watch: _Watch) -> list[TriggerRecord]:
