@@ -379,12 +379,25 @@ class SqlSink(Sink):
         if db.columns(cur, schema, phys) is None:
             db.create_table(cur, schema, phys, table.schema, None if errors else key)
         target = quote_qualified(schema, phys)
+        names = ", ".join(quote_name(c) for c in table.column_names)
+        qkey = quote_name(key)
+        keys_text = self._keys_as_text(cur, table, schema, phys, key) if self.settings.mode != "upsert" and \
+            not errors and db.postgres else None
+        if keys_text is not None:
+            # Insert mode on PostgreSQL: COPY straight into the target, after deleting what earlier attempts of
+            # this shard wrote; the marker names the keys as PostgreSQL prints them, which for these key types
+            # is Arrow's text of them. Still one transaction: the rows and their marker commit together.
+            self._delete_rows(cur, target, schema, phys, key, f" AND shard = {p} AND errors = {p}",
+                              (shard, errors))
+            db.load(cur, target, table, csv_path(staged.location))
+            fault_point("sql_after_copy")
+            self._record(cur, name, shard, attempt, errors, staged, table, f"{p}::text[]", (keys_text,))
+            fault_point("sql_in_merge")
+            return
         staging = db.staging_table(cur, target, table.column_names)
         db.load(cur, staging, table, csv_path(staged.location))
         fault_point("sql_after_copy")
         self._delete_rows(cur, target, schema, phys, key, f" AND shard = {p} AND errors = {p}", (shard, errors))
-        names = ", ".join(quote_name(c) for c in table.column_names)
-        qkey = quote_name(key)
         if self.settings.mode == "upsert" and not errors:
             others = [quote_name(c) for c in table.column_names if c != key]
             action = f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in others)}" if others else "DO NOTHING"
@@ -397,16 +410,36 @@ class SqlSink(Sink):
         else:
             cur.execute(f"INSERT INTO {target} ({names}) SELECT {names} FROM {staging}")
         keys = f"array_agg({qkey}::text)" if db.postgres else f"json_group_array({qkey})"
-        cur.execute(
-            f"INSERT INTO {self._meta_table(COMMITS_TABLE)} (target, part, shard, attempt, errors, rows, bytes, "
-            f"sha256, arrow_schema, keys, committed_at) SELECT {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, "
-            f"{keys}, {p} FROM {staging}",
-            (self.target, name, shard, attempt, errors, staged.rows, staged.bytes, staged.sha256,
-             table.schema.serialize().to_pybytes().hex(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
-        )
+        self._record(cur, name, shard, attempt, errors, staged, table, f"{keys} FROM {staging}", ())
         if not db.postgres:
             cur.execute(f"DROP TABLE {staging}")
         fault_point("sql_in_merge")
+
+    def _record(self, cur: Any, name: str, shard: int, attempt: int, errors: bool, staged: StagedFile,
+                table: pa.Table, keys: str, key_params: tuple[Any, ...]) -> None:
+        """Insert the part's marker; ``keys`` is the SQL (with ``key_params``) giving its keys column."""
+        p = self.db.p
+        cur.execute(
+            f"INSERT INTO {self._meta_table(COMMITS_TABLE)} (target, part, shard, attempt, errors, rows, bytes, "
+            f"sha256, arrow_schema, committed_at, keys) SELECT {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, "
+            f"{keys}",
+            (self.target, name, shard, attempt, errors, staged.rows, staged.bytes, staged.sha256,
+             table.schema.serialize().to_pybytes().hex(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             *key_params),
+        )
+
+    def _keys_as_text(self, cur: Any, table: pa.Table, schema: str | None, phys: str, key: str) -> list[str] | None:
+        """The key column as the text PostgreSQL's ``key::text`` gives, when Arrow's text of it is the same:
+        integers into an integer column, strings into ``text`` or ``varchar`` (not ``char(n)``, whose text
+        drops trailing blanks). None otherwise (the rows then go through a staging table)."""
+        kind = table.schema.field(key).type
+        declared = {n: t for n, t, _ in self.db.columns(cur, schema, phys) or []}.get(key, "")
+        same = (pa.types.is_integer(kind) and declared in ("bigint", "integer", "smallint")) or (
+            pa.types.is_string(kind) and (declared == "text" or declared.startswith("character varying")))
+        if not same:
+            return None
+        texts: list[str] = table.column(key).cast(pa.string()).to_pylist()
+        return texts
 
     def _delete_rows(self, cur: Any, target: str, schema: str | None, phys: str, key: str, where: str,
                      params: tuple[Any, ...]) -> None:

@@ -38,52 +38,38 @@ _CSV_TYPES = frozenset({16, 20, 21, 23, 26, 700, 701, 25, 1043, 1042, 19, 114, 3
 types (a NULL is an unquoted empty field, an empty string a quoted one)."""
 
 
-class _CopyReader:
-    """A read-only file over a COPY's chunks, for Arrow's streaming CSV reader (which asks for bytes)."""
-
-    def __init__(self, chunks: Iterator[Any]) -> None:
-        self._chunks = chunks
-        self._pending = b""
-        self.closed = False
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        parts = [self._pending]
-        have = len(self._pending)
-        while size < 0 or have < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            parts.append(bytes(chunk))
-            have += len(chunk)
-        data = b"".join(parts)
-        if size < 0:
-            self._pending = b""
-            return data
-        self._pending = data[size:]
-        return data[:size]
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def _csv_batches(conn: Any, text: str, params: Sequence[Any], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+def _csv_batches(
+    conn: Any, text: str, params: Sequence[Any], schema: pa.Schema, batch_size: int
+) -> Iterator[pa.RecordBatch]:
     import pyarrow.csv as pacsv
 
+    options = {
+        "read_options": pacsv.ReadOptions(column_names=schema.names, use_threads=False, block_size=1 << 26),
+        "parse_options": pacsv.ParseOptions(newlines_in_values=True),
+        "convert_options": pacsv.ConvertOptions(
+            column_types=schema, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
+            true_values=["t"], false_values=["f"],
+        ),
+    }
+
+    def parse(rows: list[bytes]) -> pa.RecordBatch:
+        # Parsed here, on this thread, from bytes in memory: no Python file handed to Arrow's threads.
+        table = pacsv.read_csv(pa.py_buffer(b"".join(rows)), **options)
+        batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(
+            [], schema=schema)
+        return batch.cast(schema) if batch.schema != schema else batch
+
+    # The server sends one CopyData message per row (the protocol says so), so batch_size messages are
+    # batch_size whole rows, whatever newlines the values hold: nothing holds more than one batch.
     with conn.cursor().copy(f"COPY ({text}) TO STDOUT (FORMAT csv)", tuple(params)) as copy:
-        reader = pacsv.open_csv(
-            _CopyReader(iter(copy)),
-            read_options=pacsv.ReadOptions(column_names=schema.names, use_threads=False, block_size=1 << 22),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types=schema, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
-                true_values=["t"], false_values=["f"],
-            ),
-        )
-        for batch in reader:
-            yield batch.cast(schema) if batch.schema != schema else batch
+        rows: list[bytes] = []
+        for row in copy:
+            rows.append(bytes(row))
+            if len(rows) == batch_size:
+                yield parse(rows)
+                rows = []
+        if rows:
+            yield parse(rows)
 
 
 class Database:
@@ -116,11 +102,11 @@ class Database:
         raise NotImplementedError
 
     def copy_batches(
-        self, conn: Any, sql: str, params: Sequence[Any], schema: pa.Schema
+        self, conn: Any, sql: str, params: Sequence[Any], schema: pa.Schema, batch_size: int
     ) -> Iterator[pa.RecordBatch] | None:
         """The rows of ``sql`` as Arrow batches of ``schema`` parsed column-wise from a bulk export, or None
         when this database or these columns have no such path (then :meth:`stream` reads them)."""
-        del conn, sql, params, schema
+        del conn, sql, params, schema, batch_size
         return None
 
     def key_is_constrained(self, conn: Any, table: str, keys: Sequence[str]) -> bool:
@@ -176,7 +162,7 @@ class _Postgres(Database):
                 yield chunk
 
     def copy_batches(
-        self, conn: Any, sql: str, params: Sequence[Any], schema: pa.Schema
+        self, conn: Any, sql: str, params: Sequence[Any], schema: pa.Schema, batch_size: int
     ) -> Iterator[pa.RecordBatch] | None:
         # COPY ... TO STDOUT (FORMAT csv), parsed by Arrow's C++ CSV reader: no Python object per value.
         # Only for columns whose CSV text Arrow parses to exactly what the row path gives (the OIDs of
@@ -188,7 +174,7 @@ class _Postgres(Database):
             oid not in _CSV_TYPES or _PG_TYPES[oid] != field.type for oid, field in zip(oids, schema, strict=True)
         ):
             return None
-        return _csv_batches(conn, text, params, schema)
+        return _csv_batches(conn, text, params, schema, batch_size)
 
     def columns(self, conn: Any, select: str) -> list[pa.Field]:
         cur = conn.execute(self.text(select), ())

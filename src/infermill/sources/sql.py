@@ -40,7 +40,7 @@ from ..sql._ident import quote_column, quote_ident
 from ..sql._url import parse_url
 from ._columns import ColumnSource
 from ._sql_db import PARAM, Database, open_database
-from .base import SYNTHETIC_ID, Fragment, Shard, rebatch
+from .base import SYNTHETIC_ID, Fragment, Shard
 from .sql_settings import SqlSettings
 
 __all__ = ["SqlSource"]
@@ -219,9 +219,9 @@ class SqlSource(ColumnSource):
             fast = self._fast_ids(target, key_at if synthetic else None)
             batches = self.db.copy_batches(conn, sql, params, pa.schema([*target, *(
                 pa.field(f"_infermill_key{i}", self.data_schema().field(k).type)
-                for i, k in enumerate(self.keys) if synthetic and k not in names)])) if fast else None
+                for i, k in enumerate(self.keys) if synthetic and k not in names)]), batch_size) if fast else None
             if batches is not None:
-                for batch in rebatch(batches, batch_size):
+                for batch in batches:
                     yield self._with_ids(batch, target, key_at if synthetic else None)
                 return
             for chunk in self.db.stream(conn, sql, params, fetch):
