@@ -7,7 +7,9 @@ How the file-sink contract (:mod:`infermill.sinks.base`) maps onto a table:
   the target in ONE transaction, which also writes the shard's *marker* row in ``_infermill_commits``: its
   name ``part-00003-a7.sql`` (shard, attempt), rows, the size and SHA-256 of the staged file, and the keys
   it wrote. The marker is what ``list_parts``/``stat``/``checksum`` read, so ``status`` and ``verify`` see
-  exactly the merges that happened;
+  exactly the merges that happened (insert and replace mode on PostgreSQL skip the staging table when
+  the key's text is the same in Arrow and PostgreSQL: the COPY goes straight into the target, still in
+  that one transaction with the marker, see :meth:`SqlSink._keys_as_text`);
 - before merging, the rows of every earlier marker of the same shard are deleted (by their keys), so a
   shard redone after a crash at any step (after the COPY, inside the merge, after the merge but before the
   ledger recorded it) leaves each row once, in ``insert`` mode too;
