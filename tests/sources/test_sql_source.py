@@ -510,6 +510,9 @@ def test_postgres_shard_streams_through_copy_with_exact_values(pg: Db, tmp_path:
     assert len(active) == 1 and active[0].startswith("COPY (SELECT"), active
     batches += list(reading)
     assert [b.num_rows for b in batches] == [100] * 29 + [99]
+    # fetch_rows bounds the rows held at once, as with a cursor.
+    limited = open_source(_spec(pg.url, tmp_path, table="t", shard_rows=100_000, fetch_rows=70))
+    assert {b.num_rows for b in limited.read(shard, 100)} == {70, 59}
     got = pa.Table.from_batches(batches)
     with psycopg.connect(pg.url) as conn:
         rows = conn.execute("SELECT id, f, r, s, v, b, i FROM t ORDER BY id").fetchall()
@@ -538,6 +541,7 @@ def test_large_postgres_table_is_cut_at_sampled_keys(pg: Db, tmp_path: Path) -> 
 @pytest.mark.postgres
 def test_postgres_rows_stream_through_a_server_side_cursor(pg: Db, tmp_path: Path) -> None:
     pg.items(range(5000))
+    pg.execute("ALTER TABLE items ADD COLUMN at TIMESTAMPTZ")  # a type the COPY path does not read
     source = open_source(_spec(pg.url, tmp_path, table="items", shard_rows=10_000, fetch_rows=100))
     (shard,) = source.plan()
     batches: Iterator[pa.RecordBatch] = source.read(shard, 1000)

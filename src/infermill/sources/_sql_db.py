@@ -104,8 +104,9 @@ class Database:
     def copy_batches(
         self, conn: Any, sql: str, params: Sequence[Any], schema: pa.Schema, batch_size: int
     ) -> Iterator[pa.RecordBatch] | None:
-        """The rows of ``sql`` as Arrow batches of ``schema`` parsed column-wise from a bulk export, or None
-        when this database or these columns have no such path (then :meth:`stream` reads them)."""
+        """The rows of ``sql`` as Arrow batches of ``schema`` (at most ``batch_size`` rows each, nothing more
+        held) parsed column-wise from a bulk export, or None when this database or these columns have no
+        such path (then :meth:`stream` reads them)."""
         del conn, sql, params, schema, batch_size
         return None
 

@@ -220,7 +220,7 @@ class SqlSource(ColumnSource):
             fast = self._fast_ids(target, key_at if synthetic else None)
             batches = self.db.copy_batches(conn, sql, params, pa.schema([*target, *(
                 pa.field(f"_infermill_key{i}", self.data_schema().field(k).type)
-                for i, k in enumerate(self.keys) if synthetic and k not in names)]), batch_size) if fast else None
+                for i, k in enumerate(self.keys) if synthetic and k not in names)]), fetch) if fast else None
             if batches is not None:
                 for batch in batches:
                     yield self._with_ids(batch, target, key_at if synthetic else None)
