@@ -217,10 +217,12 @@ class SqlSource(ColumnSource):
         )
         fetch = max(1, min(self.settings.fetch_rows, batch_size))
         with self._connect(self.settings.snapshot_id) as conn:
+            # COPY has no fetches: it holds one batch_size batch at a time (fewer, larger batches than
+            # fetch_rows gives a cursor, which cost the engine per batch).
             fast = self._fast_ids(target, key_at if synthetic else None)
             batches = self.db.copy_batches(conn, sql, params, pa.schema([*target, *(
                 pa.field(f"_infermill_key{i}", self.data_schema().field(k).type)
-                for i, k in enumerate(self.keys) if synthetic and k not in names)]), fetch) if fast else None
+                for i, k in enumerate(self.keys) if synthetic and k not in names)]), batch_size) if fast else None
             if batches is not None:
                 for batch in batches:
                     yield self._with_ids(batch, target, key_at if synthetic else None)
