@@ -190,6 +190,30 @@ def test_insert_mode_copies_each_shard_straight_into_the_table(tmp_path: Path, p
 
 
 @pytest.mark.postgres
+def test_string_keys_reach_the_marker_as_postgres_prints_them(tmp_path: Path, postgres_server: PostgresServer
+                                                              ) -> None:
+    """The keys a direct COPY's marker records (one array literal built by Arrow) read back as each key's
+    ``key::text``: quotes, backslashes, commas, braces, blanks, the word NULL and the empty string."""
+    import psycopg
+
+    from infermill.sinks.sql import SqlSink
+
+    url = postgres_server.create_database()
+    keys = ['a"b', "c\\d", "", "x,y}{", "NULL", " pad ", "é\n✓"]
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v VARCHAR(5), c CHAR(3))")
+        sink = open_sink(sink_spec(tmp_path, "", format="sql", url=url, table="t", key="k"))
+        assert isinstance(sink, SqlSink)
+        table = pa.table({"k": keys, "v": keys, "c": keys})
+        with conn.cursor() as cur:
+            literal = sink._keys_as_text(cur, table, None, "t", "k")
+            assert literal is not None
+            row = cur.execute("SELECT %s::text[]", (literal,)).fetchone()
+            assert row is not None and row[0] == keys
+            assert sink._keys_as_text(cur, table, None, "t", "c") is None  # char(n): its text drops blanks
+
+
+@pytest.mark.postgres
 def test_a_ledger_in_the_same_postgres_database(tmp_path: Path, postgres_server: PostgresServer) -> None:
     """The ledger (schema ``infermill``) and the target table share one database; a kill after the merge
     and before the ledger's commit is reconciled by the marker on resume."""
