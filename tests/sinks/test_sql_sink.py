@@ -164,6 +164,56 @@ def test_kill_at_each_step_of_the_commit_then_resume_equals_a_clean_run(
 
 
 @pytest.mark.postgres
+def test_insert_mode_copies_each_shard_straight_into_the_table(tmp_path: Path, postgres_server: PostgresServer
+                                                              ) -> None:
+    """Insert mode on PostgreSQL loads a shard with one COPY into the target (no staging table and second
+    ``INSERT ... SELECT`` pass over the rows): a row trigger on the table sees only COPY statements. The
+    markers still list every key, as ``key::text``, so a redo and ``verify`` find the rows."""
+    import psycopg
+
+    url = postgres_server.create_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE scores (customer_id BIGINT PRIMARY KEY, segment TEXT, score DOUBLE PRECISION)")
+        conn.execute("CREATE TABLE seen (query TEXT)")
+        conn.execute("CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN INSERT INTO seen VALUES (current_query()); RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER note BEFORE INSERT ON scores FOR EACH ROW EXECUTE FUNCTION note()")
+    job = _job(tmp_path, url)
+    done = _cli(job, "run")
+    assert done.returncode == 0, done.stderr
+    assert [r[0] for r in _table(tmp_path, url)] == list(range(ROWS))
+    statements = _query(tmp_path, url, "SELECT split_part(query, ' ', 1), count(*) FROM seen GROUP BY 1")
+    assert statements == [("COPY", ROWS)]
+    keys = _query(tmp_path, url, "SELECT k FROM _infermill_commits, unnest(keys) AS k ORDER BY k::bigint")
+    assert [r[0] for r in keys] == [str(i) for i in range(ROWS)]
+    assert _cli(job, "verify").returncode == 0
+
+
+@pytest.mark.postgres
+def test_string_keys_reach_the_marker_as_postgres_prints_them(tmp_path: Path, postgres_server: PostgresServer
+                                                              ) -> None:
+    """The keys a direct COPY's marker records (one array literal built by Arrow) read back as each key's
+    ``key::text``: quotes, backslashes, commas, braces, blanks, the word NULL and the empty string."""
+    import psycopg
+
+    from infermill.sinks.sql import SqlSink
+
+    url = postgres_server.create_database()
+    keys = ['a"b', "c\\d", "", "x,y}{", "NULL", " pad ", "é\n✓"]
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v VARCHAR(5), c CHAR(3))")
+        sink = open_sink(sink_spec(tmp_path, "", format="sql", url=url, table="t", key="k"))
+        assert isinstance(sink, SqlSink)
+        table = pa.table({"k": keys, "v": keys, "c": keys})
+        with conn.cursor() as cur:
+            literal = sink._keys_as_text(cur, table, None, "t", "k")
+            assert literal is not None
+            row = cur.execute("SELECT %s::text[]", (literal,)).fetchone()
+            assert row is not None and row[0] == keys
+            assert sink._keys_as_text(cur, table, None, "t", "c") is None  # char(n): its text drops blanks
+
+
+@pytest.mark.postgres
 def test_a_ledger_in_the_same_postgres_database(tmp_path: Path, postgres_server: PostgresServer) -> None:
     """The ledger (schema ``infermill``) and the target table share one database; a kill after the merge
     and before the ledger's commit is reconciled by the marker on resume."""

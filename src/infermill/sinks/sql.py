@@ -7,7 +7,9 @@ How the file-sink contract (:mod:`infermill.sinks.base`) maps onto a table:
   the target in ONE transaction, which also writes the shard's *marker* row in ``_infermill_commits``: its
   name ``part-00003-a7.sql`` (shard, attempt), rows, the size and SHA-256 of the staged file, and the keys
   it wrote. The marker is what ``list_parts``/``stat``/``checksum`` read, so ``status`` and ``verify`` see
-  exactly the merges that happened;
+  exactly the merges that happened (insert and replace mode on PostgreSQL skip the staging table when
+  the key's text is the same in Arrow and PostgreSQL: the COPY goes straight into the target, still in
+  that one transaction with the marker, see :meth:`SqlSink._keys_as_text`);
 - before merging, the rows of every earlier marker of the same shard are deleted (by their keys), so a
   shard redone after a crash at any step (after the COPY, inside the merge, after the merge but before the
   ledger recorded it) leaves each row once, in ``insert`` mode too;
@@ -33,6 +35,7 @@ import uuid
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 
@@ -379,12 +382,25 @@ class SqlSink(Sink):
         if db.columns(cur, schema, phys) is None:
             db.create_table(cur, schema, phys, table.schema, None if errors else key)
         target = quote_qualified(schema, phys)
+        names = ", ".join(quote_name(c) for c in table.column_names)
+        qkey = quote_name(key)
+        keys_text = self._keys_as_text(cur, table, schema, phys, key) if self.settings.mode != "upsert" and \
+            not errors and db.postgres else None
+        if keys_text is not None:
+            # Insert mode on PostgreSQL: COPY straight into the target, after deleting what earlier attempts of
+            # this shard wrote; the marker names the keys as PostgreSQL prints them, which for these key types
+            # is Arrow's text of them. Still one transaction: the rows and their marker commit together.
+            self._delete_rows(cur, target, schema, phys, key, f" AND shard = {p} AND errors = {p}",
+                              (shard, errors))
+            db.load(cur, target, table, csv_path(staged.location))
+            fault_point("sql_after_copy")
+            self._record(cur, name, shard, attempt, errors, staged, table, f"{p}::text[]", (keys_text,))
+            fault_point("sql_in_merge")
+            return
         staging = db.staging_table(cur, target, table.column_names)
         db.load(cur, staging, table, csv_path(staged.location))
         fault_point("sql_after_copy")
         self._delete_rows(cur, target, schema, phys, key, f" AND shard = {p} AND errors = {p}", (shard, errors))
-        names = ", ".join(quote_name(c) for c in table.column_names)
-        qkey = quote_name(key)
         if self.settings.mode == "upsert" and not errors:
             others = [quote_name(c) for c in table.column_names if c != key]
             action = f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in others)}" if others else "DO NOTHING"
@@ -397,16 +413,46 @@ class SqlSink(Sink):
         else:
             cur.execute(f"INSERT INTO {target} ({names}) SELECT {names} FROM {staging}")
         keys = f"array_agg({qkey}::text)" if db.postgres else f"json_group_array({qkey})"
-        cur.execute(
-            f"INSERT INTO {self._meta_table(COMMITS_TABLE)} (target, part, shard, attempt, errors, rows, bytes, "
-            f"sha256, arrow_schema, keys, committed_at) SELECT {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, "
-            f"{keys}, {p} FROM {staging}",
-            (self.target, name, shard, attempt, errors, staged.rows, staged.bytes, staged.sha256,
-             table.schema.serialize().to_pybytes().hex(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
-        )
+        self._record(cur, name, shard, attempt, errors, staged, table, f"{keys} FROM {staging}", ())
         if not db.postgres:
             cur.execute(f"DROP TABLE {staging}")
         fault_point("sql_in_merge")
+
+    def _record(self, cur: Any, name: str, shard: int, attempt: int, errors: bool, staged: StagedFile,
+                table: pa.Table, keys: str, key_params: tuple[Any, ...]) -> None:
+        """Insert the part's marker; ``keys`` is the SQL (with ``key_params``) giving its keys column."""
+        p = self.db.p
+        cur.execute(
+            f"INSERT INTO {self._meta_table(COMMITS_TABLE)} (target, part, shard, attempt, errors, rows, bytes, "
+            f"sha256, arrow_schema, committed_at, keys) SELECT {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, "
+            f"{keys}",
+            (self.target, name, shard, attempt, errors, staged.rows, staged.bytes, staged.sha256,
+             table.schema.serialize().to_pybytes().hex(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             *key_params),
+        )
+
+    def _keys_as_text(self, cur: Any, table: pa.Table, schema: str | None, phys: str, key: str) -> str | None:
+        """The key column as the text PostgreSQL's ``key::text`` gives, when Arrow's text of it is the same:
+        integers into an integer column, strings into ``text`` or ``varchar`` (not ``char(n)``, whose text
+        drops trailing blanks), written as one PostgreSQL array literal by Arrow (a Python list of 250,000
+        strings costs the coordinator about 0.3 s of CPU per shard to build and send; this, 0.015 s). None
+        otherwise (the rows then go through a staging table)."""
+        kind = table.schema.field(key).type
+        declared = {n: t for n, t, _ in self.db.columns(cur, schema, phys) or []}.get(key, "")
+        same = (pa.types.is_integer(kind) and declared in ("bigint", "integer", "smallint")) or (
+            pa.types.is_string(kind) and (declared == "text" or declared.startswith("character varying")))
+        if not same:
+            return None
+        column = table.column(key).combine_chunks()
+        if column.null_count:
+            return None  # NULL has no quoted form; let the staging path (and the table) deal with it
+        texts = column.cast(pa.string())
+        if pa.types.is_string(kind):  # quoted, with " and \ escaped: any text reads back as itself
+            escaped = pc.replace_substring(pc.replace_substring(texts, "\\", "\\\\"), '"', '\\"')
+            texts = pc.binary_join_element_wise('"', escaped, '"', "")
+        offsets = pa.array([0, len(texts)], pa.int32())
+        joined = pc.binary_join(pa.ListArray.from_arrays(offsets, texts), ",")[0].as_py()
+        return "{" + str(joined or "") + "}"
 
     def _delete_rows(self, cur: Any, target: str, schema: str | None, phys: str, key: str, where: str,
                      params: tuple[Any, ...]) -> None:

@@ -11,9 +11,10 @@ shard. The plan is stored in the ledger and a resume reads it back: it is never 
 :meth:`SqlSource.listing_fingerprint`), so ``VACUUM FULL``, ``CLUSTER`` or a dump and restore between runs
 change nothing.
 
-A shard streams ``SELECT ... WHERE key >= lo AND key < hi ORDER BY key`` (a server-side cursor on
-PostgreSQL) into Arrow batches, ``fetch_rows`` rows per round trip. Identifiers are validated and quoted,
-bounds are always parameters.
+A shard streams ``SELECT ... WHERE key >= lo AND key < hi ORDER BY key`` into Arrow batches: on PostgreSQL
+through ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` parsed column-wise by Arrow when every column's type
+allows (:meth:`Database.copy_batches`), else a server-side cursor, ``fetch_rows`` rows per round trip.
+Identifiers are validated and quoted, bounds are always parameters (bound by psycopg into the COPY).
 
 Without ``[input] id_column``, a row's synthetic id (``_row_id``) is its key as text (a JSON list for a
 composite key): stable whatever else changes in the table.
@@ -216,10 +217,38 @@ class SqlSource(ColumnSource):
         )
         fetch = max(1, min(self.settings.fetch_rows, batch_size))
         with self._connect(self.settings.snapshot_id) as conn:
+            # COPY has no fetches: it holds one batch_size batch at a time (fewer, larger batches than
+            # fetch_rows gives a cursor, which cost the engine per batch).
+            fast = self._fast_ids(target, key_at if synthetic else None)
+            batches = self.db.copy_batches(conn, sql, params, pa.schema([*target, *(
+                pa.field(f"_infermill_key{i}", self.data_schema().field(k).type)
+                for i, k in enumerate(self.keys) if synthetic and k not in names)]), batch_size) if fast else None
+            if batches is not None:
+                for batch in batches:
+                    yield self._with_ids(batch, target, key_at if synthetic else None)
+                return
             for chunk in self.db.stream(conn, sql, params, fetch):
                 for start in range(0, len(chunk), batch_size):
                     rows = chunk[start:start + batch_size]
                     yield self._batch(rows, target, shard, key_at if synthetic else None)
+
+    def _fast_ids(self, target: pa.Schema, key_at: list[int] | None) -> bool:
+        """Whether a column-wise read can make the synthetic ids as the row path does (``str`` of a single
+        integer or string key), or needs none."""
+        if key_at is None:
+            return True
+        if len(key_at) != 1:
+            return False
+        kind = self.data_schema().field(self.keys[0]).type
+        return bool(pa.types.is_integer(kind) or pa.types.is_string(kind))
+
+    def _with_ids(self, batch: pa.RecordBatch, target: pa.Schema, key_at: list[int] | None) -> pa.RecordBatch:
+        """``batch`` (the selected columns) cut to ``target``, plus the synthetic ids when there are any."""
+        arrays = batch.columns[: len(target)]
+        if key_at is None:
+            return pa.RecordBatch.from_arrays(arrays, schema=target)
+        ids = batch.column(key_at[0]).cast(pa.string())
+        return pa.RecordBatch.from_arrays([*arrays, ids], schema=target.append(pa.field(SYNTHETIC_ID, pa.string())))
 
     def _batch(
         self, rows: list[tuple[Any, ...]], target: pa.Schema, shard: Shard, key_at: list[int] | None

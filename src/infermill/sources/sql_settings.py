@@ -32,7 +32,9 @@ class SqlSettings:
     already committed are reported by ``infermill status``. ``"snapshot"`` (PostgreSQL): every shard of a run
     reads one exported snapshot, held open by the coordinator for the whole run."""
     fetch_rows: int = 10_000
-    """Rows fetched per round trip from the database cursor (bounds the memory of a read)."""
+    """Rows fetched per round trip from the database cursor (bounds the memory of a read); PostgreSQL shards
+    whose columns are all booleans, integers, floats or text stream through ``COPY`` instead, one batch
+    (``[batch] size`` rows) at a time."""
     sample_above_rows: int = 10_000_000
     """PostgreSQL tables that the statistics (``pg_class.reltuples``, kept by ``ANALYZE``) count at least
     this many rows, and whose key a unique index and NOT NULL guarantee, are cut at keys of a block sample
