@@ -610,3 +610,11 @@ class TestSqliteConformance(SourceConformance):
         # A SQL source reads in key order: the suite's rows ascend in "key" (or, without it, in "x").
         key = "key" if "key" in names else "x"
         return source_spec("", url=f"sqlite:///{path}", table="t", key=key, shard_rows=10, **input_options)
+
+
+def test_validate_names_the_table_not_a_file_count(tmp_path: Path) -> None:
+    db = Db("sqlite", "sqlite:///data.db", tmp_path / "data.db")
+    db.items(range(1, 601))
+    proc = run_cli("validate", str(sql_job(tmp_path, db.url)))
+    assert proc.returncode == 0, proc.stderr
+    assert "input:    sql, 3 shards, 600 rows" in proc.stdout

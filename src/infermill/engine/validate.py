@@ -33,7 +33,8 @@ def validate(job: JobSpec | str | os.PathLike[str]) -> list[str]:
     rows = sum(s.rows or 0 for s in shards) if all(s.rows is not None for s in shards) else None
     files = len({f.path for s in shards for f in s.fragments})
     lines.append(
-        f"input:    {source.format}, {plural(files, 'file')}, {plural(len(shards), 'shard')}"
+        f"input:    {source.format}, {plural(files, 'file') + ', ' if spec.input.path else ''}"
+        f"{plural(len(shards), 'shard')}"
         + (f", {plural(rows, 'row')}" if rows is not None else "")
     )
     columns = resolve_columns(spec, source.schema())
