@@ -96,13 +96,14 @@ lint: install-dev
 
 ## make bench: speed and memory targets, measured against baselines in the same run
 ## (the Ray Data legs need `pip install -e '.[bench]'`; without Ray they print why they are skipped)
-bench: install-dev
+bench: install-dev postgres
 	$(BIN)/python bench/bench_tabular.py
 	$(BIN)/python bench/bench_overhead.py
 	$(BIN)/python bench/bench_embeddings.py
 	$(BIN)/python bench/bench_ray.py
 	$(BIN)/python bench/bench_files.py
 	$(BIN)/python bench/bench_plan.py
+	$(BIN)/python bench/bench_sql.py
 
 clean:
 	rm -rf $(VENV) .venv-dagster .venv-airflow .venv-prefect build dist src/*.egg-info .pytest_cache .mypy_cache \
