@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from abc import abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -20,7 +20,7 @@ from ..spec import JobSpec
 from ..store import RetryingFile
 from ._columns import ColumnSource
 from ._fs import InputFile, InputListing, display_path, list_input, open_filesystem
-from .base import InputDelta, Shard
+from .base import Fragment, InputDelta, Shard
 
 __all__ = ["FileSource"]
 
@@ -190,3 +190,40 @@ def _is_local(fs: Any) -> bool:
     from fsspec.implementations.local import LocalFileSystem
 
     return isinstance(fs, LocalFileSystem)
+
+
+def plan_units(files: Iterable[tuple[InputFile, Iterable[int]]], limit: int) -> list[Shard]:
+    """Shards of about ``limit`` rows from files cut in units read whole (Parquet row groups, Arrow record
+    batches): ``files`` gives each file with its units' row counts, in order. Consecutive units of one
+    file stay one fragment; small files share a shard; empty units are skipped."""
+    shards: list[Shard] = []
+    pending: list[Fragment] = []
+    rows = 0
+
+    def flush() -> None:
+        nonlocal pending, rows
+        if pending:
+            shards.append(Shard(ordinal=len(shards), fragments=tuple(pending)))
+        pending, rows = [], 0
+
+    for file, counts in files:
+        offset = 0
+        for index, count in enumerate(counts):
+            if count == 0:
+                continue  # nothing to read; empty files write one such unit
+            if rows and rows + count > limit:
+                flush()
+            last = pending[-1] if pending else None
+            if last is not None and last.path == file.path and last.stop == index:
+                pending[-1] = dataclasses.replace(last, stop=index + 1, rows=(last.rows or 0) + count)
+            else:
+                pending.append(Fragment(
+                    path=file.path, relpath=file.relpath, start=index, stop=index + 1, row_offset=offset,
+                    rows=count, file_fingerprint=file.fingerprint,
+                ))
+            rows += count
+            offset += count
+            if rows >= limit:
+                flush()
+    flush()
+    return shards

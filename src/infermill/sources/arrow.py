@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from ..errors import InputError
-from ._files import FileSource, _is_local
+from ._files import FileSource, _is_local, plan_units
 from ._fs import InputFile, display_path
 from .base import Fragment, Shard, rebatch
 
@@ -37,43 +37,8 @@ class ArrowSource(FileSource):
 
     def plan(self) -> list[Shard]:
         self.check_columns()
-        limit = self.spec.input.shard_rows
-        shards: list[Shard] = []
-        pending: list[Fragment] = []
-        rows = 0
-
-        def flush() -> None:
-            nonlocal pending, rows
-            if pending:
-                shards.append(Shard(ordinal=len(shards), fragments=tuple(pending)))
-            pending, rows = [], 0
-
-        for file in self.listing().files:
-            offset = 0
-            for index, count in enumerate(self._batch_rows(file)):
-                if count == 0:
-                    continue
-                if rows and rows + count > limit:
-                    flush()
-                last = pending[-1] if pending else None
-                if last is not None and last.path == file.path and last.stop == index:
-                    # Consecutive batches of one file stay one fragment.
-                    pending[-1] = Fragment(
-                        path=last.path, relpath=last.relpath, start=last.start, stop=index + 1,
-                        row_offset=last.row_offset, rows=(last.rows or 0) + count,
-                        file_fingerprint=last.file_fingerprint,
-                    )
-                else:
-                    pending.append(Fragment(
-                        path=file.path, relpath=file.relpath, start=index, stop=index + 1, row_offset=offset,
-                        rows=count, file_fingerprint=file.fingerprint,
-                    ))
-                rows += count
-                offset += count
-                if rows >= limit:
-                    flush()
-        flush()
-        return shards
+        counts = ((file, self._batch_rows(file)) for file in self.listing().files)
+        return plan_units(counts, self.spec.input.shard_rows)
 
     def read(
         self, shard: Shard, batch_size: int, columns: Sequence[str] | None = None
