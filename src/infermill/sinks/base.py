@@ -60,6 +60,7 @@ __all__ = [
     "StagedFile",
     "attempt_name",
     "file_sha256",
+    "fsync_dir",
     "open_sink",
 ]
 
@@ -85,6 +86,20 @@ def attempt_name(name: str, attempt: int) -> str:
     """``part-00003.parquet`` committed by attempt 7 -> ``part-00003-a7.parquet`` (same folder)."""
     stem, dot, ext = name.rpartition(".")
     return f"{stem}-a{attempt}{dot}{ext}"
+
+
+def fsync_dir(path: str) -> None:
+    """Flush a folder's entries (a rename in it) to disk; a folder that cannot be opened is left as is."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path: str) -> str:

@@ -38,6 +38,7 @@ from .base import (
     StagedFile,
     attempt_name,
     file_sha256,
+    fsync_dir,
 )
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ class FileSink(Sink):
                 return False
             finally:
                 _remove(tmp)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             return True
         except OSError as exc:
             raise _not_writable(self.display(), exc) from exc
@@ -183,7 +184,7 @@ class FileSink(Sink):
             tmp = os.path.join(self.root, f"{OWNER_NAME}.{uuid.uuid4().hex[:8]}.tmp")
             _write_synced(tmp, data)
             os.replace(tmp, self.display(OWNER_NAME))
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except OSError as exc:
             raise _not_writable(self.display(), exc) from exc
 
@@ -299,7 +300,7 @@ class FileSink(Sink):
                 target = os.path.join(self.root, name)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 os.replace(staged.location, target)
-                _fsync_dir(os.path.dirname(target))
+                fsync_dir(os.path.dirname(target))
                 mtime_ns = os.stat(target).st_mtime_ns
         except OSError as exc:
             raise OutputError(
@@ -491,7 +492,7 @@ class FileSink(Sink):
             tmp = os.path.join(self.scratch, f"{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}.tmp")
             _write_synced(tmp, data)
             os.replace(tmp, self.manifest_path())
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         self._remove_staging()
 
     def members(self, name: str) -> list[CommittedFile]:
@@ -529,15 +530,3 @@ def _remove(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
 
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

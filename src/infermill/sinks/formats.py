@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OutputError
@@ -160,22 +162,31 @@ class ParquetSink(FileSink):
     writer_cls = ParquetWriter
 
     def _read(self, source: Any) -> pa.Table:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        try:
+        with _damaged_part(source):
             return pq.read_table(source, page_checksum_verification=True)
-        except FileNotFoundError:
-            raise
-        except (pa.ArrowInvalid, OSError) as exc:
-            where = source if isinstance(source, str) else "a committed part"
-            raise OutputError(
-                f"{where} is damaged and cannot be read back: {exc}",
-                hint="restore the output folder from a copy, or rerun the job with `infermill run JOB --restart`",
-            ) from None
 
     def _make_writer(self, path: str, final_name: str, errors: bool) -> ShardWriter:
         return ParquetWriter(path, final_name, self.spec.output_settings().compression or "snappy")
+
+
+@contextlib.contextmanager
+def _damaged_part(source: Any) -> Iterator[None]:
+    """A committed part that cannot be read back (bad checksum, truncated) is an OutputError saying what to
+    do; a missing one stays FileNotFoundError (the caller reports it as missing)."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowInvalid, OSError) as exc:
+        where = source if isinstance(source, str) else "a committed part"
+        raise OutputError(
+            f"{where} is damaged and cannot be read back: {exc}",
+            hint="restore the output folder from a copy, or rerun the job with `infermill run JOB --restart`",
+        ) from None
 
 
 class ArrowSink(FileSink):
@@ -183,20 +194,10 @@ class ArrowSink(FileSink):
     writer_cls = ArrowWriter
 
     def _read(self, source: Any) -> pa.Table:
-        import pyarrow as pa
         import pyarrow.ipc as ipc
 
-        try:
-            with ipc.open_file(source) as reader:
-                return reader.read_all()
-        except FileNotFoundError:
-            raise
-        except (pa.ArrowInvalid, OSError) as exc:
-            where = source if isinstance(source, str) else "a committed part"
-            raise OutputError(
-                f"{where} is damaged and cannot be read back: {exc}",
-                hint="restore the output folder from a copy, or rerun the job with `infermill run JOB --restart`",
-            ) from None
+        with _damaged_part(source), ipc.open_file(source) as reader:
+            return reader.read_all()
 
     def _make_writer(self, path: str, final_name: str, errors: bool) -> ShardWriter:
         return ArrowWriter(path, final_name, self.spec.output_settings().compression)

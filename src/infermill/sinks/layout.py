@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ..errors import OutputError
-from .base import SETS_DIR, CommittedFile, ShardWriter, StagedFile, attempt_name, file_sha256
+from .base import SETS_DIR, CommittedFile, ShardWriter, StagedFile, attempt_name, file_sha256, fsync_dir
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -231,7 +231,7 @@ def _place(sink: FileSink, location: str, name: str) -> int | None:
         target = os.path.join(sink.root, name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.replace(location, target)
-        _fsync_dir(os.path.dirname(target))
+        fsync_dir(os.path.dirname(target))
         return os.stat(target).st_mtime_ns
     except OSError as exc:
         raise OutputError(
@@ -350,15 +350,3 @@ def prune_folders(sink: FileSink, names: list[str]) -> None:
         with contextlib.suppress(OSError):
             os.rmdir(os.path.join(sink.root, SETS_DIR))
 
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
