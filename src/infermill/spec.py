@@ -22,13 +22,13 @@ import difflib
 import hashlib
 import json
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from .errors import SpecError
+from .redact import mask_url
 
 __all__ = [
     "BatchSpec",
@@ -589,10 +589,6 @@ def _legacy_model(model: dict[str, Any], neutral: frozenset[str]) -> dict[str, A
     settings = {k: v for k, v in own.items() if k not in neutral}
     return {**{k: model[k] for k in common}, **legacy, "settings": settings}
 
-
-def mask_url(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db`` (any scheme)."""
-    return re.sub(r"^([a-zA-Z][\w+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", url)
 
 
 _SECTIONS: dict[str, type] = {

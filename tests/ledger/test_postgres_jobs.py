@@ -65,7 +65,7 @@ def test_jobs_share_a_postgres_ledger_and_never_show_its_password(
             shown += [proc.stdout, proc.stderr]
         status = json.loads(run_cli("status", str(job), "--json").stdout)
         assert (status["state"], status["shards_committed"], status["rows_succeeded"]) == ("complete", 4, 4_000)
-        assert status["ledger"].startswith("postgresql://127.0.0.1:")
+        assert status["ledger"].startswith("postgresql://postgres:***@127.0.0.1:")  # one masker for every URL
         shown.append((tmp_path / f"out-{job.stem}" / "_infermill.json").read_text())
         assert sorted(read_output(tmp_path / f"out-{job.stem}").column("customer_id").to_pylist()) == list(
             range(4_000))
@@ -83,7 +83,8 @@ def test_an_unreachable_postgres_ledger_is_a_ledger_error_without_the_password(
         infermill.run(job, progress="off")
     assert SECRET not in str(info.value) and SECRET not in (info.value.hint or "")
     proc = run_cli("run", str(job))
-    assert proc.returncode == 1 and "cannot open the ledger postgresql://127.0.0.1:" in proc.stderr
+    assert proc.returncode == 1 and "cannot open the ledger postgresql://postgres:***@127.0.0.1:" in proc.stderr
+    assert f"psql 'postgresql://postgres@127.0.0.1:{postgres_server.port}/no_such_database'" in proc.stderr
     assert SECRET not in proc.stderr + proc.stdout
 
 

@@ -15,10 +15,11 @@ import pytest
 
 import infermill
 from infermill.errors import InputError, JobChangedError, SpecError
+from infermill.redact import mask_url
 from infermill.sources import open_source
 from infermill.spec import InputSpec, JobSpec, ModelSpec, OutputSpec
 from infermill.sql._ident import quote_ident, validate_ident
-from infermill.sql._url import mask, parse_url
+from infermill.sql._url import parse_url
 from infermill.testing.sources import SourceConformance, source_spec
 from tests.conftest import read_output, run_cli, write_job
 from tests.postgres import PostgresServer
@@ -155,8 +156,8 @@ def test_url_password_is_masked_and_kept_out_of_display() -> None:
     assert url.dialect == "postgresql"
     assert url.display == "postgresql://app:***@db.example:5432/shop"
     assert "p@ss" not in repr(url)
-    assert mask("postgres://u:x@h/db") == "postgres://u:***@h/db"
-    assert mask("sqlite:///data.db") == "sqlite:///data.db"
+    assert mask_url("postgres://u:x@h/db") == "postgres://u:***@h/db"
+    assert mask_url("sqlite:///data.db") == "sqlite:///data.db"
 
 
 def test_password_env_supplies_the_password(monkeypatch: pytest.MonkeyPatch) -> None:

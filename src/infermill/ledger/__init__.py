@@ -91,7 +91,7 @@ def display_location(location: str) -> str:
     """The ledger's location fit for messages, logs and status: credentials masked."""
     if backend_name(location) == "sqlite":
         return location
-    from ..spec import mask_url
+    from ..redact import mask_url
 
     try:
         display = getattr(backend_class(location), "display", None)

@@ -12,7 +12,6 @@ so runs starting together on a new database do not race.
 
 from __future__ import annotations
 
-import re
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -20,9 +19,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import LedgerError
+from ..redact import mask_url, scrub, without_password
 from ._sql import Cursor, SQLLedger, iter_statements
 
-__all__ = ["SCHEMA_VERSION", "PostgresLedger", "display_url"]
+__all__ = ["SCHEMA_VERSION", "PostgresLedger"]
 
 SCHEMA_VERSION = 5
 _SCHEMA_LOCK = 0x1E_D6E2  # advisory lock id held while the schema is created or migrated
@@ -141,11 +141,6 @@ ALTER TABLE infermill.jobs ADD COLUMN IF NOT EXISTS plan_json TEXT
 _NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
 
 
-def display_url(url: str) -> str:
-    """The URL fit for a message, a log or a status: any ``user:password@`` and ``password=`` removed."""
-    shown = re.sub(r"^([a-zA-Z][\w+.-]*://)[^/@]*@", r"\1", url)
-    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", shown)
-
 
 def _dialect(sql: str) -> str:
     return sql.replace("now_s()", _NOW).replace("?", "%s")
@@ -178,9 +173,9 @@ def _connect(url: str) -> Any:
 def _cannot_open(url: str, exc: Exception) -> LedgerError:
     return LedgerError(
         # psycopg's message may quote the connection string: mask it.
-        f"cannot open the ledger {display_url(url)}: {display_url(str(exc).strip())}",
+        f"cannot open the ledger {mask_url(url)}: {scrub(str(exc).strip())}",
         hint="check '[runtime] ledger' (host, port, database, user) and that the server is up, e.g. "
-        f"`psql '{display_url(url)}' -c 'select 1'`",
+        f"`psql '{without_password(url)}' -c 'select 1'`",
     )
 
 
@@ -211,11 +206,11 @@ class PostgresLedger(SQLLedger):
     @classmethod
     def display(cls, url: str) -> str:
         """The URL fit for messages: credentials removed."""
-        return display_url(url)
+        return mask_url(url)
 
     @property
     def path(self) -> str:
-        return display_url(self._url)
+        return mask_url(self._url)
 
     def _prepare(self) -> int:
         import psycopg
@@ -254,7 +249,7 @@ class PostgresLedger(SQLLedger):
                 return job_id
         except psycopg.Error as exc:
             raise LedgerError(
-                f"cannot prepare the ledger {self.path}: {display_url(str(exc).strip())}",
+                f"cannot prepare the ledger {self.path}: {scrub(str(exc).strip())}",
                 hint="the ledger's database user needs CREATE on the database; check '[runtime] ledger'",
             ) from None
 
@@ -280,7 +275,7 @@ class PostgresLedger(SQLLedger):
             yield
         except psycopg.Error as exc:
             raise LedgerError(
-                f"the ledger {self.path} failed: {display_url(str(exc).strip())}",
+                f"the ledger {self.path} failed: {scrub(str(exc).strip())}",
                 hint="check that the PostgreSQL server is up; a rerun of the job resumes where it stopped",
             ) from None
 

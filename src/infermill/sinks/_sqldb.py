@@ -22,8 +22,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from ..errors import InfermillError, OutputError
+from ..redact import scrub
 from ..sql._ident import quote_name, quote_qualified
-from ..sql._url import SqlUrl, scrub
+from ..sql._url import SqlUrl
 
 __all__ = ["Database", "column_problems", "for_csv", "from_sql", "sql_type"]
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import SpecError
+from ..redact import mask_url
 from ..sql._ident import split_qualified, validate_name
-from ..sql._url import mask
 
 __all__ = ["SqlSinkSettings"]
 
@@ -36,7 +36,7 @@ class SqlSinkSettings:
         scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else ""
         if scheme not in ("postgresql", "postgres", "sqlite"):
             raise SpecError(
-                f"'output.url' must be a postgresql:// or sqlite:/// URL, not {mask(self.url)!r}",
+                f"'output.url' must be a postgresql:// or sqlite:/// URL, not {mask_url(self.url)!r}",
                 hint='e.g. url = "postgresql://user@host:5432/db" or url = "sqlite:///results.db"',
             )
         if not self.table:

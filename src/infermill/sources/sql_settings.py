@@ -53,12 +53,13 @@ class SqlSettings:
 
     def __post_init__(self) -> None:
         from ..errors import SpecError
+        from ..redact import mask_url
         from ..sql._ident import validate_ident
-        from ..sql._url import is_sql_url, mask
+        from ..sql._url import is_sql_url
 
         if not self.url or not is_sql_url(self.url):
             raise SpecError(
-                f"'input.url' must be a postgresql:// or sqlite:/// URL, not {mask(self.url)!r}",
+                f"'input.url' must be a postgresql:// or sqlite:/// URL, not {mask_url(self.url)!r}",
                 hint='set [input] url = "postgresql://user@host:5432/db" or "sqlite:///data.db"',
             )
         if (self.table is None) == (self.query is None):

@@ -15,13 +15,13 @@ Example::
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import SpecError
+from ..redact import mask_url
 
-__all__ = ["SCHEMES", "SqlUrl", "is_sql_url", "mask", "parse_url", "scrub"]
+__all__ = ["SCHEMES", "SqlUrl", "is_sql_url", "parse_url"]
 
 Dialect = Literal["postgresql", "sqlite"]
 
@@ -48,20 +48,6 @@ def is_sql_url(url: str) -> bool:
     return bool(sep) and head.lower() in SCHEMES
 
 
-def mask(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``; other text unchanged.
-    The password ends at the last ``@`` before the path, so a password holding ``@`` or ``:`` is masked
-    whole."""
-    head, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, host = netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{head}{sep}{user}:***@{host}{slash}{path}"
-
 
 def parse_url(url: str, password_env: str | None = None, *, base_dir: str | None = None) -> SqlUrl:
     """Parse ``url``. ``password_env``: the environment variable holding the password (PostgreSQL), read
@@ -71,7 +57,7 @@ def parse_url(url: str, password_env: str | None = None, *, base_dir: str | None
     both in the URL and in ``password_env``."""
     head, sep, rest = url.partition("://")
     dialect = SCHEMES.get(head.lower()) if sep else None
-    display = mask(url)
+    display = mask_url(url)
     if dialect is None:
         raise SpecError(
             f"unsupported database URL {display!r}",
@@ -105,8 +91,3 @@ def parse_url(url: str, password_env: str | None = None, *, base_dir: str | None
         kwargs["password"] = password
     return SqlUrl("postgresql", display, kwargs)
 
-
-def scrub(text: str) -> str:
-    """Any text (a driver's error message) with every URL password and ``password=`` value masked."""
-    shown = re.sub(r"([a-zA-Z][\w+.-]*://[^/@:\s]*):[^/@\s]*@", r"\1:***@", text)
-    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", shown)
