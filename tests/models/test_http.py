@@ -5,6 +5,7 @@ suite."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import socket
@@ -341,19 +342,25 @@ def test_connection_refused_at_setup_is_fatal(tmp_path: Path) -> None:
 
 def test_a_dropped_adapter_shuts_down_without_waiting(tmp_path: Path, serve: Any) -> None:
     # The garbage collector may finalize an adapter inside any thread (even one that threading is starting),
-    # where joining the pool's threads can deadlock: the finalizer stops the pool but does not wait for it.
+    # where joining the client's loop thread can deadlock: the finalizer stops the loop but does not wait for it.
     adapter = ready(http_spec(tmp_path, serve().url))
-    pool = adapter._pool
-    assert pool is not None
+    client = adapter._client
+    assert client is not None
     release = threading.Event()
-    busy = pool.submit(release.wait, 30)
+
+    async def hold() -> bool:
+        return release.wait(30)  # blocks the loop itself: a finalizer that waited for the loop would hang
+
+    busy = client._loop.submit(hold())
     del adapter
     gc.collect()
-    with pytest.raises(RuntimeError, match="shutdown"):
-        pool.submit(print)
+    with pytest.raises(RuntimeError, match="shut down"):
+        client._loop.submit(asyncio.sleep(0))
     assert not busy.done()
     release.set()
     assert busy.result(timeout=5) is True
+    client._loop._thread.join(timeout=5)
+    assert not client._loop._thread.is_alive() and client._session.closed
 
 
 def test_health_path_must_answer_2xx(tmp_path: Path, serve: Any) -> None:
