@@ -384,6 +384,16 @@ def test_missing_api_key_variable_is_fatal_at_setup(
         adapter.setup()
 
 
+def test_a_header_that_cannot_be_sent_is_fatal_and_stays_secret(
+    tmp_path: Path, serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IM_BAD_HEADER", "sk-bad\x01value")
+    adapter = load_adapter(http_spec(tmp_path, serve().url, headers={"x-token": "${IM_BAD_HEADER}"}))
+    with pytest.raises(ModelLoadError, match="cannot send a request to") as info:
+        adapter.setup()
+    assert "sk-bad" not in str(info.value) and "check [model] headers" in str(info.value)
+
+
 # -- concurrency and rate limits, measured at the server -----------------------------------------
 def test_concurrency_is_never_exceeded(tmp_path: Path, serve: Any) -> None:
     server = serve(delay=0.05)

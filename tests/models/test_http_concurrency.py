@@ -61,3 +61,23 @@ def test_concurrency_128_finishes_well_before_32_could(tmp_path: Path, server: L
     assert wall_128 < 0.6 * ideal_32, f"{wall_128:.2f} s at concurrency 128 (ideal {ideal_128:.2f} s)"
     # The client's own cost per request does not grow with concurrency (it was 5.6 ms at 128 against 1 ms).
     assert cpu_128 < 2 * cpu_32 + 0.0005, f"CPU per request {cpu_128 * 1e3:.2f} ms at 128, {cpu_32 * 1e3:.2f} ms at 32"
+
+
+def test_the_proxy_of_the_environment_is_used(
+    tmp_path: Path, server: LatencyServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As with the thread-per-request client (httpx): HTTP_PROXY is honoured. The stub answers absolute URIs,
+    # as a proxy receives them; the model's own host does not exist.
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    spec = model_spec_for(
+        tmp_path, ModelSpec(kind="http", settings={"protocol": "openai-chat", "url": "http://model.invalid:8000"})
+    )
+    adapter = load_adapter(spec)
+    adapter.setup()
+    try:
+        out = adapter.postprocess(adapter.predict(adapter.preprocess(prompts(3))), 3)
+    finally:
+        adapter.close()
+    assert out["text"].to_pylist() == ["echo: row 0", "echo: row 1", "echo: row 2"]

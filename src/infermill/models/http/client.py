@@ -25,6 +25,7 @@ import email.utils
 import json
 import random
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
@@ -201,6 +202,18 @@ def _decode(raw: bytes, charset: str | None) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
+def _ssl_context() -> ssl.SSLContext:
+    """The system's certificates (and SSL_CERT_FILE), plus certifi's bundle where it is installed, as httpx
+    trusted before: a slim image without system certificates keeps working."""
+    context = ssl.create_default_context()
+    try:
+        import certifi
+    except ImportError:
+        return context
+    context.load_verify_locations(certifi.where())
+    return context
+
+
 class HttpClient:
     """Sends requests with retries, at most ``connections`` at once, from an event loop on a thread of its
     own (see :mod:`.loop`). ``post`` is a coroutine for that loop (hand it over with :meth:`run`); it returns
@@ -242,10 +255,11 @@ class HttpClient:
         self._slots = asyncio.Semaphore(connections)
         return aiohttp.ClientSession(
             headers=headers,
+            trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as before (httpx reads them by default)
             # timeout_seconds bounds the wait to connect and between bytes of the answer, not a slow answer's
             # whole transfer (a long generation streaming its body is fine).
             timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout),
-            connector=aiohttp.TCPConnector(limit=connections + 1),  # + 1: the probe and metadata GETs
+            connector=aiohttp.TCPConnector(limit=connections + 1, ssl=_ssl_context()),  # + 1: the probe, metadata
         )
 
     def __repr__(self) -> str:
@@ -272,6 +286,12 @@ class HttpClient:
             excerpt = excerpt[:BODY_CHARS] + f"... ({len(text)} chars)"
         return excerpt
 
+    def _unsendable(self, url: str, exc: ValueError) -> ModelLoadError:
+        return ModelLoadError(
+            f"cannot send a request to {url}: {self.redact(str(exc))}",
+            hint="check [model] headers and the value of the api_key_env variable (no control characters)",
+        )
+
     async def post(self, url: str, body: bytes, tokens: float = 0.0) -> Reply:
         """POST ``body`` (JSON) to ``url``, retrying transient failures; ``tokens`` is the request's
         estimate for the token rate limit."""
@@ -294,6 +314,8 @@ class HttpClient:
                 ) as response:
                     raw = await response.read()
                     status, headers, charset = response.status, response.headers, response.charset
+            except ValueError as exc:  # a header aiohttp will not send: every request would fail alike
+                raise self._unsendable(url, exc) from None
             except TimeoutError:  # before ClientError: aiohttp's timeouts are both
                 last = TransientError(f"no answer from {url} within timeout_seconds = {self.timeout}")
                 continue
@@ -346,6 +368,8 @@ class HttpClient:
                 async with self._session.get(url, allow_redirects=False) as response:
                     raw = await response.read()
                     status, charset = response.status, response.charset
+            except ValueError as exc:
+                raise self._unsendable(url, exc) from None
             except aiohttp.ClientConnectorError as exc:
                 raise ModelLoadError(
                     f"cannot connect to {url}: {self.redact(str(exc)) or type(exc).__name__}",

@@ -8,9 +8,10 @@ bucket holds a twentieth of a second's worth (at least one token), so it adds at
 one-second window.
 
 Each caller reserves its amount at once, in arrival order (the level may go below zero), and sleeps
-until the reservation is covered. A thread that wakes late therefore keeps its turn (no throughput lost
+until the reservation is covered. A caller that wakes late therefore keeps its turn (no throughput lost
 to scheduling jitter), and a request larger than the bucket just waits longer: big prompts neither
-deadlock nor exceed the average rate.
+deadlock nor exceed the average rate. Callers are threads (``acquire``) or coroutines on an event loop
+(``wait``, what the HTTP client uses); the buckets' locks are held for arithmetic only, never across a wait.
 """
 
 from __future__ import annotations
