@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import threading
 import weakref
 from collections import OrderedDict
 from typing import Any
@@ -32,6 +34,8 @@ PROTOCOLS: dict[str, type[HttpProtocol]] = {
     p.name: p for p in (ChatProtocol, EmbeddingsProtocol, KServeProtocol, JsonProtocol)
 }
 _MISS = object()
+MAX_LANES = 32
+"""At most this many batches in flight (a lane is a thread that waits; the requests are on the loop)."""
 _Outcome = tuple[list[Any], InfermillError | None]
 """A request's rows' values, or its error."""
 
@@ -39,26 +43,31 @@ _Outcome = tuple[list[Any], InfermillError | None]
 class _Answers:
     """Answers (values, or a one-row ItemError) by request key, least recently used dropped first. Values
     are dropped once handed to the engine (in the result, or in a PartialBatchError); the item errors of
-    one-row requests stay, so the engine's bisection of failed rows does not send them again."""
+    one-row requests stay, so the engine's bisection of failed rows does not send them again. Shared by
+    the lanes (threads)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._data: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key: str) -> Any:
-        value = self._data.get(key, _MISS)
-        if value is not _MISS:
-            self._data.move_to_end(key)
-        return value
+        with self._lock:
+            value = self._data.get(key, _MISS)
+            if value is not _MISS:
+                self._data.move_to_end(key)
+            return value
 
     def put(self, key: str, value: Any) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.capacity:
-            self._data.popitem(last=False)
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
 
     def drop(self, key: str) -> None:
-        self._data.pop(key, None)
+        with self._lock:
+            self._data.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -92,7 +101,8 @@ class HttpModel(ModelAdapter):
         if ms.features is not None:
             self.protocol.check_columns(list(ms.features))
         rows = spec.batch.size if isinstance(spec.batch.size, int) else 8192  # "auto" is resolved per worker
-        self._answers = _Answers(max(1024, 2 * rows))
+        self._lanes = min(MAX_LANES, 1 + math.ceil(self.concurrency / math.ceil(rows / self.protocol.group_size)))
+        self._answers = _Answers(max(1024, 2 * rows) * self._lanes)
         self._redact = Redactor()
         self._client: HttpClient | None = None
         self._checked: list[str] | None = None
@@ -105,6 +115,13 @@ class HttpModel(ModelAdapter):
     @property
     def outputs(self) -> list[str]:
         return self.protocol.outputs
+
+    def lanes(self) -> int:
+        """Batches in flight at once (each ``predict`` on a lane thread, all sharing the client's
+        ``concurrency`` slots): enough that a batch of fewer requests than ``concurrency`` still fills
+        them, plus one, so the next batch's requests go out while the last answers of one are awaited
+        (its slowest answer no longer holds every slot idle)."""
+        return self._lanes
 
     # -- setup ------------------------------------------------------------------------------------
     def _headers(self) -> tuple[dict[str, str], list[str]]:
