@@ -60,8 +60,9 @@ def test_concurrency_128_finishes_well_before_32_could(tmp_path: Path, server: L
     _, cpu_32 = measure(tmp_path, server, 32, 256)
     wall_128, cpu_128 = measure(tmp_path, server, 128, n)
     ideal_32, ideal_128 = n / 32 * DELAY, n / 128 * DELAY
-    # 1.6 s at best; a thread per request sharing one connection pool took 6.4 s here, no faster than 32 can be.
-    assert wall_128 < 0.6 * ideal_32, f"{wall_128:.2f} s at concurrency 128 (ideal {ideal_128:.2f} s)"
+    # 1.6 s at best (2.7 s seen at load average 9 on 2 cores); a thread per request sharing one connection pool
+    # took 6.4-7.5 s here, no faster than 32 can be.
+    assert wall_128 < 0.7 * ideal_32, f"{wall_128:.2f} s at concurrency 128 (ideal {ideal_128:.2f} s)"
     # The client's own cost per request does not grow with concurrency (it was 5.6 ms at 128 against 1 ms).
     assert cpu_128 < 2 * cpu_32 + 0.0005, f"CPU per request {cpu_128 * 1e3:.2f} ms at 128, {cpu_32 * 1e3:.2f} ms at 32"
 
