@@ -5,6 +5,7 @@ suite."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import socket
@@ -341,19 +342,25 @@ def test_connection_refused_at_setup_is_fatal(tmp_path: Path) -> None:
 
 def test_a_dropped_adapter_shuts_down_without_waiting(tmp_path: Path, serve: Any) -> None:
     # The garbage collector may finalize an adapter inside any thread (even one that threading is starting),
-    # where joining the pool's threads can deadlock: the finalizer stops the pool but does not wait for it.
+    # where joining the client's loop thread can deadlock: the finalizer stops the loop but does not wait for it.
     adapter = ready(http_spec(tmp_path, serve().url))
-    pool = adapter._pool
-    assert pool is not None
+    client = adapter._client
+    assert client is not None
     release = threading.Event()
-    busy = pool.submit(release.wait, 30)
+
+    async def hold() -> bool:
+        return release.wait(30)  # blocks the loop itself: a finalizer that waited for the loop would hang
+
+    busy = client._loop.submit(hold())
     del adapter
     gc.collect()
-    with pytest.raises(RuntimeError, match="shutdown"):
-        pool.submit(print)
+    with pytest.raises(RuntimeError, match="shut down"):
+        client._loop.submit(asyncio.sleep(0))
     assert not busy.done()
     release.set()
     assert busy.result(timeout=5) is True
+    client._loop._thread.join(timeout=5)
+    assert not client._loop._thread.is_alive() and client._session.closed
 
 
 def test_health_path_must_answer_2xx(tmp_path: Path, serve: Any) -> None:
@@ -375,6 +382,16 @@ def test_missing_api_key_variable_is_fatal_at_setup(
     adapter = load_adapter(http_spec(tmp_path, server.url, headers={"x-token": "${IM_NO_HEADER}"}))
     with pytest.raises(ModelLoadError, match="IM_NO_HEADER is not set"):
         adapter.setup()
+
+
+def test_a_header_that_cannot_be_sent_is_fatal_and_stays_secret(
+    tmp_path: Path, serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IM_BAD_HEADER", "sk-bad\x01value")
+    adapter = load_adapter(http_spec(tmp_path, serve().url, headers={"x-token": "${IM_BAD_HEADER}"}))
+    with pytest.raises(ModelLoadError, match="cannot send a request to") as info:
+        adapter.setup()
+    assert "sk-bad" not in str(info.value) and "check [model] headers" in str(info.value)
 
 
 # -- concurrency and rate limits, measured at the server -----------------------------------------

@@ -10,14 +10,16 @@ Protocols (``protocol = ...``):
   tensor name.
 * ``json``: ``POST url`` with a templated body per row; outputs picked by ``response_path``.
 
-Requests of one batch are sent concurrently (``concurrency``), under client-side ``requests_per_minute``
-and ``tokens_per_minute`` limits. Each request is retried (``max_retries``, exponential backoff with
-jitter, honouring Retry-After) after 408/425/429, 5xx, timeouts and connection errors; still failing, its
-rows get a TransientError and the engine's [retry] takes over for them. Other 4xx answers are ItemErrors
-for the rows of that request; 401/403/404/405 stop the job (the key, URL or model is wrong). When some
-rows of a batch fail, ``predict`` raises PartialBatchError with the answers of the others and each failed
-row's own error: the engine writes the answers and retries, bisects or dead-letters only the failed rows.
-Item errors of one-row requests are kept, so bisection does not send them again.
+Requests of one batch are sent concurrently (``concurrency``), as coroutines on one aiohttp event loop
+per worker (``loop.LoopThread``: no thread per request, so the cost per request does not grow with
+``concurrency``), under client-side ``requests_per_minute`` and ``tokens_per_minute`` limits. Each
+request is retried (``max_retries``, exponential backoff with jitter, honouring Retry-After) after
+408/425/429, 5xx, timeouts and connection errors; still failing, its rows get a TransientError and the
+engine's [retry] takes over for them. Other 4xx answers are ItemErrors for the rows of that request;
+401/403/404/405 stop the job (the key, URL or model is wrong). When some rows of a batch fail,
+``predict`` raises PartialBatchError with the answers of the others and each failed row's own error: the
+engine writes the answers and retries, bisects or dead-letters only the failed rows. Item errors of
+one-row requests are kept, so bisection does not send them again.
 
 The API key is read from the environment variable named by ``api_key_env`` at setup (surrounding
 whitespace dropped) and never appears in messages, dead letters or reports, not even echoed back by a

@@ -3,11 +3,13 @@ columns. See the package docstring for the protocols and docs/models/http.md for
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import os
+import threading
 import weakref
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,31 +34,40 @@ PROTOCOLS: dict[str, type[HttpProtocol]] = {
     p.name: p for p in (ChatProtocol, EmbeddingsProtocol, KServeProtocol, JsonProtocol)
 }
 _MISS = object()
+MAX_LANES = 32
+"""At most this many batches in flight (a lane is a thread that waits; the requests are on the loop)."""
+_Outcome = tuple[list[Any], InfermillError | None]
+"""A request's rows' values, or its error."""
 
 
 class _Answers:
     """Answers (values, or a one-row ItemError) by request key, least recently used dropped first. Values
     are dropped once handed to the engine (in the result, or in a PartialBatchError); the item errors of
-    one-row requests stay, so the engine's bisection of failed rows does not send them again."""
+    one-row requests stay, so the engine's bisection of failed rows does not send them again. Shared by
+    the lanes (threads)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._data: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key: str) -> Any:
-        value = self._data.get(key, _MISS)
-        if value is not _MISS:
-            self._data.move_to_end(key)
-        return value
+        with self._lock:
+            value = self._data.get(key, _MISS)
+            if value is not _MISS:
+                self._data.move_to_end(key)
+            return value
 
     def put(self, key: str, value: Any) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.capacity:
-            self._data.popitem(last=False)
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
 
     def drop(self, key: str) -> None:
-        self._data.pop(key, None)
+        with self._lock:
+            self._data.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -90,10 +101,10 @@ class HttpModel(ModelAdapter):
         if ms.features is not None:
             self.protocol.check_columns(list(ms.features))
         rows = spec.batch.size if isinstance(spec.batch.size, int) else 8192  # "auto" is resolved per worker
-        self._answers = _Answers(max(1024, 2 * rows))
+        self._lanes = min(MAX_LANES, 1 + math.ceil(self.concurrency / math.ceil(rows / self.protocol.group_size)))
+        self._answers = _Answers(max(1024, 2 * rows) * self._lanes)
         self._redact = Redactor()
         self._client: HttpClient | None = None
-        self._pool: ThreadPoolExecutor | None = None
         self._checked: list[str] | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
@@ -104,6 +115,13 @@ class HttpModel(ModelAdapter):
     @property
     def outputs(self) -> list[str]:
         return self.protocol.outputs
+
+    def lanes(self) -> int:
+        """Batches in flight at once (each ``predict`` on a lane thread, all sharing the client's
+        ``concurrency`` slots): enough that a batch of fewer requests than ``concurrency`` still fills
+        them, plus one, so the next batch's requests go out while the last answers of one are awaited
+        (its slowest answer no longer holds every slot idle)."""
+        return self._lanes
 
     # -- setup ------------------------------------------------------------------------------------
     def _headers(self) -> tuple[dict[str, str], list[str]]:
@@ -130,11 +148,11 @@ class HttpModel(ModelAdapter):
 
     def setup(self) -> None:
         try:
-            import httpx  # noqa: F401 - only to fail early with the install hint
+            import aiohttp  # noqa: F401 - only to fail early with the install hint
         except ImportError as exc:
             from .. import missing_extra
 
-            raise missing_extra("http", "httpx") from exc
+            raise missing_extra("http", "aiohttp") from exc
         s: HttpSettings = self.settings
         headers, secrets = self._headers()
         self._redact = Redactor(secrets)
@@ -162,16 +180,14 @@ class HttpModel(ModelAdapter):
             self._client.close()
             self._client = None
             raise self._clean(exc) from None
-        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="infermill-http")
         # An adapter dropped without close() still closes its connections (no leaked sockets). The garbage
         # collector may run this inside any thread, even one starting up within threading's own locks, so it
-        # must not wait for the pool's threads: joining there can deadlock.
-        self._finalizer = weakref.finalize(self, _shutdown, self._pool, self._client, False)
+        # must not wait for the client's loop thread: joining there can deadlock.
+        self._finalizer = weakref.finalize(self, self._client.close, False)
 
     def close(self) -> None:
-        if self._finalizer is not None and self._finalizer.detach() is not None and self._pool and self._client:
-            _shutdown(self._pool, self._client, True)
-        self._pool = None
+        if self._finalizer is not None and self._finalizer.detach() is not None and self._client:
+            self._client.close()
         self._client = None
 
     # -- scoring ----------------------------------------------------------------------------------
@@ -230,27 +246,25 @@ class HttpModel(ModelAdapter):
         values: list[Any],
         errors: dict[int, InfermillError],
     ) -> None:
-        if self._pool is None:
+        if self._client is None:
             raise ModelLoadError("HttpModel.predict() called before setup()")
         keys = list(pending)
         size = self.protocol.group_size
         groups = [keys[j : j + size] for j in range(0, len(keys), size)]
-        futures = [(g, self._pool.submit(self._send, [atoms[k] for k in g])) for g in groups]
+        outcomes = self._client.run(self._send_groups([[atoms[k] for k in g] for g in groups]))
         fatal: InfermillError | None = None
-        for group, future in futures:
-            if future.cancelled():  # after a fatal error
+        for group, outcome in zip(groups, outcomes, strict=True):
+            if outcome is None:  # cancelled after a fatal error
                 continue
-            rows, error = future.result()
+            rows, error = outcome
             if error is None:
                 for key, value in zip(group, rows, strict=True):
                     self._answers.put(key, value)
                     for i in pending[key]:
                         values[i] = value
                 continue
-            if fatal is None and not error.transient and not isinstance(error, ItemError):
-                fatal = error
-                for _, other in futures:
-                    other.cancel()
+            if _fatal(error):
+                fatal = fatal or error
                 continue
             # A transient error is not kept: the engine's retry sends the request again. An item error of a
             # one-row request is that row's verdict; a request of several rows is split by the engine.
@@ -262,8 +276,23 @@ class HttpModel(ModelAdapter):
         if fatal is not None:
             raise self._clean(fatal)
 
-    def _send(self, group: list[Atom]) -> tuple[list[Any], InfermillError | None]:
-        """Runs on a pool thread; returns the rows' values, or the error (never raises)."""
+    async def _send_groups(self, groups: list[list[Atom]]) -> list[_Outcome | None]:
+        """Send every request at once (the client's semaphore keeps ``concurrency`` in flight); the first
+        fatal error cancels the requests not answered yet, whose outcome stays None."""
+        outcomes: list[_Outcome | None] = [None] * len(groups)
+
+        async def send(i: int) -> None:
+            outcomes[i] = outcome = await self._send(groups[i])
+            if outcome[1] is not None and _fatal(outcome[1]):
+                for task in tasks:
+                    task.cancel()  # a no-op on the tasks already done, this one included
+
+        tasks = [asyncio.create_task(send(i)) for i in range(len(groups))]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return outcomes
+
+    async def _send(self, group: list[Atom]) -> _Outcome:
+        """One request on the client's loop; returns the rows' values, or the error (never raises)."""
         assert self._client is not None
         try:
             body = dumps(self.protocol.body(group)).encode()
@@ -271,7 +300,7 @@ class HttpModel(ModelAdapter):
             return [], ItemError(f"the request cannot be sent as JSON: {exc}")
         tokens = sum(a.tokens for a in group)
         try:
-            reply = self._client.post(self.protocol.endpoint, body, tokens)
+            reply = await self._client.post(self.protocol.endpoint, body, tokens)
             self._client.limiter.used(tokens, self.protocol.usage(reply.data))
             if self.settings.keep_response:  # the answer is written out: a server may have echoed a secret
                 return self.protocol.parse(reply.data, self._redact(reply.text), len(group)), None
@@ -301,18 +330,18 @@ class HttpModel(ModelAdapter):
         return type(exc)(self._redact(exc.message), hint=hint)
 
     def classify_error(self, exc: BaseException) -> str | None:
-        """httpx errors that escape (they should not) are transient: the network, not the row."""
+        """aiohttp errors that escape (they should not) are transient: the network, not the row."""
         module = type(exc).__module__ or ""
-        return "transient" if module.startswith(("httpx", "httpcore")) else None
+        return "transient" if module.startswith("aiohttp") else None
 
     def fingerprint(self) -> str:
         s: HttpSettings = self.settings
         return digest("http", s.protocol, self.protocol.endpoint, s.model, s.revision)[:16]
 
 
-def _shutdown(pool: ThreadPoolExecutor, client: HttpClient, wait: bool) -> None:
-    pool.shutdown(wait=wait, cancel_futures=True)
-    client.close()
+def _fatal(error: InfermillError) -> bool:
+    """An error that stops the job (every request would fail): neither transient nor one request's fault."""
+    return not error.transient and not isinstance(error, ItemError)
 
 
 def _check(s: HttpSettings) -> None:

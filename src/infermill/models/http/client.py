@@ -1,4 +1,5 @@
-"""One HTTP client per adapter: secrets, retries with backoff and Retry-After, and error classes.
+"""One HTTP client per adapter: secrets, retries with backoff and Retry-After, and error classes. Requests
+are coroutines of aiohttp on one event loop per client (:mod:`.loop`), so concurrency costs no threads.
 
 What a response means::
 
@@ -18,17 +19,21 @@ is cut to ``BODY_CHARS``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email.utils
+import json
 import random
 import re
+import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ...backoff import full_jitter
 from ...errors import InfermillError, ItemError, ModelLoadError, TransientError
+from .loop import LoopThread
 from .ratelimit import RateLimiter
 
 __all__ = ["BODY_CHARS", "HttpClient", "Redactor", "expand_env", "parse_retry_after"]
@@ -36,6 +41,7 @@ __all__ = ["BODY_CHARS", "HttpClient", "Redactor", "expand_env", "parse_retry_af
 BODY_CHARS = 500
 RETRY_STATUS = frozenset({408, 425, 429})
 FATAL_STATUS = frozenset({401, 403, 404, 405, 501, 505})
+T = TypeVar("T")
 
 
 def _retryable(status: int) -> bool:
@@ -186,9 +192,33 @@ class Reply:
     """The parsed JSON body."""
 
 
+_JSON_HEADERS = {"content-type": "application/json"}
+
+
+def _decode(raw: bytes, charset: str | None) -> str:
+    try:
+        return raw.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return raw.decode("utf-8", errors="replace")
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """The system's certificates (and SSL_CERT_FILE), plus certifi's bundle where it is installed, as httpx
+    trusted before: a slim image without system certificates keeps working."""
+    context = ssl.create_default_context()
+    try:
+        import certifi
+    except ImportError:
+        return context
+    context.load_verify_locations(certifi.where())
+    return context
+
+
 class HttpClient:
-    """Sends requests with retries. ``post`` returns a :class:`Reply` or raises ItemError,
-    TransientError or ModelLoadError (already redacted)."""
+    """Sends requests with retries, at most ``connections`` at once, from an event loop on a thread of its
+    own (see :mod:`.loop`). ``post`` is a coroutine for that loop (hand it over with :meth:`run`); it returns
+    a :class:`Reply` or raises ItemError, TransientError or ModelLoadError (already redacted). ``get`` is
+    called from any other thread."""
 
     def __init__(
         self,
@@ -201,17 +231,11 @@ class HttpClient:
         backoff: float,
         max_backoff: float,
         connections: int,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        import httpx
+        import aiohttp
 
-        self._httpx = httpx
-        self._client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            follow_redirects=False,
-        )
+        self._aiohttp = aiohttp
         self.redact = redact
         self.limiter = limiter
         self.timeout = timeout
@@ -220,12 +244,34 @@ class HttpClient:
         self.max_backoff = max_backoff
         self._sleep = sleep
         self._rng = random.Random()
+        self._loop = LoopThread()
+        self._slots: asyncio.Semaphore | None = None
+        self._session = self._loop.run(self._open(headers, connections))
+
+    async def _open(self, headers: dict[str, str], connections: int) -> Any:
+        aiohttp = self._aiohttp
+        # Created on the loop: both belong to it. The semaphore bounds the requests in flight (retries and their
+        # backoff included, as a thread per request did); the connector never needs more connections than that.
+        self._slots = asyncio.Semaphore(connections)
+        return aiohttp.ClientSession(
+            headers=headers,
+            trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as before (httpx reads them by default)
+            # timeout_seconds bounds the wait to connect and between bytes of the answer, not a slow answer's
+            # whole transfer (a long generation streaming its body is fine).
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout),
+            connector=aiohttp.TCPConnector(limit=connections + 1, ssl=_ssl_context()),  # + 1: the probe, metadata
+        )
 
     def __repr__(self) -> str:
         return f"HttpClient(timeout={self.timeout}, max_retries={self.max_retries})"
 
-    def close(self) -> None:
-        self._client.close()
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the client's loop and wait for its result."""
+        return self._loop.run(coro)
+
+    def close(self, wait: bool = True) -> None:
+        """Cancel what is in flight, close the connections and stop the loop (waiting for that when ``wait``)."""
+        self._loop.stop(self._session.close, wait=wait)
 
     def _wait(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -240,40 +286,55 @@ class HttpClient:
             excerpt = excerpt[:BODY_CHARS] + f"... ({len(text)} chars)"
         return excerpt
 
-    def post(self, url: str, body: bytes, tokens: float = 0.0) -> Reply:
+    def _unsendable(self, url: str, exc: ValueError) -> ModelLoadError:
+        return ModelLoadError(
+            f"cannot send a request to {url}: {self.redact(str(exc))}",
+            hint="check [model] headers and the value of the api_key_env variable (no control characters)",
+        )
+
+    async def post(self, url: str, body: bytes, tokens: float = 0.0) -> Reply:
         """POST ``body`` (JSON) to ``url``, retrying transient failures; ``tokens`` is the request's
         estimate for the token rate limit."""
+        assert self._slots is not None
+        async with self._slots:
+            return await self._post(url, body, tokens)
+
+    async def _post(self, url: str, body: bytes, tokens: float) -> Reply:
+        aiohttp = self._aiohttp
         last: InfermillError | None = None
         retry_after: float | None = None
         for attempt in range(self.max_retries + 1):
             if attempt:
-                self._sleep(self._wait(attempt, retry_after))
+                await self._sleep(self._wait(attempt, retry_after))
                 retry_after = None
-            self.limiter.acquire(tokens)
+            await self.limiter.wait(tokens, self._sleep)
             try:
-                response = self._client.post(url, content=body, headers={"content-type": "application/json"})
-            except self._httpx.TimeoutException:
+                async with self._session.post(
+                    url, data=body, headers=_JSON_HEADERS, allow_redirects=False
+                ) as response:
+                    raw = await response.read()
+                    status, headers, charset = response.status, response.headers, response.charset
+            except ValueError as exc:  # a header aiohttp will not send: every request would fail alike
+                raise self._unsendable(url, exc) from None
+            except TimeoutError:  # before ClientError: aiohttp's timeouts are both
                 last = TransientError(f"no answer from {url} within timeout_seconds = {self.timeout}")
                 continue
-            except self._httpx.TransportError as exc:
+            except aiohttp.ClientError as exc:
                 last = TransientError(f"cannot reach {url}: {type(exc).__name__}: {self.redact(str(exc))}")
                 continue
-            status = response.status_code
+            text = _decode(raw, charset)
             if 200 <= status < 300:
                 try:
-                    data = response.json()
+                    data = json.loads(text)
                 except ValueError:
-                    raise ItemError(
-                        f"HTTP {status} from {url} is not JSON: {self._body_excerpt(response.text)}"
-                    ) from None
-                return Reply(status, response.text, data)
-            excerpt = self._body_excerpt(response.text)
-            message = f"HTTP {status} from {url}: {excerpt}"
+                    raise ItemError(f"HTTP {status} from {url} is not JSON: {self._body_excerpt(text)}") from None
+                return Reply(status, text, data)
+            message = f"HTTP {status} from {url}: {self._body_excerpt(text)}"
             if _retryable(status):
                 last = TransientError(message + f" (after {attempt + 1} attempts)")
-                retry_after = _retry_after(response.headers)
+                retry_after = _retry_after(headers)
                 if retry_after is not None and status in (429, 503):
-                    # Every thread holds back, not only this one: the server asked the client to wait.
+                    # Every request holds back, not only this one: the server asked the client to wait.
                     self.limiter.pause_until(time.monotonic() + min(self.max_backoff, retry_after))
                 continue
             if status in FATAL_STATUS:
@@ -295,28 +356,37 @@ class HttpClient:
     def get(self, url: str) -> tuple[int, Any]:
         """One GET (the health probe and metadata): the status and the parsed JSON (or None). A server
         that cannot be reached is a ModelLoadError."""
+        return self._loop.run(self._get(url))
+
+    async def _get(self, url: str) -> tuple[int, Any]:
+        aiohttp = self._aiohttp
         error = ""
         for attempt in range(self.max_retries + 1):
             if attempt:
-                self._sleep(self._wait(attempt, None))
+                await self._sleep(self._wait(attempt, None))
             try:
-                response = self._client.get(url)
-            except self._httpx.ConnectError as exc:
+                async with self._session.get(url, allow_redirects=False) as response:
+                    raw = await response.read()
+                    status, charset = response.status, response.charset
+            except ValueError as exc:
+                raise self._unsendable(url, exc) from None
+            except aiohttp.ClientConnectorError as exc:
                 raise ModelLoadError(
                     f"cannot connect to {url}: {self.redact(str(exc)) or type(exc).__name__}",
                     hint="start the model server, or fix [model] url",
                 ) from None
-            except self._httpx.TransportError as exc:  # timeouts, resets: worth another try
+            except (TimeoutError, aiohttp.ClientError) as exc:  # timeouts, resets: worth another try
                 error = f"{type(exc).__name__}: {self.redact(str(exc))}"
                 continue
-            if _retryable(response.status_code):
-                error = f"HTTP {response.status_code}: {self._body_excerpt(response.text)}"
+            text = _decode(raw, charset)
+            if _retryable(status):
+                error = f"HTTP {status}: {self._body_excerpt(text)}"
                 continue
             try:
-                data = response.json()
+                data = json.loads(text)
             except ValueError:
                 data = None
-            return response.status_code, data
+            return status, data
         raise ModelLoadError(
             f"the server at {url} did not answer properly after {self.max_retries + 1} attempts ({error})",
             hint="check that the model server is up and healthy",

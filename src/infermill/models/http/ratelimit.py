@@ -8,16 +8,18 @@ bucket holds a twentieth of a second's worth (at least one token), so it adds at
 one-second window.
 
 Each caller reserves its amount at once, in arrival order (the level may go below zero), and sleeps
-until the reservation is covered. A thread that wakes late therefore keeps its turn (no throughput lost
+until the reservation is covered. A caller that wakes late therefore keeps its turn (no throughput lost
 to scheduling jitter), and a request larger than the bucket just waits longer: big prompts neither
-deadlock nor exceed the average rate.
+deadlock nor exceed the average rate. Callers are threads (``acquire``) or coroutines on an event loop
+(``wait``, what the HTTP client uses); the buckets' locks are held for arithmetic only, never across a wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 __all__ = ["BURST_SECONDS", "RateLimiter", "TokenBucket"]
 
@@ -98,18 +100,33 @@ class RateLimiter:
         with self._lock:
             self._paused_until = max(self._paused_until, deadline)
 
-    def acquire(self, tokens: float) -> None:
-        """Wait for a pause to end, then for one request and ``tokens`` tokens."""
+    def _waits(self, tokens: float) -> Iterator[float]:
+        """The waits, one after the other, before a request of ``tokens`` may leave: the pause, then the
+        request and the token reservations (each made only after the wait before it)."""
         while True:
             with self._lock:
                 wait = self._paused_until - self._clock()
             if wait <= 0:
                 break
-            self._sleep(wait)
+            yield wait
         if self.requests is not None:
-            self.requests.acquire(1.0)
+            wait = self.requests.reserve(1.0)
+            if wait > 0:
+                yield wait
         if self.tokens is not None and tokens > 0:
-            self.tokens.acquire(tokens)
+            wait = self.tokens.reserve(tokens)
+            if wait > 0:
+                yield wait
+
+    def acquire(self, tokens: float) -> None:
+        """Wait for a pause to end, then for one request and ``tokens`` tokens."""
+        for wait in self._waits(tokens):
+            self._sleep(wait)
+
+    async def wait(self, tokens: float, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """:meth:`acquire` for a coroutine on an event loop: the loop goes on with other requests meanwhile."""
+        for wait in self._waits(tokens):
+            await sleep(wait)
 
     def used(self, estimated: float, actual: float | None) -> None:
         """Correct the token bucket once the server reports the tokens a request really used."""
