@@ -277,6 +277,14 @@ class _Coordinator:
         delta: InputDelta | None = None
         if stored is not None:
             shards, self.planned_again = stored, False
+            if source.grows_in_place:
+                # The plan holds while the input grows (a SQL table's key ranges): ask for new input anyway.
+                delta = self._delta(source)
+                if delta is not None and (delta.add or delta.drop):
+                    shards = sorted([*delta.keep, *delta.add], key=lambda s: s.ordinal)
+                elif delta is not None and self.progress_mode != "off":
+                    for what in delta.described:  # "no new rows above key K": why nothing is to do
+                        print(f"[{spec.name}] input: {what}", file=sys.stderr)
         else:
             # The listing changed: plan only what is new or changed (an incremental run, applied below
             # once nothing but the input is known to have changed), or everything.
@@ -366,6 +374,7 @@ class _Coordinator:
         changes = InputChanged(
             spec.name, delta.added, delta.changed, delta.deleted, delta.deleted_kept,
             shards_kept=len(delta.keep), shards_removed=len(delta.drop), shards_added=len(delta.add),
+            described=delta.described,
         )
         if not delta.empty:  # else only the plan's grouping differed: nothing to report
             self.input_changes = changes
