@@ -196,7 +196,8 @@ def test_a_plan_without_high_water_marks_is_kept_as_it_is(tmp_path: Path) -> Non
     assert delta is not None and delta.keep == tuple(old) and not delta.add and not delta.drop and delta.empty
 
 
-def test_sql_sink_in_upsert_mode_gets_updated_rows_replaced(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["upsert", "insert"])
+def test_sql_sink_gets_updated_rows_replaced(tmp_path: Path, mode: str) -> None:
     db = Db("sqlite", f"sqlite:///{tmp_path / 'data.db'}", tmp_path / "data.db")
     db.execute("CREATE TABLE items (id BIGINT PRIMARY KEY, f0 DOUBLE PRECISION, name TEXT, updated_at INTEGER)")
     _insert(db, range(0, 1000, 2), 0)
@@ -205,7 +206,7 @@ def test_sql_sink_in_upsert_mode_gets_updated_rows_replaced(tmp_path: Path) -> N
     def job(folder: Path, cursor: bool) -> Path:
         path = _job(folder, db, cursor=cursor)
         text = path.read_text().replace('path = "out"', f'url = "{out_url}"\ntable = "{folder.name}"\n'
-                                                         'format = "sql"\nmode = "upsert"\nkey = "_row_id"')
+                                                         f'format = "sql"\nmode = "{mode}"\nkey = "_row_id"')
         path.write_text(text)
         return path
 

@@ -18,7 +18,9 @@ Incremental runs: when only the input changed since the job last ran, the run do
 for a changed spec or model) but brings the plan up to date (``_update_plan``): it reports what changed,
 removes the manifest, then in one ledger transaction forgets the shards of changed and deleted input and
 adds pending shards for new and changed input. The parts of the forgotten shards are then debris, swept
-like any other, and the manifest written at the end lists the whole current output again.
+like any other, and the manifest written at the end lists the whole current output again. A source whose
+stored plan stays valid while it grows (``Source.grows_in_place``: a SQL table's key ranges) is asked for
+its delta on every run, since its listing does not change.
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@ and NOT NULL), then cuts the key space into half-open ranges of ``shard_rows`` r
 ``shard_rows``-th key of an ordered scan of the key alone; a PostgreSQL table that its statistics count at
 least ``sample_above_rows`` rows is cut at keys of a block sample instead (about ``shard_rows`` rows per
 shard). Never ``OFFSET``, never physical row positions such as ``ctid`` or ``rowid``. The first range has
-no lower bound and the last no upper bound, so every row, including one inserted later, lies in exactly one
-shard. The plan is stored in the ledger and a resume reads it back: it is never planned again (see
+no lower bound and the last is closed at the highest key when planned, so every row up to it lies in exactly
+one shard, and the rows inserted above it are the next run's: an incremental run (:meth:`SqlSource.plan_delta`)
+adds shards for them and, with ``[input] cursor``, recomputes the ranges of rows written since the last
+high-water mark. The plan is stored in the ledger and a resume reads it back: it is never planned again (see
 :meth:`SqlSource.listing_fingerprint`), so ``VACUUM FULL``, ``CLUSTER`` or a dump and restore between runs
 change nothing.
 
