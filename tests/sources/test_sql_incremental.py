@@ -157,6 +157,9 @@ def test_deleted_rows_stay_until_their_range_is_recomputed(table: Db, tmp_path: 
     infermill.run(job, progress="off")
     table.execute("DELETE FROM items WHERE id IN (20, 420)")
     _update(table, [410], 1)  # in the range of 420: [400, 600)
+    before = infermill.status(job)["input_changes"]
+    assert len(before) == 3 and "1 row(s) with updated_at > " in before[2]
+    assert "the next `infermill run` recomputes their key ranges" in before[2]
     infermill.run(job, progress="off")
     ids = {int(r["_row_id"]) for r in _rows(tmp_path / "inc")}
     assert 20 in ids and 420 not in ids and len(ids) == 499

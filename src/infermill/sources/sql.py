@@ -398,8 +398,10 @@ class SqlSource(ColumnSource):
             top = self._top_key(conn, {"gt": old_top}) or old_top
             above, new_rows = self._ranges_above(conn, old_top, top, step)
             changed: dict[int, int] = {}
-            if cursor is not None:
-                since = marks.get("cursor")
+            since = marks.get("cursor")
+            # The highest value unchanged (or none at all): no row is above the mark, no range need be counted.
+            moved = cursor_mark is not None and not ("cursor" in marks and since == cursor_mark)
+            if cursor is not None and moved:
                 changed = self._changed_ranges(conn, previous, cursor, since, "cursor" in marks)
         ordinal = next_ordinal
         add: list[Shard] = []
@@ -496,19 +498,30 @@ class SqlSource(ColumnSource):
         return out
 
     def high_water_drift(self, shards: Sequence[Shard]) -> list[str]:
-        """For ``infermill status``: rows above the plan's highest key, which the next run scores."""
+        """For ``infermill status``: rows above the plan's highest key, which the next run scores, and with
+        ``[input] cursor`` the rows written since its high-water mark, whose ranges the next run recomputes."""
         if not shards:
             return []
         marks = _marks(max(shards, key=lambda s: s.ordinal))
         if marks is None or marks["key"] is None:
             return []
+        out = []
+        cursor = self.settings.cursor
         with self._connect() as conn:
             tests, params = self._tests({"gt": marks["key"]})
             above = int(self.db.rows(conn, f"SELECT count(*) FROM {self._from} WHERE {tests[0]}", params)[0][0])
-        if not above:
-            return []
-        return [f"{above:,} new row(s) above key {_show(marks['key'])}, the high-water mark of the committed "
-                "shards: the next `infermill run` scores them"]
+            if above:
+                out.append(f"{above:,} new row(s) above key {_show(marks['key'])}, the high-water mark of the "
+                           "committed shards: the next `infermill run` scores them")
+            if cursor is not None and marks.get("cursor") is not None:
+                tests, params = self._tests({"le": marks["key"]})
+                written = int(self.db.rows(
+                    conn, f"SELECT count(*) FROM {self._from} WHERE {tests[0]} AND {quote_ident(cursor)} > {PARAM}",
+                    [*params, marks["cursor"]])[0][0])
+                if written:
+                    out.append(f"{written:,} row(s) with {cursor} > {marks['cursor']!r}, the high-water mark of the "
+                               "committed shards: the next `infermill run` recomputes their key ranges")
+        return out
 
 
 class _Closing:
