@@ -84,13 +84,17 @@ def test_three_rounds_of_new_and_updated_rows_killed_each_time_equal_a_run_from_
     # A kill after the new plan is in the ledger, and after the first and second commits of a round.
     faults = ["after_replan", "after_commit:1", "after_commit:2"]
     for round_, fault in enumerate(faults, start=1):
-        _insert(table, range(1000 * round_, 1000 * round_ + 150), round_)  # above the highest key
+        _insert(table, range(1000 * round_, 1000 * round_ + 150), 2 * round_)  # above the highest key
         if cursor:
             # Rows updated in three ranges, and one inserted into a gap below the highest key.
-            _update(table, [2 * round_, 300 + 2 * round_, 1000 * round_ - 2], round_)
-            _insert(table, [501 + 2 * round_], round_)
+            _update(table, [2 * round_, 300 + 2 * round_, 1000 * round_ - 2], 2 * round_)
+            _insert(table, [501 + 2 * round_], 2 * round_)
         killed = _cli_run(job, fault)
         assert killed.returncode == -9, killed.stderr
+        # More writes before the resume: into shards that are pending now, and above them.
+        _insert(table, range(1000 * round_ + 150, 1000 * round_ + 160), 2 * round_ + 1)
+        if cursor:
+            _update(table, [1000 * round_ + 4, 2 * round_ + 100], 2 * round_ + 1)
         result = infermill.run(job, progress="off")
         assert result.state == "complete", result.message
         out = _rows(tmp_path / "inc")
