@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import infermill
+from infermill.errors import SpecError
 from infermill.sources import open_source
 from infermill.sources.base import Fragment, Shard
 from tests.conftest import read_output
@@ -231,3 +232,23 @@ def test_sql_sink_gets_updated_rows_replaced(tmp_path: Path, mode: str) -> None:
     finally:
         conn.close()
     assert got == want and len(got) == 600 and ("6", "n6-r1", pytest.approx((3 + 1000) * 2)) in got
+
+
+def test_a_cursor_given_later_recomputes_every_range_once(tmp_path: Path) -> None:
+    db = Db("sqlite", f"sqlite:///{tmp_path / 'data.db'}", tmp_path / "data.db")
+    db.execute("CREATE TABLE items (id BIGINT PRIMARY KEY, f0 DOUBLE PRECISION, name TEXT, updated_at INTEGER)")
+    _insert(db, range(0, 1000, 2), 0)
+    job = _job(tmp_path / "inc", db, cursor=False)
+    infermill.run(job, progress="off")
+    _update(db, [8], 1)  # written before the job has a mark: only a recompute of every range finds it
+    job.write_text(job.read_text().replace('table = "items"', 'table = "items"\ncursor = "updated_at"'))
+    first = infermill.run(job, progress="off")  # not a changed spec: the cursor only decides what reruns do
+    assert first.rows_this_run == 500 and first.input_changes is not None
+    assert "500 row(s) with updated_at set, and no high-water mark of it" in first.input_changes.described[0]
+    assert _rows(tmp_path / "inc") == _from_scratch(tmp_path, db, "scratch")
+    assert infermill.run(job, progress="off").already_complete
+
+
+def test_the_cursor_must_be_a_plain_column_name(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="invalid SQL cursor column"):
+        _spec("sqlite:///data.db", tmp_path, table="items", cursor='updated_at"; DROP TABLE items; --')

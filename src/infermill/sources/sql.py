@@ -416,11 +416,10 @@ class SqlSource(ColumnSource):
             described.append(f"{new_rows:,} new row(s) above key {_show(old_top)} (the last run's highest): "
                              "they will be scored")
         if changed:
-            since_text = repr(marks.get("cursor")) if marks.get("cursor") is not None else "the last run"
-            described.append(
-                f"{sum(changed.values()):,} row(s) with {cursor} > {since_text} (the last run's high-water mark), "
-                f"in {len(changed):,} key range(s): those ranges will be recomputed"
-            )
+            written = (f"with {cursor} > {since!r} (the last run's high-water mark)" if since is not None else
+                       f"with {cursor} set, and no high-water mark of it from the last run")
+            described.append(f"{sum(changed.values()):,} row(s) {written}, in {len(changed):,} key range(s): "
+                             "those ranges will be recomputed")
         if not described:
             since_text = f" and no row with {cursor} > {marks.get('cursor')!r}" if cursor is not None else ""
             described.append(f"no new rows above key {_show(old_top)}{since_text} since the last run")
