@@ -260,8 +260,9 @@ def test_shards_are_half_open_key_ranges(db: Db, tmp_path: Path) -> None:
     source = open_source(_spec(db.url, tmp_path, table="items", shard_rows=300))
     shards = source.plan()
     ranges = [json.loads(s.fragments[0].relpath) for s in shards]
+    # The last range is closed at the highest key when planned: rows inserted above it are the next run's.
     assert ranges == [{"lo": None, "hi": [600]}, {"lo": [600], "hi": [1200]}, {"lo": [1200], "hi": [1800]},
-                      {"lo": [1800], "hi": None}]
+                      {"lo": [1800], "hi": None, "le": [1998]}]
     assert [s.rows for s in shards] == [300, 300, 300, 100]
     assert source.plan() == shards  # deterministic
     read = [[r["id"] for b in source.read(s, 64) for r in b.to_pylist()] for s in shards]
@@ -354,11 +355,15 @@ def test_resume_keeps_the_plan_when_rows_were_added(db: Db, tmp_path: Path) -> N
     job = sql_job(tmp_path, db.url)
     assert _cli_run(job, "after_commit:1").returncode == -9
     planned = _descriptors(tmp_path)
-    # Enough new rows that a new plan would cut other ranges: the resume must not make one.
+    # Enough new rows that a new plan would cut other ranges: the resume must not make one. The one row
+    # above the highest key planned (1998) gets a shard of its own.
     db.execute(f"INSERT INTO items VALUES ({db.ph}, {db.ph}, {db.ph})", [(i, 0.0, "new") for i in range(1, 2000, 2)])
     resumed = _cli_run(job)
     assert resumed.returncode == 0, resumed.stderr
-    assert _descriptors(tmp_path) == planned
+    now = _descriptors(tmp_path)
+    assert now[:4] == planned and len(now) == 5
+    assert json.loads(json.loads(now[4])["fragments"][0]["relpath"]) == {"lo": None, "hi": None, "gt": [1998],
+                                                                         "le": [1999]}
     out = read_output(tmp_path / "out")
     # The first shard committed before the inserts; the three others read their ranges as they are now.
     assert out.num_rows == 250 + (2000 - 500)
@@ -410,14 +415,15 @@ def test_key_range_mode_reports_rows_inserted_into_committed_ranges(db: Db, tmp_
     assert len(changes) == 3
     assert "key [-inf, 260)): 2 row(s) inserted into its key range after it committed (250 read, 252 now)" in changes[0]
     assert "key [510, 760)): 1 row(s) deleted from" in changes[1]
-    assert "key [760, +inf)): 1 row(s) inserted" in changes[2]
+    # Above the last range (closed at the highest key when planned): new rows, for the next run.
+    assert changes[2].startswith("1 new row(s) above key 1009") and "next `infermill run` scores them" in changes[2]
     shown = run_cli("status", str(job))
-    assert shown.returncode == 0 and shown.stdout.count("changed: shard") == 3
+    assert shown.returncode == 0 and shown.stdout.count("changed: shard") == 2
     assert "--restart" in shown.stdout
 
 
 @pytest.mark.postgres
-def test_key_range_mode_reads_rows_inserted_mid_run_into_ranges_not_read_yet(
+def test_key_range_mode_leaves_rows_inserted_mid_run_above_the_last_key_to_the_next_run(
     pg: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pg.items(range(10, 1010))
@@ -426,9 +432,15 @@ def test_key_range_mode_reads_rows_inserted_mid_run_into_ranges_not_read_yet(
     job = sql_job(tmp_path, pg.url, model=INSERTER)
     infermill.run(job, progress="off")
     names = {r["name"] for r in read_output(tmp_path / "out").to_pylist()}
-    assert "late" in names and "early" not in names and len(names) == 1001
+    # The last range was closed at the highest key when planned (1009): "late" is above it.
+    assert not names & {"late", "early"} and len(names) == 1000
     changes = infermill.status(job)["input_changes"]
-    assert len(changes) == 1 and "1 row(s) inserted" in changes[0] and "[-inf, 260)" in changes[0]
+    assert len(changes) == 2 and "1 row(s) inserted" in changes[0] and "[-inf, 260)" in changes[0]
+    assert changes[1].startswith("1 new row(s) above key 1009")
+    again = infermill.run(job, progress="off")
+    assert again.rows_this_run == 1 and again.input_changes is not None
+    names = {r["name"] for r in read_output(tmp_path / "out").to_pylist()}
+    assert "late" in names and "early" not in names and len(names) == 1001
 
 
 @pytest.mark.postgres

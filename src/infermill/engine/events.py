@@ -124,10 +124,13 @@ class InputChanged:
     """Earlier shards whose results leave the output (their input changed or was deleted)."""
     shards_added: int
     """New shards: new and changed files, and the unchanged files that shared a shard with them."""
+    described: tuple[str, ...] = ()
+    """The changes in words, for an input that is not files (a SQL table's new and changed rows): reported
+    instead of the file counts."""
 
     def lines(self) -> list[str]:
         """One line per kind of change, then the plan's."""
-        out = []
+        out = [f"input: {what}" for what in self.described]
         if self.added:
             out.append(f"input: {_files(self.added)} added since the last run: their rows will be scored")
         if self.changed:
@@ -142,6 +145,8 @@ class InputChanged:
 
     def summary(self) -> str:
         """``2 files added, 1 changed, 1 deleted (rows removed)``."""
+        if self.described:
+            return "; ".join(self.described)
         deleted = f"{len(self.deleted):,} deleted" + (
             (" (rows kept)" if self.deleted_kept else " (rows removed)") if self.deleted else ""
         )

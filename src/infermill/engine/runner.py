@@ -18,7 +18,9 @@ Incremental runs: when only the input changed since the job last ran, the run do
 for a changed spec or model) but brings the plan up to date (``_update_plan``): it reports what changed,
 removes the manifest, then in one ledger transaction forgets the shards of changed and deleted input and
 adds pending shards for new and changed input. The parts of the forgotten shards are then debris, swept
-like any other, and the manifest written at the end lists the whole current output again.
+like any other, and the manifest written at the end lists the whole current output again. A source whose
+stored plan stays valid while it grows (``Source.grows_in_place``: a SQL table's key ranges) is asked for
+its delta on every run, since its listing does not change.
 """
 
 from __future__ import annotations
@@ -277,6 +279,14 @@ class _Coordinator:
         delta: InputDelta | None = None
         if stored is not None:
             shards, self.planned_again = stored, False
+            if source.grows_in_place:
+                # The plan holds while the input grows (a SQL table's key ranges): ask for new input anyway.
+                delta = self._delta(source)
+                if delta is not None and (delta.add or delta.drop):
+                    shards = sorted([*delta.keep, *delta.add], key=lambda s: s.ordinal)
+                elif delta is not None and self.progress_mode != "off":
+                    for what in delta.described:  # "no new rows above key K": why nothing is to do
+                        print(f"[{spec.name}] input: {what}", file=sys.stderr)
         else:
             # The listing changed: plan only what is new or changed (an incremental run, applied below
             # once nothing but the input is known to have changed), or everything.
@@ -366,6 +376,7 @@ class _Coordinator:
         changes = InputChanged(
             spec.name, delta.added, delta.changed, delta.deleted, delta.deleted_kept,
             shards_kept=len(delta.keep), shards_removed=len(delta.drop), shards_added=len(delta.add),
+            described=delta.described,
         )
         if not delta.empty:  # else only the plan's grouping differed: nothing to report
             self.input_changes = changes

@@ -145,6 +145,9 @@ class InputDelta:
     deleted: tuple[str, ...] = ()
     deleted_kept: bool = False
     """True when deleted input keeps its rows in the output (``[input] on_deleted = "keep"``)."""
+    described: tuple[str, ...] = ()
+    """The changes in words, for an input that is not files (a SQL table: ``"12 new rows above key 1009"``),
+    reported instead of file counts; for an unchanged input, why nothing is to do (``"no new rows ..."``)."""
 
     @property
     def empty(self) -> bool:
@@ -155,6 +158,10 @@ class Source(ABC):
     """Plans shards and reads them. Subclasses implement one input format."""
 
     format: str
+    grows_in_place: bool = False
+    """True when a stored plan stays valid while the input grows (a SQL table: shards are key ranges, and
+    ``listing_fingerprint`` is the table's identity): every run, a resume included, then asks
+    :meth:`plan_delta` for new input even though the listing is unchanged."""
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
@@ -199,11 +206,11 @@ class Source(ABC):
         incremental run. None (the default): the source cannot tell what changed, and a changed input needs
         ``--restart``.
 
-        File sources compare files (relative path, size, mtime or etag). This is also the hook for a SQL
-        source's incremental reads: it would keep every earlier shard and add shards for the rows above
-        the last key, or above the high-water mark of a ``cursor`` column (``updated_at > last mark``),
-        which it keeps in its shard descriptors. ``committed``: the ids of the earlier shards whose results
-        are in the output (only those can keep the rows of deleted input)."""
+        File sources compare files (relative path, size, mtime or etag). The SQL source keeps every earlier
+        shard and adds shards for the rows above the last key, and recomputes the key ranges holding a row
+        whose ``cursor`` column is above the last high-water mark (``updated_at > T``), marks it keeps in
+        its shard descriptors (``grows_in_place``). ``committed``: the ids of the earlier shards whose
+        results are in the output (only those can keep the rows of deleted input)."""
         del previous, next_ordinal, committed
         return None
 

@@ -6,8 +6,10 @@ and NOT NULL), then cuts the key space into half-open ranges of ``shard_rows`` r
 ``shard_rows``-th key of an ordered scan of the key alone; a PostgreSQL table that its statistics count at
 least ``sample_above_rows`` rows is cut at keys of a block sample instead (about ``shard_rows`` rows per
 shard). Never ``OFFSET``, never physical row positions such as ``ctid`` or ``rowid``. The first range has
-no lower bound and the last no upper bound, so every row, including one inserted later, lies in exactly one
-shard. The plan is stored in the ledger and a resume reads it back: it is never planned again (see
+no lower bound and the last is closed at the highest key when planned, so every row up to it lies in exactly
+one shard, and the rows inserted above it are the next run's: an incremental run (:meth:`SqlSource.plan_delta`)
+adds shards for them and, with ``[input] cursor``, recomputes the ranges of rows written since the last
+high-water mark. The plan is stored in the ledger and a resume reads it back: it is never planned again (see
 :meth:`SqlSource.listing_fingerprint`), so ``VACUUM FULL``, ``CLUSTER`` or a dump and restore between runs
 change nothing.
 
@@ -22,6 +24,7 @@ composite key): stable whatever else changes in the table.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import decimal
 import hashlib
@@ -30,7 +33,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -41,7 +44,7 @@ from ..sql._ident import quote_column, quote_ident
 from ..sql._url import parse_url
 from ._columns import ColumnSource
 from ._sql_db import PARAM, Database, open_database
-from .base import SYNTHETIC_ID, Fragment, Shard
+from .base import SYNTHETIC_ID, Fragment, InputDelta, Shard
 from .sql_settings import SqlSettings
 
 __all__ = ["SqlSource"]
@@ -109,7 +112,8 @@ class SqlSource(ColumnSource):
         return pa.schema(fields)
 
     # -- planning ----------------------------------------------------------------------------------
-    def plan(self) -> list[Shard]:
+    def _plan_ranges(self) -> list[Shard]:
+        """Key ranges over the whole table, the last one open-ended (:meth:`plan` closes it)."""
         self.check_columns()
         step = self.spec.input.shard_rows
         table = self.settings.table
@@ -268,21 +272,25 @@ class SqlSource(ColumnSource):
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
     def _range(self, shard: Shard) -> tuple[str, list[Any]]:
-        """``WHERE`` text and parameters of the shard's half-open key range."""
-        bounds = json.loads(shard.fragments[0].relpath)
+        """``WHERE`` text and parameters of the shard's key range."""
+        tests, params = self._tests(json.loads(shard.fragments[0].relpath))
+        return (" WHERE " + " AND ".join(tests) if tests else ""), params
+
+    def _tests(self, bounds: dict[str, Any]) -> tuple[list[str], list[Any]]:
+        """The conditions of a key range: ``lo <= key < hi`` as planned, and ``gt`` (exclusive) and ``le``
+        (inclusive) for the bounds made by a high-water mark (see :meth:`plan`)."""
         ph = PARAM
         if len(self.keys) == 1:
             lhs, rhs = self._key_sql, ph
         else:
             lhs, rhs = f"({self._key_sql})", "(" + ", ".join([ph] * len(self.keys)) + ")"
-        tests, params = [], []
-        if bounds["lo"] is not None:
-            tests.append(f"{lhs} >= {rhs}")
-            params += bounds["lo"]
-        if bounds["hi"] is not None:
-            tests.append(f"{lhs} < {rhs}")
-            params += bounds["hi"]
-        return (" WHERE " + " AND ".join(tests) if tests else ""), params
+        tests: list[str] = []
+        params: list[Any] = []
+        for name, op in (("lo", ">="), ("gt", ">"), ("hi", "<"), ("le", "<=")):
+            if bounds.get(name) is not None:
+                tests.append(f"{lhs} {op} {rhs}")
+                params += bounds[name]
+        return tests, params
 
     def _connect(self, snapshot: str | None = None) -> Any:
         return _Closing(self.db.connect(snapshot))
@@ -339,6 +347,179 @@ class SqlSource(ColumnSource):
                         f"{what} its key range after it committed ({rows_read} read, {now} now); the output "
                         "does not reflect them"
                     )
+        return out + self.high_water_drift([shard for shard, _ in committed])
+
+    # -- incremental runs --------------------------------------------------------------------------
+    # Every shard's descriptor carries the high-water marks of the plan that made it (Fragment.file_fingerprint,
+    # see _stamp): the highest key, and the cursor's highest value. The shard with the highest ordinal holds
+    # the job's current marks, since each plan_delta that moves them stamps the shards it adds.
+    grows_in_place = True
+
+    def plan(self) -> list[Shard]:
+        """Key ranges over the whole table (:meth:`_plan_ranges`), the last one closed at the highest key
+        there is now (``le``, inclusive), all stamped with the high-water marks: a row inserted above it later
+        is the next run's (:meth:`plan_delta`), never swallowed by the last range, never read twice."""
+        # The cursor's mark is read before any row is: a row written after it has a cursor above it.
+        cursor_mark = self._cursor_mark() if self.settings.cursor is not None else None
+        shards = self._plan_ranges()
+        if not shards:
+            return shards
+        last = json.loads(shards[-1].fragments[0].relpath)
+        with self._connect() as conn:
+            # Read after the bounds were cut, so every bound lies at or below it; when the rows above the
+            # last bound are gone meanwhile, the last range keeps only that bound.
+            top = self._top_key(conn, {"lo": last["lo"]}) or last["lo"]
+        if top is None:  # the table was emptied meanwhile: nothing to close the range at
+            return shards
+        shards[-1] = _with_bounds(shards[-1], {**last, "le": top})
+        return [_stamp(shard, top, cursor_mark, self.settings.cursor is not None) for shard in shards]
+
+    def plan_delta(
+        self, previous: Sequence[Shard], next_ordinal: int, committed: Collection[str] = ()
+    ) -> InputDelta | None:
+        """Every earlier shard kept, and new shards for the rows above the last run's highest key; with
+        ``[input] cursor``, the key ranges holding a row whose cursor is above the last high-water mark
+        (``updated_at > T``) planned again too (their results are replaced), committed or not. Deleted rows
+        are not seen: they leave the output only when their range is recomputed (or ``--full``)."""
+        del committed  # an SQL shard is recomputed whole, committed or not
+        if not previous:
+            return None
+        marks = _marks(max(previous, key=lambda s: s.ordinal))
+        if marks is None or marks["key"] is None:
+            # Planned by an infermill whose last range was open-ended: it reads every row above, so nothing
+            # is new; the plan stays as it is.
+            return InputDelta(keep=tuple(previous), drop=(), add=())
+        cursor = self.settings.cursor
+        old_top: list[Any] = marks["key"]
+        cursor_mark = self._cursor_mark() if cursor is not None else None  # before the changes are looked for
+        step = self.spec.input.shard_rows
+        described: list[str] = []
+        with self._connect() as conn:
+            top = self._top_key(conn, {"gt": old_top}) or old_top
+            above, new_rows = self._ranges_above(conn, old_top, top, step)
+            changed: dict[int, int] = {}
+            since = marks.get("cursor")
+            # The highest value unchanged (or none at all): no row is above the mark, no range need be counted.
+            moved = cursor_mark is not None and not ("cursor" in marks and since == cursor_mark)
+            if cursor is not None and moved:
+                changed = self._changed_ranges(conn, previous, cursor, since, "cursor" in marks)
+        ordinal = next_ordinal
+        add: list[Shard] = []
+        for i, shard in enumerate(previous):
+            if i in changed:
+                add.append(_stamp(_renumbered(shard, ordinal), top, cursor_mark, cursor is not None))
+                ordinal += 1
+        for bounds, rows in above:
+            add.append(_stamp(_new_shard(self, ordinal, bounds, rows), top, cursor_mark, cursor is not None))
+            ordinal += 1
+        if new_rows:
+            described.append(f"{new_rows:,} new row(s) above key {_show(old_top)} (the last run's highest): "
+                             "they will be scored")
+        if changed:
+            written = (f"with {cursor} > {since!r} (the last run's high-water mark)" if since is not None else
+                       f"with {cursor} set, and no high-water mark of it from the last run")
+            described.append(f"{sum(changed.values()):,} row(s) {written}, in {len(changed):,} key range(s): "
+                             "those ranges will be recomputed")
+        if not described:
+            since_text = f" and no row with {cursor} > {marks.get('cursor')!r}" if cursor is not None else ""
+            described.append(f"no new rows above key {_show(old_top)}{since_text} since the last run")
+        return InputDelta(
+            keep=tuple(s for i, s in enumerate(previous) if i not in changed),
+            drop=tuple(previous[i].shard_id for i in sorted(changed)),
+            add=tuple(add),
+            described=tuple(described),
+        )
+
+    def _cursor_mark(self) -> Any:
+        """The cursor column's highest value now (None when every value is NULL)."""
+        cursor = self.settings.cursor
+        assert cursor is not None
+        if cursor not in self.data_schema().names:
+            raise InputError(
+                f"cursor column {cursor!r} not found in {self.what}; columns: {', '.join(self.data_schema().names)}",
+                hint="set [input] cursor to the column that every write of a row moves up (updated_at)",
+            )
+        with self._connect() as conn:
+            value = self.db.rows(conn, f"SELECT max({quote_ident(cursor)}) FROM {self._from}")[0][0]
+        return None if value is None else _plain(value)
+
+    def _top_key(self, conn: Any, bounds: dict[str, Any]) -> list[Any] | None:
+        """The highest key within ``bounds`` (None when the range holds no row): the database orders it, so
+        text keys follow its collation, as the ranges do."""
+        tests, params = self._tests(bounds)
+        where = " WHERE " + " AND ".join(tests) if tests else ""
+        order = ", ".join(f"{quote_ident(k)} DESC" for k in self.keys)
+        rows = self.db.rows(conn, f"SELECT {self._key_sql} FROM {self._from}{where} ORDER BY {order} LIMIT 1", params)
+        return [_plain(v) for v in rows[0]] if rows else None
+
+    def _ranges_above(
+        self, conn: Any, low: list[Any], top: list[Any], step: int
+    ) -> tuple[list[tuple[dict[str, Any], int]], int]:
+        """The ranges (bounds, rows) of ``shard_rows`` rows cutting the keys in ``(low, top]``, cut as
+        :meth:`plan` cuts the table, and how many rows they hold."""
+        tests, params = self._tests({"gt": low, "le": top})
+        where = " WHERE " + " AND ".join(tests)
+        total = int(self.db.rows(conn, f"SELECT count(*) FROM {self._from}{where}", params)[0][0])
+        if total == 0:
+            return [], 0
+        cuts: list[list[Any]] = []
+        if total > step:
+            sql = (
+                f"SELECT {self._key_sql} FROM (SELECT {self._key_sql}, row_number() OVER "
+                f"(ORDER BY {self._key_sql}) AS _infermill_rn FROM {self._from}{where}) AS _infermill_keys "
+                f"WHERE _infermill_rn > 1 AND (_infermill_rn - 1) % {int(step)} = 0 ORDER BY {self._key_sql}"
+            )
+            cuts = [[_plain(v) for v in row] for row in self.db.rows(conn, sql, params)]
+        lowers: list[dict[str, Any]] = [{"gt": low}, *({"lo": c} for c in cuts)]
+        uppers: list[dict[str, Any]] = [*({"hi": c} for c in cuts), {"le": top}]
+        return [
+            ({**lo, **hi}, min(step, total - i * step)) for i, (lo, hi) in enumerate(zip(lowers, uppers, strict=True))
+        ], total
+
+    def _changed_ranges(
+        self, conn: Any, shards: Sequence[Shard], cursor: str, since: Any, marked: bool
+    ) -> dict[int, int]:
+        """Index in ``shards`` -> rows of its key range whose cursor is above ``since`` (any non-NULL cursor
+        when the shards carry no mark: planned before the job had a cursor), for the ranges holding any.
+        The database compares the keys, in batches of ranges per query."""
+        qc = quote_ident(cursor)
+        test, extra = (f"{qc} > {PARAM}", [since]) if marked and since is not None else (f"{qc} IS NOT NULL", [])
+        out: dict[int, int] = {}
+        for first in range(0, len(shards), _CHANGED_BATCH):
+            parts, params = [], []
+            for i in range(first, min(first + _CHANGED_BATCH, len(shards))):
+                tests, values = self._tests(json.loads(shards[i].fragments[0].relpath))
+                parts.append(f"SELECT {i}, count(*) FROM {self._from} WHERE {' AND '.join([*tests, test])}")
+                params += [*values, *extra]
+            for index, count in self.db.rows(conn, " UNION ALL ".join(parts), params):
+                if int(count):
+                    out[int(index)] = int(count)
+        return out
+
+    def high_water_drift(self, shards: Sequence[Shard]) -> list[str]:
+        """For ``infermill status``: rows above the plan's highest key, which the next run scores, and with
+        ``[input] cursor`` the rows written since its high-water mark, whose ranges the next run recomputes."""
+        if not shards:
+            return []
+        marks = _marks(max(shards, key=lambda s: s.ordinal))
+        if marks is None or marks["key"] is None:
+            return []
+        out = []
+        cursor = self.settings.cursor
+        with self._connect() as conn:
+            tests, params = self._tests({"gt": marks["key"]})
+            above = int(self.db.rows(conn, f"SELECT count(*) FROM {self._from} WHERE {tests[0]}", params)[0][0])
+            if above:
+                out.append(f"{above:,} new row(s) above key {_show(marks['key'])}, the high-water mark of the "
+                           "committed shards: the next `infermill run` scores them")
+            if cursor is not None and marks.get("cursor") is not None:
+                tests, params = self._tests({"le": marks["key"]})
+                written = int(self.db.rows(
+                    conn, f"SELECT count(*) FROM {self._from} WHERE {tests[0]} AND {quote_ident(cursor)} > {PARAM}",
+                    [*params, marks["cursor"]])[0][0])
+                if written:
+                    out.append(f"{written:,} row(s) with {cursor} > {marks['cursor']!r}, the high-water mark of the "
+                               "committed shards: the next `infermill run` recomputes their key ranges")
         return out
 
 
@@ -353,6 +534,57 @@ class _Closing:
 
     def __exit__(self, *exc: object) -> None:
         self.conn.close()
+
+
+_CHANGED_BATCH = 100
+"""Key ranges counted per query when looking for rows whose cursor moved."""
+
+
+def _marks(shard: Shard) -> dict[str, Any] | None:
+    """The high-water marks a shard was stamped with (``key``; ``cursor`` when the job had one), or None for
+    a shard planned before marks were kept."""
+    try:
+        marks = json.loads(shard.fragments[0].file_fingerprint)
+    except ValueError:
+        return None
+    return marks if isinstance(marks, dict) and "key" in marks else None
+
+
+def _stamp(shard: Shard, top: list[Any] | None, cursor_mark: Any, with_cursor: bool) -> Shard:
+    """``shard`` carrying the marks of the plan that made it, beside the source's identity."""
+    fragment = shard.fragments[0]
+    earlier = _marks(shard)
+    marks: dict[str, Any] = {"source": earlier["source"] if earlier else fragment.file_fingerprint, "key": top}
+    if with_cursor:
+        marks["cursor"] = cursor_mark
+    stamped = dataclasses.replace(fragment, file_fingerprint=json.dumps(marks, separators=(",", ":")))
+    return Shard(ordinal=shard.ordinal, fragments=(stamped, *shard.fragments[1:]))
+
+
+def _with_bounds(shard: Shard, bounds: dict[str, Any]) -> Shard:
+    fragment = dataclasses.replace(shard.fragments[0], relpath=_bounds_text(bounds))
+    return Shard(ordinal=shard.ordinal, fragments=(fragment, *shard.fragments[1:]))
+
+
+def _renumbered(shard: Shard, ordinal: int) -> Shard:
+    """The same key range as a new shard (read again), its row count unknown until then."""
+    fragment = dataclasses.replace(shard.fragments[0], rows=None)
+    return Shard(ordinal=ordinal, fragments=(fragment, *shard.fragments[1:]))
+
+
+def _new_shard(source: SqlSource, ordinal: int, bounds: dict[str, Any], rows: int) -> Shard:
+    source_id = hashlib.sha256(json.dumps([source.settings.table, source.settings.query, source.keys]).encode())
+    fragment = Fragment(path=source.url.display, relpath=_bounds_text(bounds), start=0, stop=rows, rows=rows,
+                        file_fingerprint=source_id.hexdigest()[:16])
+    return Shard(ordinal=ordinal, fragments=(fragment,))
+
+
+def _bounds_text(bounds: dict[str, Any]) -> str:
+    """A range as its shard descriptor holds it: ``lo`` and ``hi`` always (planned ranges), ``gt`` and ``le``
+    when a high-water mark bounds it."""
+    text = {"lo": bounds.get("lo"), "hi": bounds.get("hi")}
+    text.update({k: bounds[k] for k in ("gt", "le") if bounds.get(k) is not None})
+    return json.dumps(text, separators=(",", ":"))
 
 
 def _plain(value: Any) -> Any:
@@ -374,9 +606,15 @@ def _show(row: Sequence[Any]) -> str:
 
 def _show_range(shard: Shard) -> str:
     bounds = json.loads(shard.fragments[0].relpath)
-    lo = "-inf" if bounds["lo"] is None else _show(bounds["lo"])
-    hi = "+inf" if bounds["hi"] is None else _show(bounds["hi"])
-    return f"[{lo}, {hi})"
+    if bounds.get("gt") is not None:
+        lo = "(" + _show(bounds["gt"])
+    else:
+        lo = "[" + ("-inf" if bounds["lo"] is None else _show(bounds["lo"]))
+    if bounds.get("le") is not None:
+        hi = _show(bounds["le"]) + "]"
+    else:
+        hi = ("+inf" if bounds["hi"] is None else _show(bounds["hi"])) + ")"
+    return f"{lo}, {hi}"
 
 
 def _array(values: list[Any], field: pa.Field, where: str) -> pa.Array:

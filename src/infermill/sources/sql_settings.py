@@ -27,6 +27,12 @@ class SqlSettings:
     key: str | list[str] = "id"
     """The unique, non-null column (or list of columns: a composite key) that shards are key ranges of.
     A NULL or repeated key is refused when the job is planned."""
+    cursor: str | None = None
+    """A column that grows whenever a row is written (``updated_at``: a timestamp, an integer version or
+    sequence; any orderable type). A rerun then also recomputes the key ranges holding a row whose cursor is
+    above the previous run's high-water mark (``updated_at > T``), so an updated row replaces its old output
+    row. Without it a rerun picks up only the rows above the previous run's highest key. Rows with a NULL
+    cursor count as unchanged."""
     consistency: Literal["key_range", "snapshot"] = "key_range"
     """``"key_range"``: each shard reads its key range when it runs; rows inserted later into a range that
     already committed are reported by ``infermill status``. ``"snapshot"`` (PostgreSQL): every shard of a run
@@ -47,9 +53,10 @@ class SqlSettings:
     """Set by the coordinator of a ``"snapshot"`` run for its workers (the exported snapshot); leave unset."""
 
     result_neutral: ClassVar[tuple[str, ...]] = (
-        "password_env", "fetch_rows", "sample_above_rows", "snapshot_warn_seconds", "snapshot_id"
+        "password_env", "fetch_rows", "sample_above_rows", "snapshot_warn_seconds", "snapshot_id", "cursor"
     )
-    """Keys that cannot change results: left out of the job's fingerprint."""
+    """Keys that cannot change results: left out of the job's fingerprint (``cursor`` only decides what a
+    rerun recomputes; a job given one later recomputes every range once, having no mark yet)."""
 
     def __post_init__(self) -> None:
         from ..errors import SpecError
@@ -74,6 +81,8 @@ class SqlSettings:
             raise SpecError("'input.key' is empty", hint='name the unique key column: key = "id"')
         for name in keys:
             validate_ident(name, "key column")
+        if self.cursor is not None:
+            validate_ident(self.cursor, "cursor column")
         if len(set(keys)) != len(keys):
             raise SpecError(f"'input.key' repeats a column: {keys}", hint="name each key column once")
         if self.fetch_rows < 1:
