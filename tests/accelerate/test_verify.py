@@ -236,6 +236,22 @@ def test_compiled_trees_end_to_end_recorded_in_the_ledger_and_shown(tmp_path: Pa
     assert reloaded["artifact"] == recorded["artifact"]
 
 
+def test_compiled_trees_on_lanes(tmp_path: Path) -> None:
+    """Two lanes (threads_per_worker = 2, parallel = "rows") score batches at once, each with its own
+    single-threaded predictor of the compiled library: the same results as predict_proba."""
+    pytest.importorskip("tl2cgen")
+    job = _tree_job(tmp_path, "compile")
+    job.write_text(job.read_text() + "threads_per_worker = 2\n")
+    result = infermill.run(job, progress="off")
+    assert result.state == "complete"
+    model = joblib.load(tmp_path / "model.joblib")
+    table = pq.read_table(tmp_path / "data.parquet")
+    features = np.column_stack([np.asarray(table[f"f{i}"]) for i in range(4)])
+    assert np.abs(_scores(tmp_path) - model.predict_proba(features)[:, 1]).max() <= 1e-6
+    [decision] = infermill.status(job)["accelerate"]
+    assert decision["used"] and decision["shards"] == 3
+
+
 def test_validate_fails_clearly_for_a_named_method_that_cannot_apply(tmp_path: Path) -> None:
     job = _tree_job(tmp_path, "compile")
     joblib.dump(LogisticRegression().fit(np.eye(4), [0, 1, 0, 1]), tmp_path / "model.joblib")
