@@ -302,7 +302,7 @@ def test_fingerprint_rule(tmp_path: Path) -> None:
         ('accelerate = "fast"', "'model.accelerate' must be one of 'off', 'auto', 'compile', 'onnx', 'onnx-int8'",
          "auto"),
         ('accelerate = "onnx"', "'model.accelerate' = 'onnx' does not apply to model kind 'sklearn'",
-         "use one of 'compile'"),
+         'use one of "compile", "auto" or "off"'),
         ('accelerate = "compile"\naccelerate_tolerance = -1.0', "'model.accelerate_tolerance' must be a finite",
          "1e-5"),
     ],

@@ -70,10 +70,10 @@ def candidates(adapter: ModelAdapter, spec: JobSpec) -> tuple[list[Accelerator],
         return tried, None if tried else f"model kind {spec.model.kind!r} has no accelerated form"
     chosen = [a for a in offered if a.method == requested]
     if not chosen:
-        names = sorted({a.method for a in offered})
+        quoted = ", ".join(f'"{name}"' for name in sorted({a.method for a in offered}))
         raise ModelLoadError(
             f"[model] accelerate = {requested!r} does not apply to model kind {spec.model.kind!r}",
-            hint=(f"use one of {', '.join(repr(n) for n in names)}, \"auto\" or \"off\"" if names
+            hint=(f'use one of {quoted}, "auto" or "off"' if quoted
                   else 'remove the key, or set accelerate = "off"'),
         )
     reason = chosen[0].unavailable(adapter)
