@@ -214,14 +214,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from .engine.profile import profile
+    from .engine.profile import acceleration, profile
 
     report = profile(args.job)
+    accelerate = acceleration(args.job)
     if args.json:
-        print(json.dumps(report.as_dict(), sort_keys=True))
+        print(json.dumps({**report.as_dict(), "accelerate": accelerate}, sort_keys=True))
         return 0
     for line in report.lines():
         print(line)
+    for item in accelerate:
+        print(f"  accelerate: {item['text']} ({plural(item['shards'], 'shard')})")
     return 0
 
 
@@ -254,6 +257,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"changed: {text}")
     if info.get("input_changes"):
         print(f"         `infermill run {args.job} --restart` reads the input again from the start")
+    for item in info.get("accelerate", []):
+        print(f"accel:   {item['text']} ({plural(item['shards'], 'shard')})")
     print(f"output:  {info['output']}")
     print(f"ledger:  {info['ledger']}")
     return 0

@@ -59,8 +59,9 @@ class Plugin:
     dataclass of its own keys, in a module that imports nothing heavy), an input format's ``extensions``,
     ``compressed`` (its files may be compressed), ``pathless`` (it reads no files: no ``[input] path``),
     ``committed_drift`` (``infermill status`` asks the source what changed under committed shards),
-    a model kind's ``tabular`` (large default batches) and ``neutral`` (its keys that cannot change
-    results, such as rate limits: left out of the job's fingerprint, so editing them is no spec change)."""
+    a model kind's ``tabular`` (large default batches), ``neutral`` (its keys that cannot change
+    results, such as rate limits: left out of the job's fingerprint, so editing them is no spec change) and
+    ``accelerate`` (the ``[model] accelerate`` methods it offers, checked when the job file is read)."""
 
 
 def _s(module: str, cls: str, **meta: Any) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
             "python": ("infermill.models.python:PythonModel", None, _s(M, "PythonSettings")),
             "sklearn": (
                 "infermill.models.sklearn:SklearnModel", "sklearn",
-                _s(M, "SklearnSettings", tabular=True, neutral=("parallel",)),
+                _s(M, "SklearnSettings", tabular=True, neutral=("parallel",), accelerate=("compile",)),
             ),
             "onnx": ("infermill.models.onnx:OnnxModel", "onnx", _s(M, "OnnxSettings", tabular=True)),
             "torch": ("infermill.models.torch_model:TorchModel", "torch", _s(M, "TorchSettings", neutral=_TORCH)),

@@ -155,6 +155,16 @@ class ModelSpec:
     """Names of the prediction columns (default depends on the kind, usually ``["prediction"]``)."""
     trusted: bool = False
     """Allow formats that run code on load (pickle, joblib). Only for files you trust."""
+    accelerate: str = "off"
+    """Run a converted, faster copy of the model (docs/accelerate.md): "off" (default), "compile" (tree
+    ensembles of scikit-learn, LightGBM and XGBoost compiled to native code with treelite), "onnx" and
+    "onnx-int8" (transformer encoders through ONNX Runtime), or "auto" (each method the kind offers but
+    int8, kept only where it agrees with the model and is faster). The copy is verified on a sample of the
+    job's own rows before use; when it does not agree within the tolerance, a warning says so and the
+    original model runs. Not "off": part of the job's fingerprint."""
+    accelerate_tolerance: float | None = None
+    """The bound the accelerated copy must meet on the sample, overriding the method's default (compile:
+    max absolute difference 1e-6; onnx: min cosine similarity 0.999)."""
     settings: dict[str, Any] = field(default_factory=dict)
     """The kind's own keys (written directly under [model] in a job file); each kind declares and checks
     its own (registry meta ``settings``, or the adapter's ``settings_cls``): read them parsed with
@@ -496,6 +506,9 @@ class JobSpec:
         data["input"] = {**_LEGACY_INPUT_KEYS, **data["input"]}
         data["output"] = {**_LEGACY_OUTPUT_KEYS, **data["output"]}
         data["model"] = _legacy_model(data["model"], _neutral_settings(self.model.kind))
+        if self.model.accelerate == "off":  # as before the key: a job without acceleration keeps its fingerprint
+            data["model"].pop("accelerate")
+            data["model"].pop("accelerate_tolerance")
         data.pop("runtime")
         data.pop("schedule")  # when a job runs never changes its results
         for key in ("max_bytes", "max_tokens", "sort_window"):  # unset: as the fingerprint before these keys
@@ -805,6 +818,39 @@ def _validate_settings(spec: JobSpec, where: str) -> None:
     spec.model_settings()
 
 
+def _validate_accelerate(model: ModelSpec, where: str) -> None:
+    """``[model] accelerate``: a known method that the kind offers (registry meta ``accelerate``: the
+    methods; a plugin kind that does not say is checked when its model loads)."""
+    from . import registry
+    from .accelerate import METHODS
+
+    method = model.accelerate
+    if method not in METHODS:
+        raise SpecError(
+            f"{where}: 'model.accelerate' must be one of {', '.join(repr(m) for m in METHODS)}, not {method!r}",
+            hint='use accelerate = "auto" to let infermill pick, or "off"',
+        )
+    tolerance = model.accelerate_tolerance
+    if tolerance is not None and not (isinstance(tolerance, (int, float)) and 0 <= tolerance < float("inf")):
+        raise SpecError(
+            f"{where}: 'model.accelerate_tolerance' must be a finite number >= 0, not {tolerance!r}",
+            hint="e.g. accelerate_tolerance = 1e-5 (compile: max absolute difference; onnx: min cosine)",
+        )
+    plugin = registry.find("models", model.kind)
+    if method in ("off", "auto") or plugin is None:
+        return
+    if "accelerate" not in plugin.meta and registry.builtin("models").get(model.kind) is not plugin:
+        return
+    offered = tuple(plugin.meta.get("accelerate", ()))
+    if method not in offered:
+        quoted = ", ".join(f'"{m}"' for m in offered)
+        raise SpecError(
+            f"{where}: 'model.accelerate' = {method!r} does not apply to model kind {model.kind!r}",
+            hint=(f'use one of {quoted}, "auto" or "off"' if offered
+                  else f'model kind {model.kind!r} has no accelerated form: remove the key, or set "off"'),
+        )
+
+
 def _validate_formats(spec: JobSpec, where: str) -> None:
     """The input and output formats' own keys, and the path each needs (a format that reads or writes no
     files, such as a SQL table, registers ``pathless``)."""
@@ -927,6 +973,7 @@ def _validate(spec: JobSpec) -> None:
     if spec.runtime.executor != "auto" and registry.find("executors", spec.runtime.executor) is None:
         raise registry.unknown("executors", spec.runtime.executor, where)
     _validate_settings(spec, where)
+    _validate_accelerate(spec.model, where)
     _validate_formats(spec, where)
     if spec.batch.size not in ("auto", None) and (not isinstance(spec.batch.size, int) or spec.batch.size < 1):
         raise SpecError(f"{where}: 'batch.size' must be at least 1 or \"auto\", not {spec.batch.size!r}")

@@ -6,9 +6,11 @@ worker pipeline (no numpy, no pyarrow): only the spec, the ledger and the output
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
+from ..accelerate.report import described
 from ..ledger import LedgerSummary, derive_job_state, display_location, lease_is_live
 from ..sinks import open_sink
 from ..spec import JobSpec
@@ -35,7 +37,8 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
     part is missing or changed, see ``damaged_parts``; a rerun recomputes those), ``rows_total``, ``rows_succeeded``,
     ``rows_failed``, ``shards_total``, ``shards_committed``, ``shards_failed``, ``runs``, ``last_run``,
     ``input_changes`` (committed shards whose input changed since, e.g. rows inserted into a SQL key range
-    that already ran), ...
+    that already ran), ``accelerate`` (the ``[model] accelerate`` decisions recorded with committed shards,
+    see ``accelerate.report.described``), ...
     """
     spec = as_spec(job)
     base: dict[str, Any] = {
@@ -59,6 +62,7 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
             "failed_shards": [],
             "damaged_parts": [],
             "input_changes": [],
+            "accelerate": [],
         }
     ledger = connect(spec)
     try:
@@ -97,6 +101,7 @@ def status(job: JobSpec | str | os.PathLike[str]) -> dict[str, Any]:
             "failed_shards": failed,
             "damaged_parts": [p.describe() for p in damaged],
             "input_changes": _input_changes(spec, ledger),
+            "accelerate": described(json.loads(raw) for raw in ledger.shard_stats() if raw),
         }
     finally:
         ledger.close()

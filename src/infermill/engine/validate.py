@@ -43,6 +43,14 @@ def validate(job: JobSpec | str | os.PathLike[str]) -> list[str]:
         lines.append(f"          keep {', '.join(columns.keep)}")
     adapter = load_adapter(spec, threads=threads_per_worker(spec))
     adapter.setup()
+    if spec.model.accelerate != "off":
+        from ..accelerate.verify import candidates
+
+        tried, why_not = candidates(adapter, spec)  # a named method that cannot apply fails here
+        lines.append(
+            f"accel:    {spec.model.accelerate}: "
+            + (f"will try {', '.join(a.method for a in tried)} on the first batch" if tried else f"none ({why_not})")
+        )
     sample = None
     for shard in shards:
         for batch in source.read(shard, SAMPLE_ROWS, columns.read):

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from ..accelerate.verify import accelerated, shard_facts
 from ..errors import InfermillError, ModelLoadError, OutputError
 from ..models import load_adapter
 from ..models.base import ModelAdapter
@@ -176,6 +177,7 @@ def run_worker(
                 f"model setup failed: {type(exc).__name__}: {exc}",
                 hint="run `infermill validate JOB --debug` to see the full traceback",
             ) from exc
+        adapter = accelerated(adapter, spec)  # [model] accelerate: verified on the first batch
         events.put(WorkerReady(wid))
         with reusing_arrow_memory():
             _Pipeline(config, source, adapter, sink, events, flags).run(next_shard)
@@ -547,7 +549,8 @@ class _Pipeline:
                     stats = self.stats.pop(sid, None)
                     self.events.put(
                         ShardStaged(
-                            self.config.worker_id, sid, staged, staged_errors, dead, stats.as_dict() if stats else {}
+                            self.config.worker_id, sid, staged, staged_errors, dead,
+                            {**stats.as_dict(), **shard_facts(self.adapter)} if stats else {},
                         )
                     )
         except BaseException as exc:  # noqa: BLE001 - handed to the model loop

@@ -20,7 +20,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +28,9 @@ import pyarrow as pa
 from ..errors import ModelLoadError
 from ..spec import JobSpec, parse_settings
 from .outputs import to_columns
+
+if TYPE_CHECKING:
+    from ..accelerate.base import Accelerator
 
 __all__ = ["ModelAdapter", "file_digest"]
 
@@ -104,6 +107,11 @@ class ModelAdapter(ABC):
     @abstractmethod
     def fingerprint(self) -> str:
         """A digest of the model's code or weights."""
+
+    def accelerators(self) -> list[Accelerator]:
+        """The ways ``[model] accelerate`` may speed this kind up (see ``infermill.accelerate``), in the order
+        ``"auto"`` tries them; [] (the default): none. Called after ``setup``; import converters lazily."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - an optional hook
         """Release resources at the end of a worker's life."""

@@ -30,6 +30,9 @@ holds a core. scikit-learn's tree, boosting and linear predictors release the GI
 in parallel. With ``"library"``, one call per batch with BLAS and OpenMP limited to ``threads``
 (threadpoolctl): for estimators that must not be called from two threads at once. Either way ``n_jobs`` of
 the loaded estimators is capped at ``threads``.
+
+``[model] accelerate = "compile"``: tree ensembles compiled with treelite + tl2cgen
+(``accelerators()``; see ``infermill.accelerate.trees``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -52,6 +55,9 @@ from ._labels import class_columns, class_index
 from .base import ModelAdapter, file_digest
 from .outputs import to_columns
 from .settings import SklearnSettings
+
+if TYPE_CHECKING:
+    from ..accelerate.base import Accelerator
 
 __all__ = ["SklearnModel", "SklearnSettings"]
 
@@ -158,6 +164,20 @@ class SklearnModel(ModelAdapter):
 
     def lanes(self) -> int:
         return self.threads if self.settings.parallel == "rows" else 1
+
+    def in_lane(self) -> bool:
+        """This thread is one of the engine's lanes (``enter_lane``): its calls run single-threaded."""
+        return bool(getattr(self._lane, "active", False))
+
+    @property
+    def takes_dataframe(self) -> bool:
+        """The estimator is given a DataFrame, not a float64 array (see the module docstring)."""
+        return self._pandas
+
+    def accelerators(self) -> list[Accelerator]:
+        from ..accelerate.trees import TreeCompiler
+
+        return [TreeCompiler()]
 
     def enter_lane(self) -> None:
         if self._controller is None:
@@ -303,7 +323,7 @@ class SklearnModel(ModelAdapter):
         if len(inputs) == 0:
             return None  # scikit-learn rejects empty input; postprocess returns typed empty columns
         try:
-            if getattr(self._lane, "active", False):
+            if self.in_lane():
                 return self._call(inputs)  # a lane thread: single-threaded already (enter_lane)
             ranges = self._ranges(len(inputs))
             if len(ranges) > 1:
