@@ -106,7 +106,11 @@ def child(job: str) -> None:
     except SystemExit as exc:
         code = int(exc.code or 0)
     print(json.dumps({"marks": MARKS, "code": code}), flush=True)
-    # What follows (the interpreter's teardown, as after any run) is timed by the parent as "exit".
+    # What follows is timed by the parent as "exit": the command's own way out when it has one
+    # (``cli.exit_fast``), else the interpreter's teardown.
+    exit_fast = getattr(cli, "exit_fast", None)
+    if exit_fast is not None:
+        exit_fast(code)
 
 
 def one_run(job: Path, keep: bool) -> dict[str, Any]:
