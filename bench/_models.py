@@ -1,4 +1,5 @@
-"""Python-kind models for bench_overhead.py (loaded by infermill through ``entrypoint = "<this file>:Name"``)."""
+"""Models for the benchmarks: python-kind models for bench_overhead.py (loaded by infermill through
+``entrypoint = "<this file>:Name"``) and the torch factory of bench_defaults.py."""
 
 from __future__ import annotations
 
