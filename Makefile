@@ -106,6 +106,7 @@ bench: install-dev postgres
 	$(BIN)/python bench/bench_sql.py
 	$(BIN)/python bench/bench_http.py
 	$(BIN)/python bench/bench_accelerate.py
+	$(BIN)/python bench/bench_defaults.py
 
 clean:
 	rm -rf $(VENV) .venv-dagster .venv-airflow .venv-prefect build dist src/*.egg-info .pytest_cache .mypy_cache \

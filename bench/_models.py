@@ -1,6 +1,9 @@
-"""Python-kind models for bench_overhead.py (loaded by infermill through ``entrypoint = "<this file>:Name"``)."""
+"""Models for the benchmarks: python-kind models for bench_overhead.py (loaded by infermill through
+``entrypoint = "<this file>:Name"``) and the torch factory of bench_defaults.py."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -28,3 +31,14 @@ class Busy:
             np.sin(y, out=y)
             y += x
         return y
+
+
+def mlp(features: int = 20, hidden: int = 256) -> Any:
+    """The torch workload of bench_defaults.py: a 3-layer MLP with a sigmoid output (``kind = "torch"``
+    builds it through ``factory``; its weights are a safetensors file)."""
+    import torch
+
+    return torch.nn.Sequential(
+        torch.nn.Linear(features, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+        torch.nn.Linear(hidden, 1), torch.nn.Sigmoid(),
+    )

@@ -1,7 +1,5 @@
 """``python -m infermill``: the same as the ``infermill`` command."""
 
-import sys
+from .cli import console
 
-from .cli import main
-
-sys.exit(main())
+console()
