@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,6 +63,25 @@ def write_parquet_files(directory: Path, rows: int, files: int, row_group_size: 
 
 def write_job(path: Path, body: str) -> Path:
     path.write_text(textwrap.dedent(body))
+    return path
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML value: strings, numbers, booleans, lists and inline tables."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return json.dumps(value)  # JSON's strings, numbers and true/false are TOML's
+
+
+def job_toml(path: Path, *, name: str | None = None, **sections: dict[str, Any] | None) -> Path:
+    """Write a job file from its sections as dicts (``input={...}, model={...}``; a None section is left out)."""
+    lines = [f"name = {toml_value(name)}"] if name else []
+    for section, keys in sections.items():
+        if keys is not None:
+            lines += [f"[{section}]", *(f"{key} = {toml_value(value)}" for key, value in keys.items())]
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
@@ -153,8 +173,6 @@ def run_lanes_job(
 
 def read_output(out_dir: Path, fmt: str = "parquet") -> pa.Table:
     """Read every committed part file listed in the manifest (or on disk) into one table."""
-    import json
-
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
 

@@ -29,7 +29,7 @@ import pytest
 import infermill
 from infermill.errors import StorageError
 from infermill.testing.faulty_proxy import Fault, FaultyProxy
-from tests.conftest import SCORER, expected_score, make_table
+from tests.conftest import SCORER, expected_score, make_table, toml_value
 from tests.test_s3 import SECRET, bucket, s3_endpoint  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.s3
@@ -63,12 +63,6 @@ def store(bucket: tuple[Any, dict[str, Any]], s3_endpoint: str, monkeypatch: pyt
         yield Store(fs, info["name"], proxy, table)
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value)
-
-
 def _job(tmp_path: Path, store: Store) -> Path:
     options = {
         "endpoint_url": store.proxy.url, "key": "testing", "secret": SECRET,
@@ -83,7 +77,7 @@ path = "s3://{store.name}/in/"
 format = "parquet"
 id_column = "customer_id"
 shard_rows = {SHARD_ROWS}
-storage_options = {_toml(options)}
+storage_options = {toml_value(options)}
 [model]
 kind = "python"
 entrypoint = "scorer.py:Scorer"
@@ -91,7 +85,7 @@ features = ["f0", "f1", "f2"]
 outputs = ["score"]
 [output]
 path = "s3://{store.name}/out/"
-storage_options = {_toml(options)}
+storage_options = {toml_value(options)}
 """)
     return job
 

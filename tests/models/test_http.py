@@ -39,7 +39,8 @@ from infermill.models.http.ratelimit import RateLimiter, TokenBucket
 from infermill.spec import JobSpec, ModelSpec, load_spec
 from infermill.testing.http_server import FakeModelServer, embed_text, kserve_score
 from infermill.testing.models import ModelAdapterConformance, conformance_batch, model_spec_for
-from tests.conftest import read_output, write_job
+from tests.conftest import read_output
+from tests.models.http_helpers import http_job
 
 KEY = "sk-infermill-TEST-5ecret-0123456789"
 """The API key the secrecy tests hunt for."""
@@ -475,27 +476,15 @@ def test_the_api_key_never_appears_anywhere(
     server = serve(api_key=KEY, schedule={"row 1": ["echo-auth:400"], "row 3": ["500"], "row 5": ["echo-auth:422"]})
     monkeypatch.setenv("IM_TEST_KEY", KEY)
     monkeypatch.setenv("IM_TEST_HEADER", KEY + "-header")
-    pq.write_table(pa.Table.from_batches([prompts(8)]).append_column("id", pa.array(range(8))), tmp_path / "in.parquet")
-    job = write_job(tmp_path / "job.toml", f"""
-        [input]
-        path = "in.parquet"
-        id_column = "id"
-        [model]
-        kind = "http"
-        protocol = "openai-chat"
-        url = "{server.url}"
-        api_key_env = "IM_TEST_KEY"
-        headers = {{x-extra = "${{IM_TEST_HEADER}}"}}
-        max_retries = 1
-        backoff_seconds = 0.01
-        [batch]
-        size = 4
-        [retry]
-        max_attempts = 2
-        backoff_seconds = 0.01
-        [output]
-        path = "out"
-    """)
+    job = http_job(
+        tmp_path,
+        server.url,
+        8,
+        model={"api_key_env": "IM_TEST_KEY", "headers": {"x-extra": "${IM_TEST_HEADER}"}, "max_retries": 1,
+               "backoff_seconds": 0.01},
+        batch={"size": 4},
+        retry={"max_attempts": 2, "backoff_seconds": 0.01},
+    )
     result = infermill.run(job, progress="off")
     # Row 1's echoed 400 and row 5's echoed 422 are item errors, row 3's 500s outlast every retry
     # (transient); the five other rows are answered and kept.
@@ -535,25 +524,14 @@ def test_run_scores_every_row_and_dead_letters_the_bad_one(tmp_path: Path, serve
         schedule={"row 7": ["400"], "row 3": ["429:1", "ok"], "row 12": ["500", "ok"], "row 15": ["slow:2", "ok"]}
     )
     n = 30
-    pq.write_table(pa.Table.from_batches([prompts(n)]).append_column("id", pa.array(range(n))), tmp_path / "in.parquet")
-    job = write_job(tmp_path / "job.toml", f"""
-        [input]
-        path = "in.parquet"
-        id_column = "id"
-        [model]
-        kind = "http"
-        protocol = "openai-chat"
-        url = "{server.url}"
-        model = "fake"
-        outputs = ["text", "finish_reason"]
-        timeout_seconds = 0.5
-        backoff_seconds = 0.01
-        concurrency = 4
-        [batch]
-        size = 8
-        [output]
-        path = "out"
-    """)
+    job = http_job(
+        tmp_path,
+        server.url,
+        n,
+        model={"model": "fake", "outputs": ["text", "finish_reason"], "timeout_seconds": 0.5,
+               "backoff_seconds": 0.01, "concurrency": 4},
+        batch={"size": 8},
+    )
     result = infermill.run(job, progress="off")
     assert result.rows_succeeded == n - 1
     out = read_output(tmp_path / "out").sort_by("id")
@@ -573,25 +551,15 @@ def test_run_scores_every_row_and_dead_letters_the_bad_one(tmp_path: Path, serve
 def test_run_with_worker_processes_shares_concurrency(tmp_path: Path, serve: Any) -> None:
     server = serve(delay=0.05)
     n = 40
-    pq.write_table(pa.Table.from_batches([prompts(n)]).append_column("id", pa.array(range(n))), tmp_path / "in.parquet")
-    job = write_job(tmp_path / "job.toml", f"""
-        [input]
-        path = "in.parquet"
-        id_column = "id"
-        shard_rows = 10
-        [model]
-        kind = "http"
-        protocol = "openai-chat"
-        url = "{server.url}"
-        outputs = ["text"]
-        concurrency = 4
-        [batch]
-        size = 10
-        [runtime]
-        workers = 2
-        [output]
-        path = "out"
-    """)
+    job = http_job(
+        tmp_path,
+        server.url,
+        n,
+        input={"shard_rows": 10},
+        model={"outputs": ["text"], "concurrency": 4},
+        batch={"size": 10},
+        runtime={"workers": 2},
+    )
     assert infermill.run(job, progress="off").rows_succeeded == n
     out = read_output(tmp_path / "out").sort_by("id")
     assert out.column("text").to_pylist() == [f"echo: row {i}" for i in range(n)]
@@ -601,19 +569,7 @@ def test_run_with_worker_processes_shares_concurrency(tmp_path: Path, serve: Any
 def test_run_with_embeddings(tmp_path: Path, serve: Any) -> None:
     server = serve()
     n = 20
-    pq.write_table(pa.Table.from_batches([prompts(n)]).append_column("id", pa.array(range(n))), tmp_path / "in.parquet")
-    job = write_job(tmp_path / "job.toml", f"""
-        [input]
-        path = "in.parquet"
-        id_column = "id"
-        [model]
-        kind = "http"
-        protocol = "openai-embeddings"
-        url = "{server.url}/v1"
-        batch_size = 6
-        [output]
-        path = "out"
-    """)
+    job = http_job(tmp_path, f"{server.url}/v1", n, protocol="openai-embeddings", model={"batch_size": 6})
     assert infermill.run(job, progress="off").rows_succeeded == n
     out = read_output(tmp_path / "out").sort_by("id")
     assert out.schema.field("embedding").type == pa.list_(pa.float32(), 8)

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 import infermill
@@ -17,7 +16,8 @@ from infermill.models.http import HttpModel
 from infermill.spec import ModelSpec
 from infermill.testing.latency_server import LatencyServer
 from infermill.testing.models import model_spec_for
-from tests.conftest import read_output, write_job
+from tests.conftest import read_output
+from tests.models.http_helpers import http_job
 
 DELAY = 0.2
 """The server's latency: long enough that 1,024 requests at 32 in flight need 6.4 s at best."""
@@ -90,23 +90,7 @@ def test_the_proxy_of_the_environment_is_used(
 def test_batches_smaller_than_concurrency_still_fill_it(tmp_path: Path, server: LatencyServer) -> None:
     # 16-row batches at concurrency 64: one batch at a time kept 16 requests in flight, whatever concurrency.
     n = 256
-    table = pa.table({"id": list(range(n)), "prompt": [f"row {i}" for i in range(n)]})
-    pq.write_table(table, tmp_path / "in.parquet")
-    job = write_job(tmp_path / "job.toml", f"""
-        [input]
-        path = "in.parquet"
-        id_column = "id"
-        [model]
-        kind = "http"
-        protocol = "openai-chat"
-        url = "{server.url}"
-        outputs = ["text"]
-        concurrency = 64
-        [batch]
-        size = 16
-        [output]
-        path = "out"
-    """)
+    job = http_job(tmp_path, server.url, n, model={"outputs": ["text"], "concurrency": 64}, batch={"size": 16})
     server.stats(reset=True)
     assert infermill.run(job, progress="off").rows_succeeded == n
     texts = read_output(tmp_path / "out").sort_by("id").column("text").to_pylist()

@@ -9,14 +9,14 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import infermill
 from infermill.cli import main
 from infermill.testing.http_server import FakeModelServer
-from tests.conftest import read_output, write_job
+from tests.conftest import read_output
+from tests.models.http_helpers import http_job
 
 N = 400
 BAD = 123
@@ -31,30 +31,15 @@ def server() -> Iterator[FakeModelServer]:
 def test_one_failing_request_dead_letters_only_its_row(
     tmp_path: Path, server: FakeModelServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    prompts = pa.array([f"row {i}" for i in range(N)])
-    pq.write_table(pa.table({"id": pa.array(range(N)), "prompt": prompts}), tmp_path / "in.parquet")
-    job = write_job(tmp_path / "job.toml", f"""
-        [input]
-        path = "in.parquet"
-        id_column = "id"
-        [model]
-        kind = "http"
-        protocol = "openai-chat"
-        url = "{server.url}"
-        outputs = ["text"]
-        concurrency = 8
-        max_retries = 2
-        backoff_seconds = 0.001
-        max_backoff_seconds = 0.01
-        [batch]
-        size = 200
-        [retry]
-        max_attempts = 3
-        backoff_seconds = 0.001
-        max_backoff_seconds = 0.01
-        [output]
-        path = "out"
-    """)
+    job = http_job(
+        tmp_path,
+        server.url,
+        N,
+        model={"outputs": ["text"], "concurrency": 8, "max_retries": 2, "backoff_seconds": 0.001,
+               "max_backoff_seconds": 0.01},
+        batch={"size": 200},
+        retry={"max_attempts": 3, "backoff_seconds": 0.001, "max_backoff_seconds": 0.01},
+    )
     result = infermill.run(job, progress="off")
     assert (result.rows_succeeded, result.rows_failed) == (N - 1, 1)
     out = read_output(tmp_path / "out").sort_by("id")

@@ -14,7 +14,6 @@ import os
 import sqlite3
 import string
 import tempfile
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from infermill.models.http.client import BODY_CHARS, Redactor
 from infermill.spec import ModelSpec
 from infermill.testing.http_server import ECHO_FORMS, FakeModelServer, echo_body
 from infermill.testing.models import model_spec_for
+from tests.models.http_helpers import http_job
 
 ENV = "IM_H1_SECRET_KEY"
 KEY_CHARS = string.ascii_letters + string.digits + "-_./+=~:!*\"\\%<>&'"
@@ -70,33 +70,15 @@ def cli(*args: str) -> tuple[int, str]:
 
 
 def write_job(base: Path, url: str, prompts: list[str]) -> Path:
-    base.mkdir()
-    n = len(prompts)
-    pq.write_table(pa.table({"id": list(range(n)), "prompt": prompts}), base / "in.parquet")
-    job = base / "job.toml"
-    job.write_text(textwrap.dedent(f"""
-        [input]
-        path = "in.parquet"
-        id_column = "id"
-        [model]
-        kind = "http"
-        protocol = "openai-chat"
-        url = "{url}"
-        api_key_env = "{ENV}"
-        keep_response = true
-        max_retries = 1
-        backoff_seconds = 0.001
-        max_backoff_seconds = 0.01
-        [batch]
-        size = 8
-        [retry]
-        max_attempts = 2
-        backoff_seconds = 0.001
-        max_backoff_seconds = 0.01
-        [output]
-        path = "out"
-    """))
-    return job
+    return http_job(
+        base,
+        url,
+        prompts,
+        model={"api_key_env": ENV, "keep_response": True, "max_retries": 1, "backoff_seconds": 0.001,
+               "max_backoff_seconds": 0.01},
+        batch={"size": 8},
+        retry={"max_attempts": 2, "backoff_seconds": 0.001, "max_backoff_seconds": 0.01},
+    )
 
 
 def everything_written(base: Path, job: Path) -> list[str]:
