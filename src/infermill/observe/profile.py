@@ -50,7 +50,7 @@ class Timeline:
     steady_s: float
     """Seconds from each run's first shard start to its last shard end, summed over the runs."""
     setup_s: float
-    """The workers' model set-up seconds (imports and model load), part of the start-up."""
+    """The slowest worker's model set-up seconds (imports and model load), part of the start-up."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,8 @@ def _timeline(items: list[Mapping[str, Any]], runs: Sequence[tuple[float, float 
         steady += max(b for _, b in inside) - first
     if startup == 0.0 and steady == 0.0:
         return None
-    setup = sum(float(i.get("setup_s", 0.0) or 0.0) for i in items)
+    # Workers set up side by side: the slowest one's is what the run waited for.
+    setup = max(float(i.get("setup_s", 0.0) or 0.0) for i in items)
     return Timeline(startup_s=round(startup, 3), steady_s=round(steady, 3), setup_s=round(setup, 3))
 
 
