@@ -22,7 +22,8 @@ No lane idles while work is queued: when a batch reaches the model loop with no 
 it (a job smaller than one batch, the tail of the input, or a reader that is behind), it is cut into one
 contiguous piece per lane (of at least ``MIN_PIECE_ROWS`` rows), the pieces are scored side by side, each
 under the full error policy (retry, bisect, OOM split), and joined back into the batch's result, in order.
-A piece is preprocessed again on its lane (the reader's preprocessing was of the whole batch).
+A piece gets its rows of the batch's preprocessed inputs when the adapter can slice them
+(``slice_inputs``), else it is preprocessed again on its lane.
 """
 
 from __future__ import annotations
@@ -437,7 +438,7 @@ class _Pipeline:
                         continue
                     ends = [*bounds[1:], batch.num_rows]
                     pending.append((entry, [
-                        (lo, pool.submit(self._score, batch.slice(lo, hi - lo), None))
+                        (lo, pool.submit(self._score, batch.slice(lo, hi - lo), self._piece_inputs(inputs, lo, hi)))
                         for lo, hi in zip(bounds, ends, strict=True)
                     ]))
                 while pending and not self._aborted():
@@ -447,6 +448,15 @@ class _Pipeline:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
             _put(self.outbox, _EOF, self.flags)
+
+    def _piece_inputs(self, inputs: Any, start: int, stop: int) -> Any:
+        """A piece's share of the batch's preprocessed inputs (None: the lane preprocesses the piece)."""
+        if inputs is None:
+            return None
+        try:
+            return self.adapter.slice_inputs(inputs, start, stop)
+        except Exception:  # noqa: BLE001 - the piece is preprocessed again instead
+            return None
 
     def _batch_waiting(self) -> bool:
         """Whether the reader has another batch queued for the model loop (peeked, not taken)."""
