@@ -59,9 +59,10 @@ class Plugin:
     dataclass of its own keys, in a module that imports nothing heavy), an input format's ``extensions``,
     ``compressed`` (its files may be compressed), ``pathless`` (it reads no files: no ``[input] path``),
     ``committed_drift`` (``infermill status`` asks the source what changed under committed shards),
-    a model kind's ``tabular`` (large default batches), ``neutral`` (its keys that cannot change
-    results, such as rate limits: left out of the job's fingerprint, so editing them is no spec change) and
-    ``accelerate`` (the ``[model] accelerate`` methods it offers, checked when the job file is read)."""
+    a model kind's ``tabular`` (large default batches), ``batch_rows`` and ``sort_window`` (its default
+    ``batch.size`` and ``batch.sort_window``), ``neutral`` (its keys that cannot change results, such as
+    rate limits: left out of the job's fingerprint, so editing them is no spec change) and ``accelerate``
+    (the ``[model] accelerate`` methods it offers, checked when the job file is read)."""
 
 
 def _s(module: str, cls: str, **meta: Any) -> dict[str, Any]:
@@ -70,6 +71,9 @@ def _s(module: str, cls: str, **meta: Any) -> dict[str, Any]:
 
 M, S, K = "infermill.models.settings", "infermill.sources.settings", "infermill.sinks.settings"
 _TORCH = ("parallel",)
+# Text encoders: batches of a few hundred texts keep every lane fed on small jobs; bucketing by length
+# within windows keeps padding (wasted compute) low, as SentenceTransformer.encode's own sort does.
+_TEXT: dict[str, Any] = {"batch_rows": 256, "sort_window": 4096}
 _HTTP = ("concurrency", "requests_per_minute", "tokens_per_minute", "timeout_seconds", "max_retries",
          "backoff_seconds", "max_backoff_seconds", "health_path")
 
@@ -87,10 +91,10 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
             ),
             "onnx": ("infermill.models.onnx:OnnxModel", "onnx", _s(M, "OnnxSettings", tabular=True)),
             "torch": ("infermill.models.torch_model:TorchModel", "torch", _s(M, "TorchSettings", neutral=_TORCH)),
-            "hf": ("infermill.models.hf:HFModel", "hf", _s(M, "HFSettings", neutral=_TORCH)),
+            "hf": ("infermill.models.hf:HFModel", "hf", _s(M, "HFSettings", neutral=_TORCH, **_TEXT)),
             "sentence-transformers": (
                 "infermill.models.sentence_transformers_model:SentenceModel", "sentence-transformers",
-                _s(M, "SentenceSettings", neutral=_TORCH),
+                _s(M, "SentenceSettings", neutral=_TORCH, **_TEXT),
             ),
             "llm": ("infermill.models.llm:LlmModel", "llm", _s(M, "LlmSettings")),
             "http": ("infermill.models.http:HttpModel", "http", _s(M, "HttpSettings", neutral=_HTTP)),

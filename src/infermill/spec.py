@@ -180,7 +180,7 @@ class ModelSpec:
 
 
 DEFAULT_BATCH_ROWS = 8192
-"""``batch.size`` left out, for every kind but the tabular ones."""
+"""``batch.size`` left out, for the kinds that name no default of their own."""
 TABULAR_BATCH_ROWS = 65_536
 TABULAR_BATCH_BYTES = 16 << 20
 """Tabular kinds: the default batch holds at most this many bytes of float64 features (and at least
@@ -193,9 +193,24 @@ def default_batch_rows(kind: str, features: int) -> int:
     from . import registry
 
     plugin = registry.find("models", kind)
-    if plugin is None or not plugin.meta.get("tabular"):
+    if plugin is None:
+        return DEFAULT_BATCH_ROWS
+    rows = plugin.meta.get("batch_rows")
+    if isinstance(rows, int):
+        return rows
+    if not plugin.meta.get("tabular"):
         return DEFAULT_BATCH_ROWS
     return max(DEFAULT_BATCH_ROWS, min(TABULAR_BATCH_ROWS, TABULAR_BATCH_BYTES // (8 * max(1, features))))
+
+
+def default_sort_window(kind: str) -> int | None:
+    """``batch.sort_window`` when both it and ``batch.size`` are left out: the kind's (registry meta
+    ``sort_window``), so the kind's small default batches hold texts of similar length; None: no bucketing."""
+    from . import registry
+
+    plugin = registry.find("models", kind)
+    window = plugin.meta.get("sort_window") if plugin is not None else None
+    return window if isinstance(window, int) else None
 
 
 @dataclass(frozen=True)
@@ -206,7 +221,10 @@ class BatchSpec:
     """Rows per batch, or "auto": probe sizes on real input before the run and keep the fastest that stays
     within ``memory_fraction`` of the device's memory (cached in the ledger for later runs). Default: the
     model kind's: for the tabular kinds (sklearn, onnx) 65,536 rows, fewer for tables of more than 32
-    features (at most 16 MiB of float64 features a batch, at least 8,192 rows); 8,192 for the others."""
+    features (at most 16 MiB of float64 features a batch, at least 8,192 rows); for the text encoders
+    (sentence-transformers, hf) 256 rows, length-bucketed (``sort_window`` 4,096 unless set); 8,192 for the
+    others. A batch that reaches the model with no other batch queued behind it is cut into one piece per
+    idle lane, so a job smaller than one batch still keeps every lane busy."""
     memory_fraction: float = 0.8
     """With ``size = "auto"``: the share of the device's memory (GPU, else RAM) a batch may use."""
     max_bytes: int | None = None
@@ -227,7 +245,8 @@ class BatchSpec:
     sort_window: int | None = None
     """Length bucketing: within windows of this many rows, send rows to the model longest first, so each
     batch holds rows of similar length (little padding for text models). Results are still written in
-    input order. Lengths are the bytes of the row's feature values (a text's UTF-8 length)."""
+    input order. Lengths are the bytes of the row's feature values (a text's UTF-8 length). Default: none,
+    except for the text encoders when ``size`` is left out too (4,096)."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import pytest
 
 import infermill
 from infermill.engine.autosize import Probe, choose_batch_size, measure_call, resolve_batch_size
-from infermill.spec import InputSpec, JobSpec, ModelSpec, OutputSpec, default_batch_rows
+from infermill.spec import BatchSpec, InputSpec, JobSpec, ModelSpec, OutputSpec, default_batch_rows
 from tests.conftest import read_output
 
 MB = 1 << 20
@@ -118,11 +118,14 @@ def test_auto_size_end_to_end_is_cached(parquet_job, job_dir: Path, capsys: pyte
 
 
 @pytest.mark.parametrize(
-    ("kind", "features", "rows"),
-    [("sklearn", 20, 65_536), ("onnx", 32, 65_536), ("sklearn", 128, 16_384), ("onnx", 5_000, 8_192),
-     ("python", 20, 8_192), ("hf", 1, 8_192)],
+    ("kind", "features", "rows", "window"),
+    [("sklearn", 20, 65_536, None), ("onnx", 32, 65_536, None), ("sklearn", 128, 16_384, None),
+     ("onnx", 5_000, 8_192, None), ("python", 20, 8_192, None), ("torch", 20, 8_192, None),
+     ("hf", 1, 256, 4_096), ("sentence-transformers", 1, 256, 4_096)],
 )
-def test_default_batch_size_depends_on_the_kind_and_width(kind: str, features: int, rows: int) -> None:
+def test_default_batch_size_depends_on_the_kind_and_width(
+    kind: str, features: int, rows: int, window: int | None
+) -> None:
     assert default_batch_rows(kind, features) == rows
     spec = JobSpec(input=InputSpec(path="x.parquet"), model=ModelSpec(kind=kind), output=OutputSpec(path="out"))
     assert spec.batch.size is None
@@ -130,7 +133,7 @@ def test_default_batch_size_depends_on_the_kind_and_width(kind: str, features: i
         spec, ledger=None, sample=lambda: None, features=[f"f{i}" for i in range(features)],
         schema=pa.schema([]), make_adapter=lambda: None, model_fingerprint="",
     )
-    assert (resolved.batch.rows(), note) == (rows, "")
+    assert (resolved.batch.rows(), resolved.batch.sort_window, note) == (rows, window, "")
 
 
 def test_default_size_end_to_end(parquet_job, job_dir: Path) -> None:
@@ -141,3 +144,15 @@ def test_default_size_end_to_end(parquet_job, job_dir: Path) -> None:
     db = sqlite3.connect(job_dir / ".infermill" / "scores.sqlite")
     ((stats,),) = db.execute("SELECT stats FROM shards").fetchall()
     assert json.loads(stats)["calls"] == 3  # 8,192 + 8,192 + 3,616 rows
+
+
+def test_a_sort_window_set_by_the_user_is_kept_with_the_default_size() -> None:
+    spec = JobSpec(
+        input=InputSpec(path="x.parquet"), model=ModelSpec(kind="sentence-transformers"),
+        output=OutputSpec(path="out"), batch=BatchSpec(sort_window=100),
+    )
+    resolved, _ = resolve_batch_size(
+        spec, ledger=None, sample=lambda: None, features=["text"], schema=pa.schema([]),
+        make_adapter=lambda: None, model_fingerprint="",
+    )
+    assert (resolved.batch.rows(), resolved.batch.sort_window) == (256, 100)

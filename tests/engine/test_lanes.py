@@ -155,3 +155,123 @@ def test_sklearn_lanes_equal_one_call_per_batch(tmp_path: Path) -> None:
     assert outputs["rows"].column("id").to_pylist() == list(range(len(x)))
     assert outputs["rows"].equals(outputs["library"])
     np.testing.assert_allclose(outputs["rows"].column("score").to_numpy(), model.predict_proba(x)[:, 1])
+
+
+# -- lanes never idle while work is queued ---------------------------------------------------------------
+
+PROBE = '''
+import threading
+import time
+
+from sklearn.linear_model import LogisticRegression
+
+CALLS = []
+
+
+class ThreadProbe(LogisticRegression):
+    """A real classifier that notes which thread scored each call."""
+
+    def predict_proba(self, X):
+        CALLS.append((threading.current_thread().name, len(X)))
+        time.sleep(0.05)  # a call that takes time, as a real model's does: the other lane is needed meanwhile
+        return super().predict_proba(X)
+'''
+
+
+def _small_sklearn_job(directory: Path, parallel: str | None = None) -> tuple[Path, np.ndarray]:
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 4))
+    (directory / "data").mkdir()
+    pq.write_table(pa.table({"id": np.arange(300), **{f"f{i}": x[:, i] for i in range(4)}}),
+                   directory / "data" / "x.parquet")
+    probe = __import__("lanes_probe")
+    model = probe.ThreadProbe().fit(x, (x[:, 0] > 0).astype(int))
+    joblib.dump(model, directory / "model.joblib")
+    setting = f'parallel = "{parallel}"' if parallel else ""
+    job = write_job(directory / "job.toml", f"""
+        name = "small"
+        [input]
+        path = "data/"
+        id_column = "id"
+        [model]
+        kind = "sklearn"
+        path = "model.joblib"
+        trusted = true
+        {setting}
+        [output]
+        path = "out"
+        [runtime]
+        threads_per_worker = 2
+        """)
+    return job, x
+
+
+def test_a_job_smaller_than_one_batch_keeps_both_lanes_busy_with_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "lanes_probe.py").write_text(PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    probe = __import__("lanes_probe")
+    job, x = _small_sklearn_job(tmp_path / "lanes")
+    probe.CALLS.clear()
+    assert infermill.run(job, progress="off").rows_succeeded == 300
+    # The whole input is one default batch: it is cut in two, one piece per lane, scored at once.
+    threads = {name for name, _ in probe.CALLS}
+    assert len(threads) == 2 and all(name.startswith("infermill-lane") for name in threads), probe.CALLS
+    assert sorted(rows for _, rows in probe.CALLS) == [150, 150]
+    with sqlite3.connect(tmp_path / "lanes" / ".infermill" / "small.sqlite") as db:
+        (raw,) = db.execute("SELECT stats FROM shards").fetchone()
+    stats = json.loads(raw)
+    assert stats["lanes"] == 2 and stats["split_batches"] == 1 and stats["lane_busy_s"] > 0
+    # The same results, in the same order, as one call per batch with the library's threads.
+    one, _ = _small_sklearn_job(tmp_path / "library", parallel="library")
+    assert infermill.run(one, progress="off").rows_succeeded == 300
+    lanes, library = read_output(tmp_path / "lanes" / "out"), read_output(tmp_path / "library" / "out")
+    assert lanes.column("id").to_pylist() == list(range(300))
+    assert lanes.equals(library)
+    model = joblib.load(tmp_path / "lanes" / "model.joblib")
+    np.testing.assert_array_equal(lanes.column("score").to_numpy(), model.predict_proba(x)[:, 1])
+
+
+def _split_job(directory: Path, *, sort_window: int | None, poison: tuple[int, ...]) -> Path:
+    """300 texts, one default batch (the python kind's 8,192 rows): split for idle lanes."""
+    directory.mkdir()
+    texts = ["x" * (1 + (i * 37) % 200) for i in range(300)]
+    for row in poison:
+        texts[row] = "POISON" + texts[row]
+    (directory / "data").mkdir()
+    pq.write_table(pa.table({"id": np.arange(300), "text": texts}), directory / "data" / "t.parquet")
+    (directory / "model.py").write_text(MODEL)
+    window = f"[batch]\nsort_window = {sort_window}" if sort_window else ""
+    return write_job(directory / "job.toml", f"""
+        name = "split"
+        [input]
+        path = "data/"
+        id_column = "id"
+        [model]
+        kind = "python"
+        entrypoint = "model.py:predict"
+        features = ["text"]
+        outputs = ["length", "lane"]
+        {window}
+        [output]
+        path = "out"
+        """)
+
+
+@pytest.mark.parametrize("sort_window", [None, 200])
+def test_a_batch_split_for_idle_lanes_keeps_order_ids_and_dead_letters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sort_window: int | None
+) -> None:
+    poison = (17, 151, 299)  # in both pieces of the split batch, and its last row
+    assert infermill.run(_split_job(tmp_path / "one", sort_window=sort_window, poison=poison), progress="off")
+    monkeypatch.setattr(PythonModel, "lanes", lambda self: 2)
+    two = _split_job(tmp_path / "two", sort_window=sort_window, poison=poison)
+    result = infermill.run(two, progress="off")
+    assert (result.rows_succeeded, result.rows_failed) == (297, 3)
+    a, b = read_output(tmp_path / "one" / "out"), read_output(tmp_path / "two" / "out")
+    assert b.column("id").to_pylist() == [i for i in range(300) if i not in poison]
+    assert b.column("id").equals(a.column("id")) and b.column("length").equals(a.column("length"))
+    assert len(set(b.column("lane").to_pylist())) == 2  # both lanes scored rows of the one batch
+    assert _errors(tmp_path / "two") == _errors(tmp_path / "one") == [(17, 17), (151, 151), (299, 299)]

@@ -429,3 +429,18 @@ def test_predict_before_setup(tmp_path: Path) -> None:
     adapter = adapter_for(tmp_path, logistic(), setup=False)
     with pytest.raises(ModelLoadError, match="before setup"):
         adapter.predict(X)
+
+
+def test_a_piece_of_a_batch_cut_for_idle_lanes_takes_its_rows_of_the_batch_matrix(tmp_path: Path) -> None:
+    for options in ({}, {"input": "pandas"}):  # a numpy matrix, and a DataFrame
+        folder = tmp_path / str(len(options))
+        folder.mkdir()
+        adapter = adapter_for(folder, logistic(named=bool(options)), threads=2, options=options)
+        inputs = adapter.preprocess(BATCH)
+        assert isinstance(inputs, pd.DataFrame) == bool(options)
+        piece = adapter.slice_inputs(inputs, 10, 20)
+        assert type(piece) is type(inputs) and len(piece) == 10
+        assert np.shares_memory(np.asarray(piece), np.asarray(inputs))  # a view: no second preprocessing
+        whole = score(adapter)[adapter.outputs[0]].to_numpy()
+        part = adapter.postprocess(adapter.predict(piece), 10)[adapter.outputs[0]].to_numpy()
+        np.testing.assert_array_equal(part, whole[10:20])

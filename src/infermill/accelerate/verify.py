@@ -218,6 +218,9 @@ class AcceleratedModel(ModelAdapter):
     def token_counts(self, features: pa.RecordBatch) -> np.ndarray | None:
         return self.inner.token_counts(features)
 
+    def slice_inputs(self, inputs: Any, start: int, stop: int) -> Any:
+        return self.inner.slice_inputs(inputs, start, stop)
+
     def lanes(self) -> int:
         return self.inner.lanes()
 

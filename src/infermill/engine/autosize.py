@@ -27,7 +27,7 @@ import pyarrow as pa
 from ..errors import InputError
 from ..ledger import Ledger
 from ..sources.base import readable_rows
-from ..spec import JobSpec, default_batch_rows
+from ..spec import JobSpec, default_batch_rows, default_sort_window
 
 __all__ = ["MIN_GAIN", "Probe", "choose_batch_size", "measure_call", "resolve_batch_size"]
 
@@ -139,7 +139,7 @@ def resolve_batch_size(
 ) -> tuple[JobSpec, str]:
     """``spec`` with ``batch.size`` made concrete, and a line saying how it was chosen."""
     if spec.batch.size is None:
-        return _with_size(spec, default_batch_rows(spec.model.kind, len(features))), ""
+        return _with_default_size(spec, len(features)), ""
     if spec.batch.size != "auto":
         return spec, ""
     key = cache_key(spec, model_fingerprint, schema)
@@ -165,6 +165,14 @@ def resolve_batch_size(
     fastest = max(probes, key=lambda p: p.rows_per_s) if probes else None
     detail = f", {fastest.rows_per_s:,.0f} rows/s in the probe" if fastest else ""
     return _with_size(spec, size), f"batch size {size:,} (auto: probed {len(probes)} sizes{detail})"
+
+
+def _with_default_size(spec: JobSpec, features: int) -> JobSpec:
+    """The kind's default batch size, and its default sort window unless one is set."""
+    kind = spec.model.kind
+    window = spec.batch.sort_window if spec.batch.sort_window is not None else default_sort_window(kind)
+    batch = dataclasses.replace(spec.batch, size=default_batch_rows(kind, features), sort_window=window)
+    return dataclasses.replace(spec, batch=batch)
 
 
 def _with_size(spec: JobSpec, size: int) -> JobSpec:

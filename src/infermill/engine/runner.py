@@ -56,7 +56,6 @@ from ..ledger import (
 )
 from ..models import load_adapter
 from ..observe.estimate import RowEstimate, sample_rows_per_byte
-from ..observe.profile import profile_from_stats
 from ..observe.progress import Mode, ProgressReporter, plural
 from ..sinks import CommittedFile, OwnerRecord, Sink, StagedFile, open_sink
 from ..sources import open_source
@@ -85,6 +84,7 @@ from .job_status import status
 from .lease import Held, as_spec, holding
 from .outputs import check_output_location, damaged_parts, manifest_entries
 from .plan import next_ordinal, plan_record, stored_shards
+from .profile import profile_of
 from .validate import no_rows_error
 
 ABANDON_AFTER_S = 5.0
@@ -768,5 +768,6 @@ def job_result(
         output_path=sink.display(),
         manifest_path=sink.manifest_path() if state == "complete" else None,
         ledger_path=display_location(spec.ledger_path()),
-        verdict=tuple(profile_from_stats([json.loads(raw) for raw in ledger.shard_stats() if raw]).lines()[:2]),
+        # Start-up counted from this call's start (planning included), not from the run record's.
+        verdict=tuple(profile_of(ledger, since=time.time() - (time.monotonic() - started)).lines()[:2]),
     )

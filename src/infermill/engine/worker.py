@@ -17,6 +17,13 @@ Lanes: an adapter whose calls can run side by side (``ModelAdapter.lanes()`` > 1
 single-threaded call; the model loop hands the results on strictly in input order. Unlike one call split
 across threads, a lane that finishes never waits for the others, so no core idles at a barrier while the
 reader or writer holds the other one.
+
+No lane idles while work is queued: when a batch reaches the model loop with no other batch waiting behind
+it (a job smaller than one batch, the tail of the input, or a reader that is behind), it is cut into one
+contiguous piece per lane (of at least ``MIN_PIECE_ROWS`` rows), the pieces are scored side by side, each
+under the full error policy (retry, bisect, OOM split), and joined back into the batch's result, in order.
+A piece gets its rows of the batch's preprocessed inputs when the adapter can slice them
+(``slice_inputs``), else it is preprocessed again on its lane.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -52,7 +59,11 @@ from .memory import reusing_arrow_memory
 from .policy import classify
 from .scoring import BatchScorer, DeadItem, RunAborted, ScoreStats
 
-__all__ = ["EventQueue", "StopFlags", "WorkerConfig", "dead_letter_table", "run_worker"]
+__all__ = ["MIN_PIECE_ROWS", "EventQueue", "StopFlags", "WorkerConfig", "dead_letter_table", "run_worker"]
+
+MIN_PIECE_ROWS = 64
+"""A batch is cut for idle lanes only into pieces of at least this many rows: smaller calls cost more in
+per-call overhead than the idle lane would have added."""
 
 
 class EventQueue(Protocol):
@@ -102,7 +113,15 @@ class _ShardStats:
     outbox_depth: int = 0
     """Sum over batches of the results waiting for the writer."""
     write_s: float = 0.0
+    lanes: int = 1
+    lane_busy_s: float = 0.0
+    """Seconds of model calls summed over the lanes (``lanes`` x wall time: every lane busy throughout)."""
+    split_batches: int = 0
+    """Batches cut into one piece per lane because no other batch was waiting for the lanes."""
+    setup_s: float | None = None
+    """The worker's model set-up (heavy imports and model load), on the first shard it scored."""
     started: float = field(default_factory=time.perf_counter)
+    started_at: float = field(default_factory=time.time)
     scoring: ScoreStats = field(default_factory=ScoreStats)
 
     def as_dict(self) -> dict[str, Any]:
@@ -117,6 +136,12 @@ class _ShardStats:
             "outbox_depth_avg": round(self.outbox_depth / self.batches, 2) if self.batches else 0.0,
             "write_s": round(self.write_s, 4),
             "wall_s": round(time.perf_counter() - self.started, 4),
+            "lanes": self.lanes,
+            "lane_busy_s": round(self.lane_busy_s, 4),
+            "split_batches": self.split_batches,
+            **({"setup_s": round(self.setup_s, 4)} if self.setup_s is not None else {}),
+            "started_at": round(self.started_at, 3),
+            "ended_at": round(time.time(), 3),
             **self.scoring.as_dict(),
         }
 
@@ -168,6 +193,7 @@ def run_worker(
         sink.attempt = config.attempt
         # A pinned process sees its GPU as the only one: cuda:0.
         adapter = load_adapter(spec, threads=config.threads, device=None if config.gpu is None else "cuda:0")
+        setup_started = time.perf_counter()
         try:
             adapter.setup()
         except InfermillError:
@@ -177,10 +203,11 @@ def run_worker(
                 f"model setup failed: {type(exc).__name__}: {exc}",
                 hint="run `infermill validate JOB --debug` to see the full traceback",
             ) from exc
-        adapter = accelerated(adapter, spec)  # [model] accelerate: verified on the first batch
+        setup_s = time.perf_counter() - setup_started
+        adapter = accelerated(adapter, spec)  # [model] accelerate: verified (and timed) on the first batch
         events.put(WorkerReady(wid))
         with reusing_arrow_memory():
-            _Pipeline(config, source, adapter, sink, events, flags).run(next_shard)
+            _Pipeline(config, source, adapter, sink, events, flags, setup_s).run(next_shard)
         adapter.close()
     except RunAborted:
         pass  # aborted from outside this worker: the coordinator already knows why
@@ -199,8 +226,11 @@ class _Pipeline:
         sink: Any,
         events: EventQueue,
         flags: StopFlags,
+        setup_s: float | None = None,
     ) -> None:
         self.config = config
+        self._setup_s = setup_s
+        """Reported once, with the first shard's stats (start-up, apart from the steady state)."""
         self.spec = config.spec
         self.columns = config.columns
         self.source = source
@@ -262,7 +292,8 @@ class _Pipeline:
                 if shard is None:
                     break
                 sid = shard.shard_id
-                stats = self.stats[sid] = _ShardStats()
+                stats = self.stats[sid] = _ShardStats(setup_s=self._setup_s)
+                self._setup_s = None
                 if not _put(self.inbox, ("start", shard), self.flags):
                     return
                 batches = self.source.read(shard, batch_size, columns.read)
@@ -351,8 +382,9 @@ class _Pipeline:
         self._local = threading.local()
         self._offsets: dict[str, int] = {}
         self._windows: dict[str, list[tuple[np.ndarray, pa.Table]]] = {}
-        # Scored batches and control items, in input order; a batch's entry carries its (future) result.
-        pending: deque[tuple[Any, Future[Any] | None]] = deque()
+        # Scored batches and control items, in input order; a batch's entry carries its (future) results,
+        # one per piece with the piece's first row (one piece unless it was cut for idle lanes).
+        pending: deque[tuple[Any, list[tuple[int, Future[Any]]] | None]] = deque()
         pool = None
         if lanes > 1:
             pool = ThreadPoolExecutor(lanes, thread_name_prefix="infermill-lane", initializer=self.adapter.enter_lane)
@@ -362,8 +394,8 @@ class _Pipeline:
                     # Results that are ready go on now; with every lane busy, wait for the oldest.
                     while pending and (
                         pending[0][1] is None
-                        or pending[0][1].done()
-                        or sum(f is not None for _, f in pending) > lanes
+                        or all(f.done() for _, f in pending[0][1])
+                        or sum(len(parts) for _, parts in pending if parts is not None) > lanes
                     ):
                         if not self._hand_on(*pending.popleft()):
                             return
@@ -398,9 +430,19 @@ class _Pipeline:
                             done.set_result(self._score(batch, inputs))
                         except BaseException as exc:  # noqa: BLE001 - re-raised in input order by _hand_on
                             done.set_exception(exc)
-                        pending.append((entry, done))
-                    else:
-                        pending.append((entry, pool.submit(self._score, batch, inputs)))
+                        pending.append((entry, [(0, done)]))
+                        continue
+                    bounds = _pieces(batch.num_rows, lanes) if not self._batch_waiting() else [0]
+                    if len(bounds) > 1 and stats is not None:
+                        stats.split_batches += 1
+                    if len(bounds) == 1:
+                        pending.append((entry, [(0, pool.submit(self._score, batch, inputs))]))
+                        continue
+                    ends = [*bounds[1:], batch.num_rows]
+                    pending.append((entry, [
+                        (lo, pool.submit(self._score, batch.slice(lo, hi - lo), self._piece_inputs(inputs, lo, hi)))
+                        for lo, hi in zip(bounds, ends, strict=True)
+                    ]))
                 while pending and not self._aborted():
                     if not self._hand_on(*pending.popleft()):
                         return
@@ -408,6 +450,20 @@ class _Pipeline:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
             _put(self.outbox, _EOF, self.flags)
+
+    def _piece_inputs(self, inputs: Any, start: int, stop: int) -> Any:
+        """A piece's share of the batch's preprocessed inputs (None: the lane preprocesses the piece)."""
+        if inputs is None:
+            return None
+        try:
+            return self.adapter.slice_inputs(inputs, start, stop)
+        except Exception:  # noqa: BLE001 - the piece is preprocessed again instead
+            return None
+
+    def _batch_waiting(self) -> bool:
+        """Whether the reader has another batch queued for the model loop (peeked, not taken)."""
+        with self.inbox.mutex:
+            return any(queued[0] == "batch" for queued in self.inbox.queue)
 
     def _score(self, batch: pa.RecordBatch, inputs: Any) -> tuple[list[pa.Table], list[DeadItem], ScoreStats, float]:
         """Score one batch on this thread's scorer (one per lane: OOM splits adapt per lane)."""
@@ -423,7 +479,7 @@ class _Pipeline:
         tables, dead = scorer.score(batch, inputs, calls)
         return tables, dead, calls, time.perf_counter() - t0
 
-    def _hand_on(self, entry: Any, result: Future[Any] | None) -> bool:
+    def _hand_on(self, entry: Any, result: list[tuple[int, Future[Any]]] | None) -> bool:
         """Pass one batch's results, or one control item, to the writer, in input order (False: aborted)."""
         if result is None:
             return self._control(entry)
@@ -431,10 +487,21 @@ class _Pipeline:
         shard: Shard = item[1]
         sid = shard.shard_id
         batch, positions = item[2], item[4]
-        tables, dead, calls, seconds = result.result()  # a fatal error is raised here, in order
+        tables: list[pa.Table] = []
+        dead: list[DeadItem] = []
+        calls = ScoreStats()
+        seconds = 0.0
+        for start, future in result:
+            piece_tables, piece_dead, piece_calls, piece_s = future.result()  # a fatal error is raised here, in order
+            tables.extend(piece_tables)
+            dead.extend(d if start == 0 else replace(d, row=d.row + start) for d in piece_dead)
+            calls.merge(piece_calls)
+            seconds += piece_s
         stats = self.stats.get(sid)
         if stats is not None:
             stats.model_s += seconds / self._lanes  # lanes overlap: busy time, not the sum of calls
+            stats.lane_busy_s += seconds
+            stats.lanes = self._lanes
             stats.batches += 1
             stats.scoring.merge(calls)
         broken = self.streak.observe(batch.num_rows, dead)
@@ -591,6 +658,13 @@ def dead_letter_table(
         for item_id, position, d in zip(ids.to_pylist(), positions, dead, strict=True)
     ]
     return pa.table(table), records
+
+
+def _pieces(rows: int, lanes: int) -> list[int]:
+    """The first rows of the contiguous pieces a batch of ``rows`` is cut into for ``lanes`` idle lanes:
+    as even as can be, each of at least MIN_PIECE_ROWS rows (one piece: ``[0]``)."""
+    count = max(1, min(lanes, rows // MIN_PIECE_ROWS))
+    return [rows * i // count for i in range(count)]
 
 
 def _abort_flag(flags: StopFlags) -> None:

@@ -82,6 +82,11 @@ class ModelAdapter(ABC):
         one token per four bytes of feature values. Runs on the model's thread, before each batch's calls."""
         return None
 
+    def slice_inputs(self, inputs: Any, start: int, stop: int) -> Any:
+        """Rows ``start:stop`` of what ``preprocess`` returned, for a batch the engine cuts into pieces to
+        keep idle lanes busy (see ``lanes``). None (the default): each piece is preprocessed again."""
+        return None
+
     @abstractmethod
     def predict(self, inputs: Any) -> Any:
         """Score one batch; return one value per row for each output (see ``postprocess``)."""

@@ -320,6 +320,9 @@ class SklearnModel(ModelAdapter):
             return batch.to_pandas()
         return feature_matrix(batch, _FLOAT64, names, self._matrices)
 
+    def slice_inputs(self, inputs: Any, start: int, stop: int) -> Any:
+        return _rows(inputs, slice(start, stop))  # a view of the batch's matrix (or DataFrame)
+
     def predict(self, inputs: Any) -> Any:
         if self._controller is None:
             raise ModelLoadError("SklearnModel.predict() called before setup()")
