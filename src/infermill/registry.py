@@ -90,7 +90,7 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
             "hf": ("infermill.models.hf:HFModel", "hf", _s(M, "HFSettings", neutral=_TORCH)),
             "sentence-transformers": (
                 "infermill.models.sentence_transformers_model:SentenceModel", "sentence-transformers",
-                _s(M, "SentenceSettings", neutral=_TORCH),
+                _s(M, "SentenceSettings", neutral=_TORCH, accelerate=("onnx", "onnx-int8")),
             ),
             "llm": ("infermill.models.llm:LlmModel", "llm", _s(M, "LlmSettings")),
             "http": ("infermill.models.http:HttpModel", "http", _s(M, "HttpSettings", neutral=_HTTP)),

@@ -16,6 +16,9 @@ row an item error. Texts longer than the model's ``max_seq_length`` are truncate
 ``trust_remote_code`` and pickled weights (``pytorch_model.bin``, in the folder or a module's folder)
 need ``trusted = true``. Nothing is downloaded (``local_files_only``); the
 fingerprint covers every file in the folder.
+
+``[model] accelerate = "onnx"`` (or ``"onnx-int8"``, or ``"auto"``) runs the transformer through ONNX Runtime
+(``infermill.accelerate.onnx_encoder``), verified against this adapter's own vectors on the first batch.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from __future__ import annotations
 import os
 import pickle
 import threading
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -52,14 +56,57 @@ from .settings import SentenceSettings
 if TYPE_CHECKING:
     import torch
 
+    from ..accelerate.base import Accelerator
+
 __all__ = ["SentenceModel", "SentenceSettings"]
 
 
 @dataclass
 class _Prepared:
+    """A tokenized batch: ``parts`` (the micro batches' features) hold the rows in ``order``."""
+
     rows: int
     order: np.ndarray
     parts: list[dict[str, Any]]
+    sizes: list[int] = field(default_factory=list)
+    """Rows of each part."""
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def take_rows(self, index: Sequence[int] | np.ndarray) -> _Prepared:
+        """The rows at ``index`` (positions in the parts' order: longest text first), still tokenized and cut
+        into the same micro batches. ``[model] accelerate`` compares the original and the accelerated model on
+        such a sample of the first batch rather than on all of it."""
+        wanted = np.unique(np.asarray(index, dtype=np.int64))
+        starts = np.cumsum([0, *self.sizes])
+        parts, sizes = [], []
+        for part, size, start in zip(self.parts, self.sizes, starts, strict=False):
+            local = (wanted[(wanted >= start) & (wanted < start + size)] - start).tolist()
+            if local:
+                parts.append({k: v[local] if _rows_of(v) == size else v for k, v in part.items()})
+                sizes.append(len(local))
+        return _Prepared(sum(sizes), np.arange(sum(sizes)), parts, sizes)
+
+    @property
+    def iloc(self) -> _RowPicker:
+        """``prepared.iloc[index]`` is ``take_rows(index)``: the pandas-style row access that
+        ``infermill.accelerate.verify`` uses to cut its sample from a batch's inputs."""
+        return _RowPicker(self)
+
+
+@dataclass(frozen=True)
+class _RowPicker:
+    prepared: _Prepared
+
+    def __getitem__(self, index: Sequence[int] | np.ndarray) -> _Prepared:
+        return self.prepared.take_rows(index)
+
+
+def _rows_of(value: Any) -> int | None:
+    """Rows of a batch-first tensor (a tokenizer's per-row output), None for anything else."""
+    shape = getattr(value, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) > 0 else None
 
 
 class SentenceModel(TorchAdapter):
@@ -161,7 +208,7 @@ class SentenceModel(TorchAdapter):
         with self._lock:
             for group in groups:
                 parts.append(pin(self._tokenize([texts[i] for i in group]), self.device))
-        return _Prepared(len(texts), order, parts)
+        return _Prepared(len(texts), order, parts, [len(group) for group in groups])
 
     def token_counts(self, features: pa.RecordBatch) -> np.ndarray | None:
         """Tokens of each row's text as the model sees it (prompt and special tokens included, truncated to
@@ -188,17 +235,11 @@ class SentenceModel(TorchAdapter):
         if self.model is None or self.device is None:
             raise ModelLoadError("SentenceModel.predict() called before setup()")
         torch = import_torch(self.kind)
-        normalize, truncate = self.settings.normalize, self.settings.truncate_dim
         embeddings = []
         try:
             with torch.inference_mode():
                 for part in inputs.parts:
-                    embedding = self.model(to_device(part, self.device))["sentence_embedding"]
-                    if truncate is not None:
-                        embedding = embedding[:, :truncate]
-                    if normalize:
-                        embedding = torch.nn.functional.normalize(embedding.float(), p=2, dim=1)
-                    embeddings.append(embedding)
+                    embeddings.append(self.finish(self.model(to_device(part, self.device))))
                 # Copied back once every forward pass is queued: on a GPU the passes run back to back.
                 vectors = [to_numpy(e).astype(np.float32, copy=False) for e in embeddings]
         except Exception as exc:
@@ -206,6 +247,24 @@ class SentenceModel(TorchAdapter):
                 release_cached_memory(self.device)
             raise
         return inputs, vectors
+
+    def finish(self, features: dict[str, Any]) -> torch.Tensor:
+        """The job's embedding from the model modules' output: ``truncate_dim``, then ``normalize``. Shared by
+        ``predict`` and the ONNX Runtime encoder (``infermill.accelerate.onnx_encoder``)."""
+        embedding: torch.Tensor = features["sentence_embedding"]
+        truncate = self.settings.truncate_dim
+        if truncate is not None:
+            embedding = embedding[:, :truncate]
+        if self.settings.normalize:
+            functional = import_torch(self.kind).nn.functional
+            normalized: torch.Tensor = functional.normalize(embedding.float(), p=2, dim=1)
+            return normalized
+        return embedding
+
+    def accelerators(self) -> list[Accelerator]:
+        from ..accelerate.onnx_encoder import OnnxEncoder, OnnxInt8Encoder
+
+        return [OnnxEncoder(), OnnxInt8Encoder()]
 
     def postprocess(self, result: tuple[_Prepared, list[np.ndarray]], num_rows: int) -> dict[str, pa.Array]:
         prepared, vectors = result
