@@ -104,6 +104,7 @@ bench: install-dev postgres
 	$(BIN)/python bench/bench_files.py
 	$(BIN)/python bench/bench_plan.py
 	$(BIN)/python bench/bench_sql.py
+	$(BIN)/python bench/bench_accelerate.py
 
 clean:
 	rm -rf $(VENV) .venv-dagster .venv-airflow .venv-prefect build dist src/*.egg-info .pytest_cache .mypy_cache \

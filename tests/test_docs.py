@@ -137,12 +137,14 @@ LEFT_OUT = [
     (SKLEARN, SKLEARN + '\nparallel = "library"', "", "", "`parallel` (sklearn"),
     (HTTP, HTTP + "\nconcurrency = 2", "", "", "`concurrency`"),
     (HTTP, HTTP + "\nrequests_per_minute = 60", "", "", "rate limits"),
+    (SKLEARN, SKLEARN + '\naccelerate = "off"', "", "", '`accelerate = "off"`, written or not'),
 ]
 COVERED = [
     (PYTHON, PYTHON, "", "[batch]\nsize = 7", "`[batch]`"),
     (PYTHON, PYTHON, "", "[errors]\ninclude_input = false", "`[errors] include_input`"),
     (PYTHON, PYTHON + '\noutputs = ["p"]', "", "", "`[model]`"),
     (HTTP, HTTP + "\ntemperature = 0.5", "", "", "`[model]`"),
+    (SKLEARN, SKLEARN + '\naccelerate = "compile"', "", "", "`[model] accelerate` is covered"),
 ]
 
 

@@ -114,7 +114,8 @@ def test_a_kind_refuses_another_kinds_key_while_the_spec_is_built(
         assert hint == f"did you mean '{close}'?"
     else:  # the kind's own keys are listed with the common ones
         own = [f.name for f in dataclasses.fields(registry.settings_class("models", kind))]
-        assert hint == "known keys: " + ", ".join(["kind", "path", "features", "outputs", "trusted", *own])
+        common = ["kind", "path", "features", "outputs", "trusted", "accelerate", "accelerate_tolerance"]
+        assert hint == "known keys: " + ", ".join([*common, *own])
 
 
 def test_a_misspelt_key_gets_did_you_mean() -> None:

@@ -30,6 +30,9 @@ holds a core. scikit-learn's tree, boosting and linear predictors release the GI
 in parallel. With ``"library"``, one call per batch with BLAS and OpenMP limited to ``threads``
 (threadpoolctl): for estimators that must not be called from two threads at once. Either way ``n_jobs`` of
 the loaded estimators is capped at ``threads``.
+
+``[model] accelerate = "compile"``: tree ensembles compiled with treelite + tl2cgen
+(``accelerators()``; see ``infermill.accelerate.trees``).
 """
 
 from __future__ import annotations
