@@ -87,7 +87,10 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
             ),
             "onnx": ("infermill.models.onnx:OnnxModel", "onnx", _s(M, "OnnxSettings", tabular=True)),
             "torch": ("infermill.models.torch_model:TorchModel", "torch", _s(M, "TorchSettings", neutral=_TORCH)),
-            "hf": ("infermill.models.hf:HFModel", "hf", _s(M, "HFSettings", neutral=_TORCH)),
+            "hf": (
+                "infermill.models.hf:HFModel", "hf",
+                _s(M, "HFSettings", neutral=_TORCH, accelerate=("onnx", "onnx-int8")),
+            ),
             "sentence-transformers": (
                 "infermill.models.sentence_transformers_model:SentenceModel", "sentence-transformers",
                 _s(M, "SentenceSettings", neutral=_TORCH, accelerate=("onnx", "onnx-int8")),

@@ -36,7 +36,7 @@ import pyarrow as pa
 from ..errors import ModelLoadError
 from ..spec import JobSpec
 from . import missing_extra
-from ._text import chunks, folder_digest, pick_column, text_values
+from ._text import RowPicker, chunks, folder_digest, pick_column, take_rows, text_values
 from ._torch_runtime import (
     TorchAdapter,
     check_device,
@@ -76,37 +76,14 @@ class _Prepared:
 
     def take_rows(self, index: Sequence[int] | np.ndarray) -> _Prepared:
         """The rows at ``index`` (positions in the parts' order: longest text first), still tokenized and cut
-        into the same micro batches. ``[model] accelerate`` compares the original and the accelerated model on
-        such a sample of the first batch rather than on all of it."""
-        wanted = np.unique(np.asarray(index, dtype=np.int64))
-        starts = np.cumsum([0, *self.sizes])
-        parts, sizes = [], []
-        for part, size, start in zip(self.parts, self.sizes, starts, strict=False):
-            local = (wanted[(wanted >= start) & (wanted < start + size)] - start).tolist()
-            if local:
-                parts.append({k: v[local] if _rows_of(v) == size else v for k, v in part.items()})
-                sizes.append(len(local))
+        into the same micro batches (see ``_text.take_rows``)."""
+        parts, sizes = take_rows(self.parts, self.sizes, index)
         return _Prepared(sum(sizes), np.arange(sum(sizes)), parts, sizes)
 
     @property
-    def iloc(self) -> _RowPicker:
-        """``prepared.iloc[index]`` is ``take_rows(index)``: the pandas-style row access that
-        ``infermill.accelerate.verify`` uses to cut its sample from a batch's inputs."""
-        return _RowPicker(self)
-
-
-@dataclass(frozen=True)
-class _RowPicker:
-    prepared: _Prepared
-
-    def __getitem__(self, index: Sequence[int] | np.ndarray) -> _Prepared:
-        return self.prepared.take_rows(index)
-
-
-def _rows_of(value: Any) -> int | None:
-    """Rows of a batch-first tensor (a tokenizer's per-row output), None for anything else."""
-    shape = getattr(value, "shape", None)
-    return int(shape[0]) if shape is not None and len(shape) > 0 else None
+    def iloc(self) -> RowPicker[_Prepared]:
+        """``iloc[index]`` is ``take_rows(index)`` (how ``accelerate.verify`` samples a batch)."""
+        return RowPicker(self.take_rows)
 
 
 class SentenceModel(TorchAdapter):
