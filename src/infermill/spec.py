@@ -847,9 +847,10 @@ def _validate_accelerate(model: ModelSpec, where: str) -> None:
         return
     offered = tuple(plugin.meta.get("accelerate", ()))
     if method not in offered:
+        quoted = ", ".join(f'"{m}"' for m in offered)
         raise SpecError(
             f"{where}: 'model.accelerate' = {method!r} does not apply to model kind {model.kind!r}",
-            hint=(f"use one of {', '.join(repr(m) for m in offered)}, \"auto\" or \"off\"" if offered
+            hint=(f'use one of {quoted}, "auto" or "off"' if offered
                   else f'model kind {model.kind!r} has no accelerated form: remove the key, or set "off"'),
         )
 

@@ -252,6 +252,24 @@ def test_compiled_trees_on_lanes(tmp_path: Path) -> None:
     assert decision["used"] and decision["shards"] == 3
 
 
+def test_two_worker_processes_share_one_build(tmp_path: Path) -> None:
+    """Two worker processes of one run each verify the compiled model; the cache holds one library, built
+    under the lock by one of them, and no scratch files."""
+    pytest.importorskip("tl2cgen")
+    job = _tree_job(tmp_path, "compile")
+    job.write_text(job.read_text() + "workers = 2\nthreads_per_worker = 1\n")
+    assert infermill.run(job, progress="off").state == "complete"
+    model = joblib.load(tmp_path / "model.joblib")
+    table = pq.read_table(tmp_path / "data.parquet")
+    features = np.column_stack([np.asarray(table[f"f{i}"]) for i in range(4)])
+    assert np.abs(_scores(tmp_path) - model.predict_proba(features)[:, 1]).max() <= 1e-6
+    cache = tmp_path / ".infermill" / "accelerate"
+    assert len(list(cache.glob("*.so"))) == 1
+    assert [p.name for p in cache.iterdir() if not p.name.endswith((".so", ".lock"))] == []
+    decisions = infermill.status(job)["accelerate"]
+    assert all(d["used"] for d in decisions) and sum(d["shards"] for d in decisions) == 3
+
+
 def test_validate_fails_clearly_for_a_named_method_that_cannot_apply(tmp_path: Path) -> None:
     job = _tree_job(tmp_path, "compile")
     joblib.dump(LogisticRegression().fit(np.eye(4), [0, 1, 0, 1]), tmp_path / "model.joblib")
@@ -302,7 +320,7 @@ def test_fingerprint_rule(tmp_path: Path) -> None:
         ('accelerate = "fast"', "'model.accelerate' must be one of 'off', 'auto', 'compile', 'onnx', 'onnx-int8'",
          "auto"),
         ('accelerate = "onnx"', "'model.accelerate' = 'onnx' does not apply to model kind 'sklearn'",
-         "use one of 'compile'"),
+         'use one of "compile", "auto" or "off"'),
         ('accelerate = "compile"\naccelerate_tolerance = -1.0', "'model.accelerate_tolerance' must be a finite",
          "1e-5"),
     ],

@@ -46,6 +46,8 @@ _XGBOOST = {"XGBClassifier", "XGBRegressor"}
 TRANSLATION_UNITS = 16
 """tl2cgen ``parallel_comp``: the C code is split into this many files, compiled side by side (one file
 of every tree takes gcc far longer, and one thread)."""
+TREES_PER_UNIT = 8
+"""A small model is not cut into files of fewer trees than this (each file costs a gcc start)."""
 
 
 def supported_model(estimator: Any) -> str | None:
@@ -106,7 +108,7 @@ class TreeCompiler(Accelerator):
             model = _to_treelite(estimator, family)
             checkpoint = path.with_suffix(".treelite")
             model.serialize(str(checkpoint))
-            _compile(checkpoint, path)
+            _compile(checkpoint, path, max(1, min(TRANSLATION_UNITS, int(model.num_tree) // TREES_PER_UNIT)))
 
         hit = build_once(target, compile_to)
         seconds = 0.0 if hit else time.perf_counter() - t0
@@ -187,12 +189,12 @@ tl2cgen.export_lib(model, toolchain="gcc", libpath=sys.argv[2], params={"paralle
 """
 
 
-def _compile(checkpoint: Path, library: Path) -> None:
+def _compile(checkpoint: Path, library: Path, units: int) -> None:
     """Generate C from the treelite checkpoint and compile it, in a child process: tl2cgen's bundled treelite
     logs from native code straight to the process's stderr (a note that the model comes from a newer
     treelite), which would land in the middle of a batch job's output; the child's output is kept for the
     error message instead."""
-    command = [sys.executable, "-c", _COMPILE, str(checkpoint), str(library), str(TRANSLATION_UNITS),
+    command = [sys.executable, "-c", _COMPILE, str(checkpoint), str(library), str(units),
                str(os.cpu_count() or 1)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not library.exists():

@@ -7,8 +7,8 @@ a model type the method does not take) and returns an :class:`AcceleratedModel`,
 adapter except for ``predict``. On the first non-empty batch, ``predict``:
 
 1. builds the accelerator (or loads its artifact from the cache, :func:`cache_dir`),
-2. scores up to ``SAMPLE_ROWS`` rows of that batch with the original and the accelerated model, twice each
-   (the faster call of each is timed: the first may warm caches),
+2. scores up to ``SAMPLE_ROWS`` rows of that batch with the original and the accelerated model, at least
+   twice each (the fastest call of each is timed: see ``_timed``),
 3. keeps the accelerated model when the agreement is within the bound (``accelerate_tolerance`` or the
    method's default) and, for "auto", when it is at least ``MIN_SPEEDUP`` times faster; otherwise a
    warning on stderr says why, and the original model runs.
@@ -45,6 +45,9 @@ SAMPLE_ROWS = 256
 """Rows of the first batch compared (spread over the batch)."""
 MIN_SPEEDUP = 1.1
 """With "auto": the accelerated model is kept only when the sample ran at least this much faster."""
+TIMING_SECONDS = 0.05
+MAX_TIMED_CALLS = 20
+"""Timing the sample: calls of each model until they total TIMING_SECONDS (at least 2, at most this many)."""
 CACHE_ENV = "INFERMILL_CACHE_DIR"
 
 
@@ -67,10 +70,10 @@ def candidates(adapter: ModelAdapter, spec: JobSpec) -> tuple[list[Accelerator],
         return tried, None if tried else f"model kind {spec.model.kind!r} has no accelerated form"
     chosen = [a for a in offered if a.method == requested]
     if not chosen:
-        names = sorted({a.method for a in offered})
+        quoted = ", ".join(f'"{name}"' for name in sorted({a.method for a in offered}))
         raise ModelLoadError(
             f"[model] accelerate = {requested!r} does not apply to model kind {spec.model.kind!r}",
-            hint=(f"use one of {', '.join(repr(n) for n in names)}, \"auto\" or \"off\"" if names
+            hint=(f'use one of {quoted}, "auto" or "off"' if quoted
                   else 'remove the key, or set accelerate = "off"'),
         )
     reason = chosen[0].unavailable(adapter)
@@ -247,13 +250,16 @@ def _within(decision: Decision) -> bool:
 
 
 def _timed(call: Callable[[Any], Any], inputs: Any) -> tuple[Any, float]:
-    """The result of ``call(inputs)`` and the faster of two calls' seconds (the first may warm caches)."""
-    best = float("inf")
+    """The result of ``call(inputs)`` and the fastest call's seconds: at least two calls (the first may warm
+    caches), more while they total under ``TIMING_SECONDS``, so that a call of a millisecond is not judged
+    by one moment the CPU was taken away."""
+    best, spent, calls = float("inf"), 0.0, 0
     result: Any = None
-    for _ in range(2):
+    while calls < 2 or (spent < TIMING_SECONDS and calls < MAX_TIMED_CALLS):
         t0 = time.perf_counter()
         result = call(inputs)
-        best = min(best, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        best, spent, calls = min(best, seconds), spent + seconds, calls + 1
     return result, best
 
 

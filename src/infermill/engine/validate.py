@@ -48,7 +48,7 @@ def validate(job: JobSpec | str | os.PathLike[str]) -> list[str]:
 
         tried, why_not = candidates(adapter, spec)  # a named method that cannot apply fails here
         lines.append(
-            f"accelerate: {spec.model.accelerate}: "
+            f"accel:    {spec.model.accelerate}: "
             + (f"will try {', '.join(a.method for a in tried)} on the first batch" if tried else f"none ({why_not})")
         )
     sample = None
