@@ -275,6 +275,9 @@ def _export(graph: _Graph, folder: Path) -> None:
     # wrapper left in training mode would switch the job's own model to training (dropout on) with it.
     wrapper = Graph().eval()
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
+    with torch.no_grad():  # token embeddings (batch, sequence, hidden) or one vector per row (batch, width)
+        ndim = wrapper(*(features[name] for name in names)).dim()
+    dynamic[OUTPUT] = {0: "batch", 1: "sequence"} if ndim == 3 else {0: "batch"}
     folder.mkdir(parents=True)
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter warns about its own deprecation and about traced Python branches; the
@@ -286,7 +289,7 @@ def _export(graph: _Graph, folder: Path) -> None:
             str(folder / MODEL_FILE),
             input_names=names,
             output_names=[OUTPUT],
-            dynamic_axes={**dynamic, OUTPUT: {0: "batch"}},
+            dynamic_axes=dynamic,
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
