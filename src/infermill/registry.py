@@ -91,10 +91,13 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
             ),
             "onnx": ("infermill.models.onnx:OnnxModel", "onnx", _s(M, "OnnxSettings", tabular=True)),
             "torch": ("infermill.models.torch_model:TorchModel", "torch", _s(M, "TorchSettings", neutral=_TORCH)),
-            "hf": ("infermill.models.hf:HFModel", "hf", _s(M, "HFSettings", neutral=_TORCH, **_TEXT)),
+            "hf": (
+                "infermill.models.hf:HFModel", "hf",
+                _s(M, "HFSettings", neutral=_TORCH, accelerate=("onnx", "onnx-int8"), **_TEXT),
+            ),
             "sentence-transformers": (
                 "infermill.models.sentence_transformers_model:SentenceModel", "sentence-transformers",
-                _s(M, "SentenceSettings", neutral=_TORCH, **_TEXT),
+                _s(M, "SentenceSettings", neutral=_TORCH, accelerate=("onnx", "onnx-int8"), **_TEXT),
             ),
             "llm": ("infermill.models.llm:LlmModel", "llm", _s(M, "LlmSettings")),
             "http": ("infermill.models.http:HttpModel", "http", _s(M, "HttpSettings", neutral=_HTTP)),

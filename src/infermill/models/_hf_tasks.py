@@ -84,8 +84,12 @@ class Task:
         raise NotImplementedError
 
     def forward(self, tensors: dict[str, Any]) -> Any:
-        out = self.model(**tensors)
-        return to_numpy(out.logits)
+        return to_numpy(self.traced(tensors))
+
+    def traced(self, tensors: dict[str, Any]) -> Any:
+        """The model's part of ``forward``, tensors in and one tensor out (what ``[model] accelerate =
+        "onnx"`` exports, for the tasks it converts)."""
+        return self.model(**tensors).logits
 
     def finish(self, raw: Any, encoded: Encoded) -> list[pa.Array]:
         raise NotImplementedError
@@ -243,6 +247,9 @@ class FeatureExtraction(Task):
         return Encoded(dict(self.tokenize(values)))
 
     def forward(self, tensors: dict[str, Any]) -> Any:
+        return to_numpy(self.traced(tensors)).astype(np.float32, copy=False)
+
+    def traced(self, tensors: dict[str, Any]) -> Any:
         import torch
 
         hidden = self.model(**tensors).last_hidden_state
@@ -253,7 +260,7 @@ class FeatureExtraction(Task):
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         if self.settings.normalize:
             pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
-        return to_numpy(pooled).astype(np.float32, copy=False)
+        return pooled
 
     def finish(self, raw: Any, encoded: Encoded) -> list[pa.Array]:
         width = int(self.model.config.hidden_size)

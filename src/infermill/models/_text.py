@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from ..errors import ItemError, ModelLoadError
 from .base import file_digest
+
+T = TypeVar("T")
 
 __all__ = ["chunks", "folder_digest", "pick_column", "text_values"]
 
@@ -84,6 +88,41 @@ def chunks(lengths: Sequence[int], size: int) -> tuple[np.ndarray, list[np.ndarr
     little padding is computed. Returns the order and the row indices of each micro batch."""
     order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
     return order, [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def take_rows(
+    parts: Sequence[dict[str, Any]], sizes: Sequence[int], index: Sequence[int] | np.ndarray
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows at ``index`` of micro batches ``parts`` (positions counted over the parts in order; ``sizes``:
+    rows of each part), still in their micro batches: each part keeps its selected rows of every batch-first
+    value (tensors of the tokenizer's output) and every other value as it is. Returns the parts and sizes.
+    ``[model] accelerate`` compares the original and the accelerated model on such a sample of a batch."""
+    wanted = np.unique(np.asarray(index, dtype=np.int64))
+    starts = np.cumsum([0, *sizes])
+    taken, taken_sizes = [], []
+    for part, size, start in zip(parts, sizes, starts, strict=False):
+        local = (wanted[(wanted >= start) & (wanted < start + size)] - start).tolist()
+        if local:
+            taken.append({k: v[local] if _rows_of(v) == size else v for k, v in part.items()})
+            taken_sizes.append(len(local))
+    return taken, taken_sizes
+
+
+@dataclass(frozen=True)
+class RowPicker(Generic[T]):
+    """``prepared.iloc[index]``: the pandas-style row access ``infermill.accelerate.verify`` uses to cut its
+    sample from a batch's inputs, for a prepared batch of a kind (``take`` is its ``take_rows``)."""
+
+    take: Callable[[Sequence[int] | np.ndarray], T]
+
+    def __getitem__(self, index: Sequence[int] | np.ndarray) -> T:
+        return self.take(index)
+
+
+def _rows_of(value: Any) -> int | None:
+    """Rows of a batch-first tensor or array, None for anything else."""
+    shape = getattr(value, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) > 0 else None
 
 
 def folder_digest(path: str) -> str:

@@ -31,6 +31,10 @@ padding; results are put back in input order.
 allowed only with ``trusted = true``. Nothing
 is downloaded: the folder must hold the config, weights and tokenizer (``local_files_only``). The
 fingerprint covers every file in the folder.
+
+``[model] accelerate = "onnx"`` (or ``"onnx-int8"``, or ``"auto"``) runs ``text-classification`` and
+``feature-extraction`` models through ONNX Runtime (``infermill.accelerate.onnx_encoder``), verified against
+this adapter's own results on the first batch.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -49,7 +54,7 @@ from ..errors import ItemError, ModelLoadError
 from ..spec import JobSpec
 from . import missing_extra
 from ._hf_tasks import TASKS, Encoded, Task, make_task
-from ._text import chunks, folder_digest, pick_column, text_values
+from ._text import RowPicker, chunks, folder_digest, pick_column, take_rows, text_values
 from ._torch_runtime import (
     TorchAdapter,
     check_device,
@@ -68,6 +73,8 @@ from .settings import HFSettings
 if TYPE_CHECKING:
     import torch
 
+    from ..accelerate.base import Accelerator
+
 __all__ = ["HFModel", "HFSettings"]
 
 
@@ -79,6 +86,25 @@ class _Prepared:
     rows: int
     order: np.ndarray
     parts: list[Encoded]
+    sizes: list[int] = field(default_factory=list)
+    """Rows of each part."""
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def take_rows(self, index: Sequence[int] | np.ndarray) -> _Prepared:
+        """The rows at ``index`` (positions in the parts' order), still in their micro batches (see
+        ``_text.take_rows``). Only for tasks whose parts carry nothing per row besides the tensors (the ones
+        ``[model] accelerate`` converts: text-classification, feature-extraction)."""
+        if any(part.extra for part in self.parts):
+            raise ValueError("this task's micro batches carry per-row values besides the tensors")
+        tensors, sizes = take_rows([part.tensors for part in self.parts], self.sizes, index)
+        return _Prepared(sum(sizes), np.arange(sum(sizes)), [Encoded(t) for t in tensors], sizes)
+
+    @property
+    def iloc(self) -> RowPicker[_Prepared]:
+        """``iloc[index]`` is ``take_rows(index)`` (how ``accelerate.verify`` samples a batch)."""
+        return RowPicker(self.take_rows)
 
 
 class HFModel(TorchAdapter):
@@ -206,7 +232,7 @@ class HFModel(TorchAdapter):
                 encoded = task.encode([values[i] for i in group])
                 encoded.tensors = pin(encoded.tensors, self.device)
                 parts.append(encoded)
-        return _Prepared(len(values), order, parts)
+        return _Prepared(len(values), order, parts, [len(group) for group in groups])
 
     def token_counts(self, features: pa.RecordBatch) -> np.ndarray | None:
         """Tokens of each row's text (special tokens included, truncated as the calls are), for
@@ -289,3 +315,13 @@ class HFModel(TorchAdapter):
 
     def fingerprint(self) -> str:
         return folder_digest(self.path)
+
+    def accelerators(self) -> list[Accelerator]:
+        from ..accelerate.onnx_encoder import OnnxClassifier, OnnxEncoder, OnnxInt8Classifier, OnnxInt8Encoder
+
+        task = self.task
+        if task is None or task.name not in ("text-classification", "feature-extraction"):
+            return []
+        if task.name == "feature-extraction":
+            return [OnnxEncoder(), OnnxInt8Encoder()]
+        return [OnnxClassifier(task.probabilities), OnnxInt8Classifier(task.probabilities)]

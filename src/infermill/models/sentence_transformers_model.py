@@ -16,6 +16,9 @@ row an item error. Texts longer than the model's ``max_seq_length`` are truncate
 ``trust_remote_code`` and pickled weights (``pytorch_model.bin``, in the folder or a module's folder)
 need ``trusted = true``. Nothing is downloaded (``local_files_only``); the
 fingerprint covers every file in the folder.
+
+``[model] accelerate = "onnx"`` (or ``"onnx-int8"``, or ``"auto"``) runs the transformer through ONNX Runtime
+(``infermill.accelerate.onnx_encoder``), verified against this adapter's own vectors on the first batch.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from __future__ import annotations
 import os
 import pickle
 import threading
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -32,7 +36,7 @@ import pyarrow as pa
 from ..errors import ModelLoadError
 from ..spec import JobSpec
 from . import missing_extra
-from ._text import chunks, folder_digest, pick_column, text_values
+from ._text import RowPicker, chunks, folder_digest, pick_column, take_rows, text_values
 from ._torch_runtime import (
     TorchAdapter,
     check_device,
@@ -52,14 +56,34 @@ from .settings import SentenceSettings
 if TYPE_CHECKING:
     import torch
 
+    from ..accelerate.base import Accelerator
+
 __all__ = ["SentenceModel", "SentenceSettings"]
 
 
 @dataclass
 class _Prepared:
+    """A tokenized batch: ``parts`` (the micro batches' features) hold the rows in ``order``."""
+
     rows: int
     order: np.ndarray
     parts: list[dict[str, Any]]
+    sizes: list[int] = field(default_factory=list)
+    """Rows of each part."""
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def take_rows(self, index: Sequence[int] | np.ndarray) -> _Prepared:
+        """The rows at ``index`` (positions in the parts' order: longest text first), still tokenized and cut
+        into the same micro batches (see ``_text.take_rows``)."""
+        parts, sizes = take_rows(self.parts, self.sizes, index)
+        return _Prepared(sum(sizes), np.arange(sum(sizes)), parts, sizes)
+
+    @property
+    def iloc(self) -> RowPicker[_Prepared]:
+        """``iloc[index]`` is ``take_rows(index)`` (how ``accelerate.verify`` samples a batch)."""
+        return RowPicker(self.take_rows)
 
 
 class SentenceModel(TorchAdapter):
@@ -161,7 +185,7 @@ class SentenceModel(TorchAdapter):
         with self._lock:
             for group in groups:
                 parts.append(pin(self._tokenize([texts[i] for i in group]), self.device))
-        return _Prepared(len(texts), order, parts)
+        return _Prepared(len(texts), order, parts, [len(group) for group in groups])
 
     def token_counts(self, features: pa.RecordBatch) -> np.ndarray | None:
         """Tokens of each row's text as the model sees it (prompt and special tokens included, truncated to
@@ -188,17 +212,11 @@ class SentenceModel(TorchAdapter):
         if self.model is None or self.device is None:
             raise ModelLoadError("SentenceModel.predict() called before setup()")
         torch = import_torch(self.kind)
-        normalize, truncate = self.settings.normalize, self.settings.truncate_dim
         embeddings = []
         try:
             with torch.inference_mode():
                 for part in inputs.parts:
-                    embedding = self.model(to_device(part, self.device))["sentence_embedding"]
-                    if truncate is not None:
-                        embedding = embedding[:, :truncate]
-                    if normalize:
-                        embedding = torch.nn.functional.normalize(embedding.float(), p=2, dim=1)
-                    embeddings.append(embedding)
+                    embeddings.append(self.finish(self.model(to_device(part, self.device))))
                 # Copied back once every forward pass is queued: on a GPU the passes run back to back.
                 vectors = [to_numpy(e).astype(np.float32, copy=False) for e in embeddings]
         except Exception as exc:
@@ -206,6 +224,24 @@ class SentenceModel(TorchAdapter):
                 release_cached_memory(self.device)
             raise
         return inputs, vectors
+
+    def finish(self, features: dict[str, Any]) -> torch.Tensor:
+        """The job's embedding from the model modules' output: ``truncate_dim``, then ``normalize``. Shared by
+        ``predict`` and the ONNX Runtime encoder (``infermill.accelerate.onnx_encoder``)."""
+        embedding: torch.Tensor = features["sentence_embedding"]
+        truncate = self.settings.truncate_dim
+        if truncate is not None:
+            embedding = embedding[:, :truncate]
+        if self.settings.normalize:
+            functional = import_torch(self.kind).nn.functional
+            normalized: torch.Tensor = functional.normalize(embedding.float(), p=2, dim=1)
+            return normalized
+        return embedding
+
+    def accelerators(self) -> list[Accelerator]:
+        from ..accelerate.onnx_encoder import OnnxEncoder, OnnxInt8Encoder
+
+        return [OnnxEncoder(), OnnxInt8Encoder()]
 
     def postprocess(self, result: tuple[_Prepared, list[np.ndarray]], num_rows: int) -> dict[str, pa.Array]:
         prepared, vectors = result
