@@ -256,6 +256,20 @@ def test_postgres_columns_that_differ_from_the_binary_encoding_load_as_csv(
 
 
 @pytest.mark.postgres
+def test_marker_keys_are_stored_uncompressed(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """The keys of a marker (one per row written) are stored as they are, not compressed at each commit:
+    a shard of 5,000 integer keys takes their text and its array header in the table, no less."""
+    url = postgres_server.create_database()
+    _staged_into(tmp_path, url, pa.table({"k": pa.array(range(100_000, 105_000), pa.int64())}))
+    storage = _query(tmp_path, url, "SELECT attstorage FROM pg_attribute WHERE attrelid = "
+                     "'_infermill_commits'::regclass AND attname = 'keys'")
+    assert storage == [("e",)]
+    ((size, text),) = _query(tmp_path, url, "SELECT pg_column_size(keys), sum(length(k) + 4) FROM "
+                             "_infermill_commits, unnest(keys) AS k GROUP BY keys")
+    assert size >= text
+
+
+@pytest.mark.postgres
 def test_string_keys_reach_the_marker_as_postgres_prints_them(tmp_path: Path, postgres_server: PostgresServer
                                                               ) -> None:
     """The keys a direct COPY's marker records (one array literal built by Arrow) read back as each key's
