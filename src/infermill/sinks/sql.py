@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import re
+import struct
 import time
 import uuid
 from typing import Any
@@ -134,6 +135,13 @@ class _IpcWriter(ShardWriter):
         for path in (csv_path(self.path), binary_path(self.path)):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
+
+
+def _utf8(text: str) -> pa.Scalar:
+    """``text`` as an Arrow string scalar, made without pa.scalar() (which imports pandas)."""
+    data = text.encode()
+    offsets = pa.py_buffer(struct.pack("<2i", 0, len(data)))
+    return pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(data)])[0]
 
 
 class SqlSink(Sink):
@@ -491,11 +499,14 @@ class SqlSink(Sink):
         if column.null_count:
             return None  # NULL has no quoted form; let the staging path (and the table) deal with it
         texts = column.cast(pa.string())
+        # Separators and offsets as Arrow values made from buffers: pa.array() or pa.scalar() of a Python
+        # object imports pandas (pyarrow checks for pandas objects), 1-3 s of the coordinator's first commit.
         if pa.types.is_string(kind):  # quoted, with " and \ escaped: any text reads back as itself
             escaped = pc.replace_substring(pc.replace_substring(texts, "\\", "\\\\"), '"', '\\"')
-            texts = pc.binary_join_element_wise('"', escaped, '"', "")
-        offsets = pa.array([0, len(texts)], pa.int32())
-        joined = pc.binary_join(pa.ListArray.from_arrays(offsets, texts), ",")[0].as_py()
+            quote = _utf8('"')
+            texts = pc.binary_join_element_wise(quote, escaped, quote, _utf8(""))
+        offsets = pa.Array.from_buffers(pa.int32(), 2, [None, pa.py_buffer(struct.pack("<2i", 0, len(texts)))])
+        joined = pc.binary_join(pa.ListArray.from_arrays(offsets, texts), _utf8(","))[0].as_py()
         return "{" + str(joined or "") + "}"
 
     def _delete_rows(self, cur: Any, target: str, schema: str | None, phys: str, key: str, where: str,
