@@ -270,6 +270,36 @@ def test_marker_keys_are_stored_uncompressed(tmp_path: Path, postgres_server: Po
 
 
 @pytest.mark.postgres
+def test_staging_and_committing_a_shard_imports_no_pandas(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """pyarrow imports pandas (about a second) the first time it converts a Python object (``pa.array``,
+    ``pa.scalar``, ``to_numpy(zero_copy_only=False)``): a fresh process that stages a PostgreSQL shard of
+    integers, doubles, booleans and text with NULLs and commits it, straight into the table, never does."""
+    url = postgres_server.create_database()
+    rows = pa.table({"k": pa.array(range(500), pa.int64()), "x": pa.array([None, *range(499)], pa.float64()),
+                     "b": pa.array([True, None] * 250), "s": pa.array(["a", None] * 250)})
+    with pa.ipc.new_file(tmp_path / "rows.arrow", rows.schema) as writer:
+        writer.write_table(rows)
+    script = f"""
+import sys
+import pyarrow as pa
+from infermill.sinks import OwnerRecord, open_sink
+from infermill.testing.sinks import sink_spec
+rows = pa.ipc.open_file({str(tmp_path / "rows.arrow")!r}).read_all()
+sink = open_sink(sink_spec({str(tmp_path)!r}, "", format="sql", url={url!r}, table="t", key="k"))
+assert sink.claim(OwnerRecord("conformance", "uid-1", "ledger"))
+sink.prepare()
+writer = sink.open_writer(0)
+writer.write(rows)
+assert sink.commit(writer.close(), 1) is not None
+print("pandas" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+    assert _query(tmp_path, url, "SELECT count(*), count(x), count(b), count(s) FROM t") == [(500, 499, 250, 250)]
+
+
+@pytest.mark.postgres
 def test_string_keys_reach_the_marker_as_postgres_prints_them(tmp_path: Path, postgres_server: PostgresServer
                                                               ) -> None:
     """The keys a direct COPY's marker records (one array literal built by Arrow) read back as each key's

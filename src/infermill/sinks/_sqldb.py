@@ -16,6 +16,7 @@ import io
 import json
 import os
 import sqlite3
+import struct
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,7 +30,7 @@ from ..sql._ident import quote_name, quote_qualified
 from ..sql._url import SqlUrl, scrub
 
 __all__ = ["PGCOPY_HEADER", "PGCOPY_TRAILER", "Database", "binary_types", "column_problems", "encode_binary", "for_csv",
-           "from_sql", "sql_type"]
+           "from_sql", "sql_type", "text_scalar"]
 
 _SQLITE_AFFINITY = (("INT", "integer"), ("CHAR", "text"), ("CLOB", "text"), ("TEXT", "text"), ("BLOB", "blob"),
                     ("REAL", "real"), ("FLOA", "real"), ("DOUB", "real"))
@@ -331,33 +332,62 @@ def binary_fits(encoded: list[str], declared: list[str]) -> bool:
     return True
 
 
+def text_scalar(text: str, kind: pa.DataType | None = None) -> pa.Scalar:
+    """``text`` as an Arrow scalar of ``kind`` (``string``, ``large_string``, ``binary`` or
+    ``large_binary``; default ``string``), made from buffers: ``pa.scalar()`` (or ``pa.array()``) of a
+    Python value imports pandas, which pyarrow checks for, a second or more of a first commit's time."""
+    kind = pa.string() if kind is None else kind
+    data = text.encode()
+    wide = pa.types.is_large_string(kind) or pa.types.is_large_binary(kind)
+    offsets = struct.pack("<2q" if wide else "<2i", 0, len(data))
+    return pa.Array.from_buffers(kind, 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)])[0]
+
+
+def _values(array: pa.Array, dtype: str) -> Any:
+    """A fixed-width array's values as numpy (those under NULLs unspecified), read from its buffer: no
+    ``to_numpy(zero_copy_only=False)``, which imports pandas."""
+    import numpy as np
+
+    if pa.types.is_boolean(array.type):
+        return _bits(array.buffers()[1], array.offset, len(array)).astype(np.uint8)
+    width = np.dtype(dtype).itemsize
+    return np.frombuffer(array.buffers()[1], dtype, len(array), array.offset * width)
+
+
+def _bits(buffer: pa.Buffer, offset: int, n: int) -> Any:
+    import numpy as np
+
+    return np.unpackbits(np.frombuffer(buffer, np.uint8), bitorder="little")[offset : offset + n].astype(bool)
+
+
 def _fields(column: pa.Array, kind: str) -> pa.Array:
     """One column's binary COPY fields (a big-endian int32 length, -1 for NULL, then the value), one
     ``large_binary`` value per row, built by numpy and Arrow: no Python object per value."""
     import numpy as np
 
     n = len(column)
-    valid = None if column.null_count == 0 else column.is_valid().to_numpy(zero_copy_only=False)
-    if kind == "":
+    if kind == "":  # a column of nulls (no validity buffer): each field is its length, -1
         lengths = np.full(n, -1, ">i4")
         return pa.FixedSizeBinaryArray.from_buffers(pa.binary(4), n, [None, pa.py_buffer(lengths.view(np.uint8))]) \
             .cast(pa.large_binary())
+    valid = None if column.null_count == 0 else _bits(column.buffers()[0], column.offset, n)
     if kind == "text":
-        text = column.fill_null("") if valid is not None else column
-        lengths = pc.binary_length(text).to_numpy(zero_copy_only=False).astype(">i4")
+        text = column.fill_null(text_scalar("", column.type)) if valid is not None else column
+        measured = pc.binary_length(text)
+        lengths = _values(measured, "<i8" if measured.type == pa.int64() else "<i4").astype(">i4")
         if valid is not None:
             lengths[~valid] = -1
         prefix = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4), n, [None, pa.py_buffer(lengths.view(np.uint8))])
         return pc.binary_join_element_wise(prefix.cast(pa.large_binary()), text.cast(pa.large_binary()),
-                                           pa.scalar(b"", pa.large_binary()))
+                                           text_scalar("", pa.large_binary()))
     code = _BINARY_FIXED[kind]
     width = np.dtype(code).itemsize
     if kind == "bigint":
         column = column.cast(pa.int64())
-    values = column.fill_null(pa.scalar(0 if kind != "boolean" else False, column.type))
+    native = {"bigint": "<i8", "double precision": "<f8", "boolean": "u1"}[kind]
     cells = np.empty((n, 4 + width), np.uint8)
     cells[:, :4] = np.array([width], ">i4").view(np.uint8)
-    cells[:, 4:] = values.to_numpy(zero_copy_only=False).astype(code).view(np.uint8).reshape(n, width)
+    cells[:, 4:] = _values(column, native).astype(code).view(np.uint8).reshape(n, width)
     if valid is None:
         return pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 + width), n, [None, pa.py_buffer(cells)]) \
             .cast(pa.large_binary())
@@ -388,7 +418,7 @@ def encode_binary(table: pa.Table) -> pa.Buffer:
     header = pa.FixedSizeBinaryArray.from_buffers(pa.binary(2), n, [None, pa.py_buffer(count)])
     pieces = [header.cast(pa.large_binary())]
     pieces += [_fields(column.chunk(0), kind) for column, kind in zip(table.columns, kinds, strict=True)]
-    rows = pc.binary_join_element_wise(*pieces, pa.scalar(b"", pa.large_binary()))
+    rows = pc.binary_join_element_wise(*pieces, text_scalar("", pa.large_binary()))
     offsets = np.frombuffer(rows.buffers()[1], np.int64, n + 1, rows.offset * 8)
     data: pa.Buffer = rows.buffers()[2]
     return data[int(offsets[0]):int(offsets[-1])]

@@ -56,6 +56,7 @@ from ._sqldb import (
     encode_binary,
     for_csv,
     from_sql,
+    text_scalar,
 )
 from .base import ERRORS_DIR, CommittedFile, OwnerRecord, ShardWriter, Sink, StagedFile, attempt_name
 from .sql_settings import SqlSinkSettings
@@ -135,13 +136,6 @@ class _IpcWriter(ShardWriter):
         for path in (csv_path(self.path), binary_path(self.path)):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
-
-
-def _utf8(text: str) -> pa.Scalar:
-    """``text`` as an Arrow string scalar, made without pa.scalar() (which imports pandas)."""
-    data = text.encode()
-    offsets = pa.py_buffer(struct.pack("<2i", 0, len(data)))
-    return pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(data)])[0]
 
 
 class SqlSink(Sink):
@@ -503,10 +497,10 @@ class SqlSink(Sink):
         # object imports pandas (pyarrow checks for pandas objects), 1-3 s of the coordinator's first commit.
         if pa.types.is_string(kind):  # quoted, with " and \ escaped: any text reads back as itself
             escaped = pc.replace_substring(pc.replace_substring(texts, "\\", "\\\\"), '"', '\\"')
-            quote = _utf8('"')
-            texts = pc.binary_join_element_wise(quote, escaped, quote, _utf8(""))
+            quote = text_scalar('"')
+            texts = pc.binary_join_element_wise(quote, escaped, quote, text_scalar(""))
         offsets = pa.Array.from_buffers(pa.int32(), 2, [None, pa.py_buffer(struct.pack("<2i", 0, len(texts)))])
-        joined = pc.binary_join(pa.ListArray.from_arrays(offsets, texts), _utf8(","))[0].as_py()
+        joined = pc.binary_join(pa.ListArray.from_arrays(offsets, texts), text_scalar(","))[0].as_py()
         return "{" + str(joined or "") + "}"
 
     def _delete_rows(self, cur: Any, target: str, schema: str | None, phys: str, key: str, where: str,
