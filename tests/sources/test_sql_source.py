@@ -553,6 +553,44 @@ def test_postgres_shard_streams_through_copy_with_exact_values(pg: Db, tmp_path:
     assert got.column("_row_id").to_pylist() == [str(r[0]) for r in rows]
 
 
+def _reading_statement(pg: Db, source: Any, shard: Any) -> tuple[str, list[pa.RecordBatch]]:
+    """The statement the reading backend runs once a shard's first batch is out, and all the batches."""
+    import psycopg
+
+    reading = source.read(shard, 100)
+    batches = [next(reading)]
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        (active,) = [str(r[0]) for r in conn.execute(
+            "SELECT query FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'").fetchall()]
+    return active, batches + list(reading)
+
+
+@pytest.mark.postgres
+def test_postgres_plain_columns_stream_as_binary_copy(pg: Db, tmp_path: Path) -> None:
+    """Booleans, integers, floats and text-like columns stream in binary COPY format (no float text on
+    either side), NULLs and all; a column of another COPY-able type (uuid) makes the shard CSV."""
+    pg.execute("CREATE TABLE t (id BIGINT PRIMARY KEY, i INTEGER, s SMALLINT, r REAL, f DOUBLE PRECISION, "
+               "b BOOLEAN, t TEXT, v VARCHAR(9), c CHAR(3), n NAME, j JSON, u UUID)")
+    pg.execute("INSERT INTO t SELECT g, g - 500, (g % 300)::smallint, g / 7.0, g / 3.0, g % 2 = 0, 'é' || g, "
+               "'v' || g, 'c', 'n' || g, json_build_object('g', g), NULL FROM generate_series(1, 1000) g")
+    pg.execute("INSERT INTO t (id) VALUES (0)")  # NULL in every other column
+    plain = ["id", "i", "s", "r", "f", "b", "t", "v", "c", "n", "j"]
+    source = open_source(_spec(pg.url, tmp_path, table="t", shard_rows=100_000, columns=plain))
+    (shard,) = source.plan()
+    statement, batches = _reading_statement(pg, source, shard)
+    assert statement.startswith("COPY (SELECT") and statement.endswith("(FORMAT binary)"), statement
+    got = pa.Table.from_batches(batches).select(plain)
+    rows = pg.execute(f"SELECT {', '.join(plain[:-1])}, j::text FROM t ORDER BY id")
+    for i, name in enumerate(plain):  # as the row path reads them (real: the float32 psycopg's float rounds to)
+        expected = pa.array([r[i] for r in rows], got.schema.field(name).type)
+        assert got.column(name).to_pylist() == expected.to_pylist(), name
+    assert got.column("c").to_pylist()[1] == "c  " and got.column("t").to_pylist()[1] == "é1"
+    with_uuid = open_source(_spec(pg.url, tmp_path, table="t", shard_rows=100_000, columns=[*plain, "u"]))
+    statement, _ = _reading_statement(pg, with_uuid, with_uuid.plan()[0])
+    assert statement.endswith("(FORMAT csv)"), statement
+
+
 @pytest.mark.postgres
 def test_large_postgres_table_is_cut_at_sampled_keys(pg: Db, tmp_path: Path) -> None:
     pg.items(range(0, 60_000, 3))

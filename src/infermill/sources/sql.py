@@ -13,8 +13,9 @@ shard. The plan is stored in the ledger and a resume reads it back: it is never 
 change nothing.
 
 A shard streams ``SELECT ... WHERE key >= lo AND key < hi ORDER BY key`` into Arrow batches: on PostgreSQL
-through ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` parsed column-wise by Arrow when every column's type
-allows (:meth:`Database.copy_batches`), else a server-side cursor, ``fetch_rows`` rows per round trip.
+through ``COPY (SELECT ...) TO STDOUT`` decoded column-wise when every column's type allows (binary format
+for booleans, integers, floats and text-like types, else CSV: :meth:`Database.copy_batches`), else a
+server-side cursor, ``fetch_rows`` rows per round trip.
 Identifiers are validated and quoted, bounds are always parameters (bound by psycopg into the COPY).
 
 Without ``[input] id_column``, a row's synthetic id (``_row_id``) is its key as text (a JSON list for a
