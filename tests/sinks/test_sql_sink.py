@@ -189,6 +189,116 @@ def test_insert_mode_copies_each_shard_straight_into_the_table(tmp_path: Path, p
     assert _cli(job, "verify").returncode == 0
 
 
+def _staged_into(tmp_path: Path, url: str, table: pa.Table, **options: Any) -> tuple[list[str], list[Any]]:
+    """Stage ``table`` as one shard's result of a sink into table ``t`` keyed by ``k``: the names of the
+    staged files (the suffixes after the attempt's hex), and the rows ``t`` holds after the commit."""
+    sink = open_sink(sink_spec(tmp_path, "", format="sql", url=url, table="t", key="k", **options))
+    assert sink.claim(OwnerRecord("conformance", "uid-1", str(tmp_path / "ledger")))
+    sink.prepare()
+    writer = sink.open_writer(0)
+    for batch in table.to_batches(max_chunksize=3):  # several writes: one stream, one header and trailer
+        writer.write(pa.Table.from_batches([batch]))
+    staged = writer.close()
+    scratch = os.path.dirname(staged.location)
+    files = sorted(name.split(".", 3)[-1] for name in os.listdir(scratch))
+    assert sink.commit(staged, 1) is not None
+    sink.tidy()
+    names = ", ".join(f'"{c}"' for c in table.column_names)
+    return files, _query(tmp_path, url, f"SELECT {names} FROM t ORDER BY k")
+
+
+@pytest.mark.postgres
+def test_postgres_shards_load_as_binary_copy_with_exact_values(tmp_path: Path, postgres_server: PostgresServer
+                                                                ) -> None:
+    """A result of integers, doubles, booleans and text is staged in PostgreSQL's binary COPY format (no
+    CSV beside it) and loads every value exactly: NULLs, NaN, infinities, -0.0, extreme integers, the
+    empty string against NULL, quotes, newlines and non-ASCII text."""
+    url = postgres_server.create_database()
+    big = 2**63 - 1
+    table = pa.table({
+        "k": pa.array([-big - 1, -1, 0, 1, 2, big, 7], pa.int64()),
+        "small": pa.array([1, None, -32768, 32767, 0, 5, None], pa.int16()),
+        "u": pa.array([0, 4_294_967_295, None, 1, 2, 3, 4], pa.uint32()),
+        "x": pa.array([0.1, None, float("nan"), float("inf"), float("-inf"), -0.0, 1e-310]),
+        "flag": pa.array([True, False, None, True, False, None, True]),
+        "s": pa.array(["", None, 'a "quoted", line\nbreak', "é✓ ünï", "\\N", "NULL", "x" * 5000]),
+        "nothing": pa.nulls(7),
+    })
+    files, rows = _staged_into(tmp_path, url, table)
+    assert files == ["pgcopy.tmp", "tmp"], files
+    expected = list(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
+    expected.sort(key=lambda r: r[0])
+    assert len(rows) == len(expected)
+    for got, want in zip(rows, expected, strict=True):
+        assert got[:3] == want[:3] and got[4:] == want[4:], (got, want)
+        x, y = got[3], want[3]
+        assert (x is None and y is None) or (x != x and y != y) or (x == y and str(x) == str(y)), (x, y)
+
+
+@pytest.mark.postgres
+def test_postgres_columns_that_differ_from_the_binary_encoding_load_as_csv(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """Binary COPY fields must be of the column's exact type: an existing table with ``integer``, ``real``
+    and ``varchar`` columns, and a result column (float32) staged as CSV, still load, as CSV."""
+    url = postgres_server.create_database()
+    _create(tmp_path, url, "CREATE TABLE t (k INTEGER PRIMARY KEY, x REAL, s VARCHAR(10))")
+    table = pa.table({"k": pa.array([3, 1, 2], pa.int64()), "x": pa.array([0.5, None, 2.25]),
+                      "s": ["a", None, "ccc"]})
+    files, rows = _staged_into(tmp_path, url, table)
+    assert files == ["pgcopy.tmp", "tmp"], files  # staged in binary, loaded from the IPC file as CSV
+    assert rows == [(1, None, None), (2, 2.25, "ccc"), (3, 0.5, "a")]
+    vectors = pa.table({"k": pa.array([1, 2], pa.int64()), "v": pa.array([[0.5, 1.0], [2.0, 3.5]],
+                                                                          pa.list_(pa.float32(), 2))})
+    files, rows = _staged_into(tmp_path, postgres_server.create_database(), vectors)
+    assert files == ["csv.tmp", "tmp"], files
+    assert rows == [(1, [0.5, 1.0]), (2, [2.0, 3.5])]
+
+
+@pytest.mark.postgres
+def test_marker_keys_are_stored_uncompressed(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """The keys of a marker (one per row written) are stored as they are, not compressed at each commit:
+    a shard of 5,000 integer keys takes their text and its array header in the table, no less."""
+    url = postgres_server.create_database()
+    _staged_into(tmp_path, url, pa.table({"k": pa.array(range(100_000, 105_000), pa.int64())}))
+    storage = _query(tmp_path, url, "SELECT attstorage FROM pg_attribute WHERE attrelid = "
+                     "'_infermill_commits'::regclass AND attname = 'keys'")
+    assert storage == [("e",)]
+    ((size, text),) = _query(tmp_path, url, "SELECT pg_column_size(keys), sum(length(k) + 4) FROM "
+                             "_infermill_commits, unnest(keys) AS k GROUP BY keys")
+    assert size >= text
+
+
+@pytest.mark.postgres
+def test_staging_and_committing_a_shard_imports_no_pandas(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """pyarrow imports pandas (about a second) the first time it converts a Python object (``pa.array``,
+    ``pa.scalar``, ``to_numpy(zero_copy_only=False)``): a fresh process that stages a PostgreSQL shard of
+    integers, doubles, booleans and text with NULLs and commits it, straight into the table, never does."""
+    url = postgres_server.create_database()
+    rows = pa.table({"k": pa.array(range(500), pa.int64()), "x": pa.array([None, *range(499)], pa.float64()),
+                     "b": pa.array([True, None] * 250), "s": pa.array(["a", None] * 250)})
+    with pa.ipc.new_file(tmp_path / "rows.arrow", rows.schema) as writer:
+        writer.write_table(rows)
+    script = f"""
+import sys
+import pyarrow as pa
+from infermill.sinks import OwnerRecord, open_sink
+from infermill.testing.sinks import sink_spec
+rows = pa.ipc.open_file({str(tmp_path / "rows.arrow")!r}).read_all()
+sink = open_sink(sink_spec({str(tmp_path)!r}, "", format="sql", url={url!r}, table="t", key="k"))
+assert sink.claim(OwnerRecord("conformance", "uid-1", "ledger"))
+sink.prepare()
+writer = sink.open_writer(0)
+writer.write(rows)
+assert sink.commit(writer.close(), 1) is not None
+print("pandas" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+    assert _query(tmp_path, url, "SELECT count(*), count(x), count(b), count(s) FROM t") == [(500, 499, 250, 250)]
+
+
 @pytest.mark.postgres
 def test_string_keys_reach_the_marker_as_postgres_prints_them(tmp_path: Path, postgres_server: PostgresServer
                                                               ) -> None:

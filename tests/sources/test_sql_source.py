@@ -271,6 +271,37 @@ def test_shards_are_half_open_key_ranges(db: Db, tmp_path: Path) -> None:
     assert all(b.num_rows <= 64 for s in shards for b in source.read(s, 64))
 
 
+def test_a_dense_integer_key_is_cut_where_an_ordered_scan_would_cut_it(db: Db, tmp_path: Path) -> None:
+    """Ids 5..1004, inserted out of order: the bounds are every 300th key, computed from the count, min and
+    max; a gap (id 6 deleted) makes the key sparse, and the ordered scan finds the bounds."""
+    db.items(list(reversed(range(5, 1005))))
+    source = open_source(_spec(db.url, tmp_path, table="items", shard_rows=300))
+    shards = source.plan()
+    assert [json.loads(s.fragments[0].relpath) for s in shards] == [
+        {"lo": None, "hi": [305]}, {"lo": [305], "hi": [605]}, {"lo": [605], "hi": [905]}, {"lo": [905], "hi": None}]
+    assert [s.rows for s in shards] == [300, 300, 300, 100]
+    read = [[r["id"] for b in source.read(s, 128) for r in b.to_pylist()] for s in shards]
+    assert [len(r) for r in read] == [300, 300, 300, 100]
+    db.execute("DELETE FROM items WHERE id = 6")
+    sparse = open_source(_spec(db.url, tmp_path, table="items", shard_rows=300)).plan()
+    assert [json.loads(s.fragments[0].relpath) for s in sparse] == [
+        {"lo": None, "hi": [306]}, {"lo": [306], "hi": [606]}, {"lo": [606], "hi": [906]}, {"lo": [906], "hi": None}]
+    assert [s.rows for s in sparse] == [300, 300, 300, 99]
+
+
+@pytest.mark.postgres
+def test_planning_a_dense_integer_key_reads_no_key_in_order(pg: Db, tmp_path: Path) -> None:
+    """A sequence in the query's WHERE counts the rows planning visits: the repeated-key check and one
+    count/min/max pass (the NULL check tests the key first, which stops there), not a third, ordered pass
+    over every key (3,000 visits before)."""
+    pg.items(list(reversed(range(1000))))
+    pg.execute("CREATE SEQUENCE visits")
+    source = open_source(_spec(pg.url, tmp_path, query="SELECT * FROM items WHERE nextval('visits') > 0",
+                               shard_rows=300))
+    assert len(source.plan()) == 4
+    assert pg.execute("SELECT last_value FROM visits") == [(2 * 1000,)]
+
+
 def test_query_source_and_composite_key(db: Db, tmp_path: Path) -> None:
     db.execute("CREATE TABLE events (user_id INTEGER, day TEXT, f0 REAL, PRIMARY KEY (user_id, day))")
     rows = [(u, f"2026-01-{d:02d}", u + d / 100) for u in range(30) for d in range(1, 11)]
@@ -533,6 +564,44 @@ def test_postgres_shard_streams_through_copy_with_exact_values(pg: Db, tmp_path:
     for name, column in expected.items():
         assert [repr(v) for v in got.column(name).to_pylist()] == [repr(v) for v in column.to_pylist()], name
     assert got.column("_row_id").to_pylist() == [str(r[0]) for r in rows]
+
+
+def _reading_statement(pg: Db, source: Any, shard: Any) -> tuple[str, list[pa.RecordBatch]]:
+    """The statement the reading backend runs once a shard's first batch is out, and all the batches."""
+    import psycopg
+
+    reading = source.read(shard, 100)
+    batches = [next(reading)]
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        (active,) = [str(r[0]) for r in conn.execute(
+            "SELECT query FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'").fetchall()]
+    return active, batches + list(reading)
+
+
+@pytest.mark.postgres
+def test_postgres_plain_columns_stream_as_binary_copy(pg: Db, tmp_path: Path) -> None:
+    """Booleans, integers, floats and text-like columns stream in binary COPY format (no float text on
+    either side), NULLs and all; a column of another COPY-able type (uuid) makes the shard CSV."""
+    pg.execute("CREATE TABLE t (id BIGINT PRIMARY KEY, i INTEGER, s SMALLINT, r REAL, f DOUBLE PRECISION, "
+               "b BOOLEAN, t TEXT, v VARCHAR(9), c CHAR(3), n NAME, j JSON, u UUID)")
+    pg.execute("INSERT INTO t SELECT g, g - 500, (g % 300)::smallint, g / 7.0, g / 3.0, g % 2 = 0, 'é' || g, "
+               "'v' || g, 'c', 'n' || g, json_build_object('g', g), NULL FROM generate_series(1, 1000) g")
+    pg.execute("INSERT INTO t (id) VALUES (0)")  # NULL in every other column
+    plain = ["id", "i", "s", "r", "f", "b", "t", "v", "c", "n", "j"]
+    source = open_source(_spec(pg.url, tmp_path, table="t", shard_rows=100_000, columns=plain))
+    (shard,) = source.plan()
+    statement, batches = _reading_statement(pg, source, shard)
+    assert statement.startswith("COPY (SELECT") and statement.endswith("(FORMAT binary)"), statement
+    got = pa.Table.from_batches(batches).select(plain)
+    rows = pg.execute(f"SELECT {', '.join(plain[:-1])}, j::text FROM t ORDER BY id")
+    for i, name in enumerate(plain):  # as the row path reads them (real: the float32 psycopg's float rounds to)
+        expected = pa.array([r[i] for r in rows], got.schema.field(name).type)
+        assert got.column(name).to_pylist() == expected.to_pylist(), name
+    assert got.column("c").to_pylist()[1] == "c  " and got.column("t").to_pylist()[1] == "é1"
+    with_uuid = open_source(_spec(pg.url, tmp_path, table="t", shard_rows=100_000, columns=[*plain, "u"]))
+    statement, _ = _reading_statement(pg, with_uuid, with_uuid.plan()[0])
+    assert statement.endswith("(FORMAT csv)"), statement
 
 
 @pytest.mark.postgres

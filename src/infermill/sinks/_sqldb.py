@@ -1,9 +1,11 @@
 """The two databases behind ``format = "sql"``: PostgreSQL (psycopg 3) and SQLite (the standard library).
 
 What differs between them lives here: connecting, column types, how a shard's rows reach the staging
-table (``COPY FROM STDIN`` in CSV, written by Arrow's C++ CSV writer, on PostgreSQL; ``executemany`` on
-SQLite), and the statements that merge them. Every value is a parameter or travels in the COPY stream;
-identifiers reach SQL text only quoted by :func:`infermill.sql._ident.quote_name` (or ``quote_qualified``).
+table (``COPY FROM STDIN`` on PostgreSQL: in PostgreSQL's binary COPY format, encoded column-wise by
+:func:`encode_binary`, when the columns allow, else in CSV written by Arrow's C++ CSV writer;
+``executemany`` on SQLite), and the statements that merge them. Every value is a parameter or travels in
+the COPY stream; identifiers reach SQL text only quoted by :func:`infermill.sql._ident.quote_name` (or
+``quote_qualified``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import io
 import json
 import os
 import sqlite3
+import struct
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ..errors import InfermillError, OutputError
@@ -26,7 +30,8 @@ from ..redact import scrub
 from ..sql._ident import quote_name, quote_qualified
 from ..sql._url import SqlUrl
 
-__all__ = ["Database", "column_problems", "for_csv", "from_sql", "sql_type"]
+__all__ = ["PGCOPY_HEADER", "PGCOPY_TRAILER", "Database", "binary_types", "column_problems", "encode_binary", "for_csv",
+           "from_sql", "sql_type", "text_scalar"]
 
 _SQLITE_AFFINITY = (("INT", "integer"), ("CHAR", "text"), ("CLOB", "text"), ("TEXT", "text"), ("BLOB", "blob"),
                     ("REAL", "real"), ("FLOA", "real"), ("DOUB", "real"))
@@ -234,17 +239,24 @@ class Database:
         return [(str(r[1]), str(r[2] or ""), bool(r[3]) and r[4] is None and not r[5]) for r in rows]
 
     # -- loading -----------------------------------------------------------------------------------
-    def load(self, cur: Any, staging: str, table: pa.Table, csv: str | None = None) -> None:
-        """Append ``table``'s rows to the (temporary) table ``staging``, whose columns are its columns
-        (PostgreSQL: from the CSV file ``csv`` of the same rows when the worker made one)."""
+    def load(self, cur: Any, into: str, table: pa.Table, csv: str | None = None, binary: str | None = None,
+             declared: list[str] | None = None) -> None:
+        """Append ``table``'s rows to the table ``into``, whose columns ``declared`` (PostgreSQL types, in
+        ``table``'s column order) take them. On PostgreSQL the rows travel by ``COPY FROM STDIN``: from the
+        file ``binary`` (binary COPY format, made by the worker) when there is one and those columns take
+        its fields as they are (:func:`binary_fits`), else from the file ``csv`` (CSV) when there is one,
+        else as CSV made here."""
         names = ", ".join(quote_name(n) for n in table.column_names)
         if self.postgres:
-            with cur.copy(f"COPY {staging} ({names}) FROM STDIN WITH (FORMAT csv)") as copy:
-                if csv is not None and os.path.exists(csv):
-                    with open(csv, "rb") as fh:
-                        while chunk := fh.read(1 << 20):
-                            copy.write(chunk)
-                    return
+            kinds = binary_types(table.schema)
+            if binary is not None and kinds is not None and declared is not None and binary_fits(kinds, declared) \
+                    and os.path.exists(binary):
+                _copy_file(cur, f"COPY {into} ({names}) FROM STDIN WITH (FORMAT binary)", binary)
+                return
+            if csv is not None and os.path.exists(csv):
+                _copy_file(cur, f"COPY {into} ({names}) FROM STDIN WITH (FORMAT csv)", csv)
+                return
+            with cur.copy(f"COPY {into} ({names}) FROM STDIN WITH (FORMAT csv)") as copy:
                 sink = io.BytesIO()
                 pacsv.write_csv(for_csv(table), sink, pacsv.WriteOptions(include_header=False))
                 view = sink.getbuffer()
@@ -254,7 +266,7 @@ class Database:
             return
         marks = ", ".join("?" * table.num_columns)
         columns = [_sqlite_values(col) for col in table.columns]
-        cur.executemany(f"INSERT INTO {staging} ({names}) VALUES ({marks})", zip(*columns, strict=True))
+        cur.executemany(f"INSERT INTO {into} ({names}) VALUES ({marks})", zip(*columns, strict=True))
 
     def staging_table(self, cur: Any, target: str, columns: list[str]) -> str:
         """A temporary table with ``columns`` typed as in ``target``, dropped when the transaction ends."""
@@ -272,6 +284,151 @@ class Database:
         if key is not None:
             cols.append(f"PRIMARY KEY ({quote_name(key)})")
         cur.execute(f"CREATE TABLE IF NOT EXISTS {quote_qualified(schema, name)} ({', '.join(cols)})")
+
+
+PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+"""The start of a binary COPY stream: the signature, no flags (no OIDs), no header extension."""
+PGCOPY_TRAILER = b"\xff\xff"
+"""Its end: a field count of -1."""
+_BINARY_FIXED = {"boolean": "u1", "bigint": ">i8", "double precision": ">f8"}
+
+
+def binary_types(schema: pa.Schema) -> list[str] | None:
+    """The PostgreSQL type each column's binary COPY field is encoded as by :func:`encode_binary` (the type
+    :meth:`Database.create_table` gives it; "" for a column of nulls, which fits any), or None when a column
+    has no binary encoding here (the rows then travel as CSV). Binary fields are read as exactly that type,
+    so a table whose columns differ (an ``integer`` column, ``real``) takes CSV instead: see
+    :func:`binary_fits`. Not ``uint64`` (may not fit ``bigint``: PostgreSQL refuses it in CSV), not
+    ``float32`` (its CSV text reads back into ``double precision`` as the short decimal, not the widened
+    binary value), not timestamps, lists, JSON or bytes (CSV keeps their exact text conversions)."""
+    out = []
+    for field in schema:
+        kind = field.type
+        if pa.types.is_boolean(kind):
+            out.append("boolean")
+        elif pa.types.is_integer(kind) and kind != pa.uint64():
+            out.append("bigint")
+        elif kind == pa.float64():
+            out.append("double precision")
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            out.append("text")
+        elif pa.types.is_null(kind):
+            out.append("")
+        else:
+            return None
+    return out
+
+
+def binary_fits(encoded: list[str], declared: list[str]) -> bool:
+    """Whether fields encoded as ``encoded`` (:func:`binary_types`) can be COPYed in binary into columns
+    declared ``declared`` (``format_type`` of each, in the same order)."""
+    if len(encoded) != len(declared):
+        return False
+    for want, have in zip(encoded, declared, strict=True):
+        if want == "text":
+            if have != "text" and not have.startswith("character varying"):
+                return False
+        elif want and want != have:
+            return False
+    return True
+
+
+def text_scalar(text: str, kind: pa.DataType | None = None) -> pa.Scalar:
+    """``text`` as an Arrow scalar of ``kind`` (``string``, ``large_string``, ``binary`` or
+    ``large_binary``; default ``string``), made from buffers: ``pa.scalar()`` (or ``pa.array()``) of a
+    Python value imports pandas, which pyarrow checks for, a second or more of a first commit's time."""
+    kind = pa.string() if kind is None else kind
+    data = text.encode()
+    wide = pa.types.is_large_string(kind) or pa.types.is_large_binary(kind)
+    offsets = struct.pack("<2q" if wide else "<2i", 0, len(data))
+    return pa.Array.from_buffers(kind, 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)])[0]
+
+
+def _values(array: pa.Array, dtype: str) -> Any:
+    """A fixed-width array's values as numpy (those under NULLs unspecified), read from its buffer: no
+    ``to_numpy(zero_copy_only=False)``, which imports pandas."""
+    import numpy as np
+
+    if pa.types.is_boolean(array.type):
+        return _bits(array.buffers()[1], array.offset, len(array)).astype(np.uint8)
+    width = np.dtype(dtype).itemsize
+    return np.frombuffer(array.buffers()[1], dtype, len(array), array.offset * width)
+
+
+def _bits(buffer: pa.Buffer, offset: int, n: int) -> Any:
+    import numpy as np
+
+    return np.unpackbits(np.frombuffer(buffer, np.uint8), bitorder="little")[offset : offset + n].astype(bool)
+
+
+def _fields(column: pa.Array, kind: str) -> pa.Array:
+    """One column's binary COPY fields (a big-endian int32 length, -1 for NULL, then the value), one
+    ``large_binary`` value per row, built by numpy and Arrow: no Python object per value."""
+    import numpy as np
+
+    n = len(column)
+    if kind == "":  # a column of nulls (no validity buffer): each field is its length, -1
+        lengths = np.full(n, -1, ">i4")
+        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(4), n, [None, pa.py_buffer(lengths.view(np.uint8))]) \
+            .cast(pa.large_binary())
+    valid = None if column.null_count == 0 else _bits(column.buffers()[0], column.offset, n)
+    if kind == "text":
+        text = column.fill_null(text_scalar("", column.type)) if valid is not None else column
+        measured = pc.binary_length(text)
+        lengths = _values(measured, "<i8" if measured.type == pa.int64() else "<i4").astype(">i4")
+        if valid is not None:
+            lengths[~valid] = -1
+        prefix = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4), n, [None, pa.py_buffer(lengths.view(np.uint8))])
+        return pc.binary_join_element_wise(prefix.cast(pa.large_binary()), text.cast(pa.large_binary()),
+                                           text_scalar("", pa.large_binary()))
+    code = _BINARY_FIXED[kind]
+    width = np.dtype(code).itemsize
+    if kind == "bigint":
+        column = column.cast(pa.int64())
+    native = {"bigint": "<i8", "double precision": "<f8", "boolean": "u1"}[kind]
+    cells = np.empty((n, 4 + width), np.uint8)
+    cells[:, :4] = np.array([width], ">i4").view(np.uint8)
+    cells[:, 4:] = _values(column, native).astype(code).view(np.uint8).reshape(n, width)
+    if valid is None:
+        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 + width), n, [None, pa.py_buffer(cells)]) \
+            .cast(pa.large_binary())
+    # A NULL is its length (-1) alone: drop the value bytes of those rows.
+    cells[~valid, :4] = 0xFF
+    keep = np.ones((n, 4 + width), bool)
+    keep[~valid, 4:] = False
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.where(valid, 4 + width, 4), out=offsets[1:])
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets),
+                                                                   pa.py_buffer(cells[keep])])
+
+
+def encode_binary(table: pa.Table) -> pa.Buffer:
+    """``table``'s rows in PostgreSQL's binary COPY format (the tuples only: see :data:`PGCOPY_HEADER` and
+    :data:`PGCOPY_TRAILER`); its columns must have :func:`binary_types`. The server parses this with no text
+    conversion at all (CSV floats cost it ``strtod`` per value): a 250,000-row shard of an int, three doubles
+    and a short text loads in about 0.5 s instead of 0.9 s."""
+    import numpy as np
+
+    kinds = binary_types(table.schema)
+    assert kinds is not None, table.schema
+    n = table.num_rows
+    if n == 0:
+        return pa.py_buffer(b"")
+    table = table.combine_chunks()
+    count = np.full(n, table.num_columns, ">i2").view(np.uint8)
+    header = pa.FixedSizeBinaryArray.from_buffers(pa.binary(2), n, [None, pa.py_buffer(count)])
+    pieces = [header.cast(pa.large_binary())]
+    pieces += [_fields(column.chunk(0), kind) for column, kind in zip(table.columns, kinds, strict=True)]
+    rows = pc.binary_join_element_wise(*pieces, text_scalar("", pa.large_binary()))
+    offsets = np.frombuffer(rows.buffers()[1], np.int64, n + 1, rows.offset * 8)
+    data: pa.Buffer = rows.buffers()[2]
+    return data[int(offsets[0]):int(offsets[-1])]
+
+
+def _copy_file(cur: Any, statement: str, path: str) -> None:
+    with cur.copy(statement) as copy, open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            copy.write(chunk)
 
 
 def for_csv(table: pa.Table) -> pa.Table:

@@ -38,6 +38,118 @@ _CSV_TYPES = frozenset({16, 20, 21, 23, 26, 700, 701, 25, 1043, 1042, 19, 114, 3
 types (a NULL is an unquoted empty field, an empty string a quoted one)."""
 
 
+_BINARY_READ: dict[int, str] = {16: "bool", 20: ">i8", 21: ">i2", 23: ">i4", 700: ">f4", 701: ">f8", 25: "text",
+                                1043: "text", 1042: "text", 19: "text", 114: "text"}
+"""Types read from binary COPY (their fields as PostgreSQL sends them: big-endian integers and IEEE floats,
+one byte for a boolean, the text's bytes in the client encoding for text-like types), each as its
+:data:`_PG_TYPES` Arrow type: the same values as the CSV and row paths give, with no text conversion on
+either side (the server's float output and Arrow's float parsing cost most of a CSV read)."""
+_TRAILER = b"\xff\xff"
+
+
+def _binary_batches(
+    conn: Any, text: str, params: Sequence[Any], schema: pa.Schema, kinds: list[str], batch_size: int
+) -> Iterator[pa.RecordBatch]:
+    with conn.cursor().copy(f"COPY ({text}) TO STDOUT (FORMAT binary)", tuple(params)) as copy:
+        rows: list[bytes] = []
+        first = True
+        # One CopyData message per row, as for CSV; the first also carries the stream's header, the last
+        # message is the trailer alone.
+        for message in copy:
+            row = bytes(message)
+            if first:
+                first = False
+                row = _after_header(row)
+            if row == _TRAILER:
+                break
+            rows.append(row)
+            if len(rows) == batch_size:
+                yield _decode(rows, schema, kinds)
+                rows = []
+        if rows:
+            yield _decode(rows, schema, kinds)
+
+
+def _after_header(row: bytes) -> bytes:
+    signature = b"PGCOPY\n\xff\r\n\x00"
+    if not row.startswith(signature) or len(row) < 19:
+        raise InputError("the database sent a binary COPY stream without its header", hint=_REPORT)
+    extension = int.from_bytes(row[15:19], "big")
+    return row[19 + extension:]
+
+
+_REPORT = "rerun; if it persists, report it with the PostgreSQL version (a server or proxy that changes COPY data)"
+
+
+def _decode(rows: list[bytes], schema: pa.Schema, kinds: list[str]) -> pa.RecordBatch:
+    """Binary COPY tuples (one per element of ``rows``) as one Arrow batch, column by column with numpy."""
+    import numpy as np
+
+    n = len(rows)
+    sizes = np.fromiter(map(len, rows), np.int64, n)
+    # Eight bytes of padding: where a NULL's (absent) value is "read" from, then ignored.
+    joined = b"".join(rows)
+    buf = np.frombuffer(joined + bytes(8), np.uint8)
+    starts = np.zeros(n, np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    ends = starts + sizes
+    if (_big_endian(buf, starts, ends, ">i2") != len(kinds)).any():
+        raise InputError("a binary COPY row has an unexpected number of fields", hint=_REPORT)
+    pos = starts + 2
+    arrays = []
+    for field, kind in zip(schema, kinds, strict=True):
+        length = _big_endian(buf, pos, ends, ">i4").astype(np.int64)
+        valid = length >= 0
+        nulls = int(n - np.count_nonzero(valid))
+        bitmap = None if nulls == 0 else pa.py_buffer(np.packbits(valid, bitorder="little"))
+        if kind == "text":
+            sized = np.where(valid, length, 0)
+            offsets = np.zeros(n + 1, np.int64)
+            np.cumsum(sized, out=offsets[1:])
+            total = int(offsets[-1])
+            if total >= 2**31 or (pos + 4 + sized > ends).any():
+                raise InputError(f"column {field.name!r}: a batch of text longer than 2 GiB, or a damaged row",
+                                 hint="lower [batch] size")
+            at = np.repeat(pos + 4 - offsets[:-1], sized) + np.arange(total)
+            array = pa.Array.from_buffers(pa.string(), n, [bitmap, pa.py_buffer(offsets.astype(np.int32)),
+                                                           pa.py_buffer(buf[at])], null_count=nulls)
+            try:
+                array.validate(full=True)
+            except pa.ArrowInvalid as exc:
+                raise InputError(f"column {field.name!r} holds text that is not UTF-8: {exc}",
+                                 hint="set the connection's client_encoding to UTF8") from None
+        else:
+            width = 1 if kind == "bool" else np.dtype(kind).itemsize
+            if (length[valid] != width).any() or (pos + 4 + width > ends)[valid].any():
+                raise InputError(f"column {field.name!r}: a binary COPY field of an unexpected size", hint=_REPORT)
+            cells = buf[np.where(valid, pos + 4, len(joined))[:, None] + np.arange(width)]
+            if kind == "bool":
+                data = np.packbits(cells[:, 0] != 0, bitorder="little")
+            else:
+                data = cells.view(kind).ravel().astype(kind.replace(">", "<"))
+            array = pa.Array.from_buffers(field.type, n, [bitmap, pa.py_buffer(data)], null_count=nulls)
+        arrays.append(array)
+        pos = pos + 4 + np.maximum(length, 0)
+    if (pos != ends).any():
+        raise InputError("a binary COPY row is longer or shorter than its fields", hint=_REPORT)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _big_endian(buf: Any, at: Any, ends: Any, dtype: str) -> Any:
+    """The big-endian number of ``dtype`` at each offset ``at`` (each inside its row, which ends at ``ends``)."""
+    import numpy as np
+
+    width = np.dtype(dtype).itemsize
+    if (at + width > ends).any():
+        raise InputError("a binary COPY row ends inside a field", hint=_REPORT)
+    return buf[at[:, None] + np.arange(width)].view(dtype).ravel()
+
+
+def _oids(conn: Any, text: str, params: Sequence[Any]) -> list[int]:
+    described = conn.execute(f"SELECT * FROM ({text}) AS _infermill_q LIMIT 0", tuple(params)).description
+    return [d.type_code for d in described or ()]
+
+
 def _csv_batches(
     conn: Any, text: str, params: Sequence[Any], schema: pa.Schema, batch_size: int
 ) -> Iterator[pa.RecordBatch]:
@@ -165,17 +277,20 @@ class _Postgres(Database):
     def copy_batches(
         self, conn: Any, sql: str, params: Sequence[Any], schema: pa.Schema, batch_size: int
     ) -> Iterator[pa.RecordBatch] | None:
-        # COPY ... TO STDOUT (FORMAT csv), parsed by Arrow's C++ CSV reader: no Python object per value.
-        # Only for columns whose CSV text Arrow parses to exactly what the row path gives (the OIDs of
-        # _CSV_TYPES, read as their natural Arrow type); anything else takes the row path.
+        # COPY ... TO STDOUT, decoded column-wise: no Python object per value. In binary format (decoded by
+        # numpy) when every column is of _BINARY_READ, else as CSV (parsed by Arrow's C++ CSV reader) when
+        # every column's CSV text Arrow parses to exactly what the row path gives (_CSV_TYPES); each read
+        # as its natural Arrow type. Anything else takes the row path.
         text = self.text(sql)
-        described = conn.execute(f"SELECT * FROM ({text}) AS _infermill_q LIMIT 0", tuple(params)).description
-        oids = [d.type_code for d in described or ()]
-        if len(oids) != len(schema) or any(
-            oid not in _CSV_TYPES or _PG_TYPES[oid] != field.type for oid, field in zip(oids, schema, strict=True)
-        ):
+        oids = _oids(conn, text, params)
+        if len(oids) != len(schema) or any(_PG_TYPES.get(oid) != field.type for oid, field in zip(oids, schema,
+                                                                                                  strict=True)):
             return None
-        return _csv_batches(conn, text, params, schema, batch_size)
+        if all(oid in _BINARY_READ for oid in oids):
+            return _binary_batches(conn, text, params, schema, [_BINARY_READ[oid] for oid in oids], batch_size)
+        if all(oid in _CSV_TYPES for oid in oids):
+            return _csv_batches(conn, text, params, schema, batch_size)
+        return None
 
     def columns(self, conn: Any, select: str) -> list[pa.Field]:
         cur = conn.execute(self.text(select), ())
