@@ -278,14 +278,16 @@ def test_a_dense_integer_key_is_cut_where_an_ordered_scan_would_cut_it(db: Db, t
     source = open_source(_spec(db.url, tmp_path, table="items", shard_rows=300))
     shards = source.plan()
     assert [json.loads(s.fragments[0].relpath) for s in shards] == [
-        {"lo": None, "hi": [305]}, {"lo": [305], "hi": [605]}, {"lo": [605], "hi": [905]}, {"lo": [905], "hi": None}]
+        {"lo": None, "hi": [305]}, {"lo": [305], "hi": [605]}, {"lo": [605], "hi": [905]},
+        {"lo": [905], "hi": None, "le": [1004]}]  # the last range closed at the highest key (incremental runs)
     assert [s.rows for s in shards] == [300, 300, 300, 100]
     read = [[r["id"] for b in source.read(s, 128) for r in b.to_pylist()] for s in shards]
     assert [len(r) for r in read] == [300, 300, 300, 100]
     db.execute("DELETE FROM items WHERE id = 6")
     sparse = open_source(_spec(db.url, tmp_path, table="items", shard_rows=300)).plan()
     assert [json.loads(s.fragments[0].relpath) for s in sparse] == [
-        {"lo": None, "hi": [306]}, {"lo": [306], "hi": [606]}, {"lo": [606], "hi": [906]}, {"lo": [906], "hi": None}]
+        {"lo": None, "hi": [306]}, {"lo": [306], "hi": [606]}, {"lo": [606], "hi": [906]},
+        {"lo": [906], "hi": None, "le": [1004]}]
     assert [s.rows for s in sparse] == [300, 300, 300, 99]
 
 
@@ -293,13 +295,14 @@ def test_a_dense_integer_key_is_cut_where_an_ordered_scan_would_cut_it(db: Db, t
 def test_planning_a_dense_integer_key_reads_no_key_in_order(pg: Db, tmp_path: Path) -> None:
     """A sequence in the query's WHERE counts the rows planning visits: the repeated-key check and one
     count/min/max pass (the NULL check tests the key first, which stops there), not a third, ordered pass
-    over every key (3,000 visits before)."""
+    over every key (3,000 visits before), then one row for the highest key."""
     pg.items(list(reversed(range(1000))))
     pg.execute("CREATE SEQUENCE visits")
     source = open_source(_spec(pg.url, tmp_path, query="SELECT * FROM items WHERE nextval('visits') > 0",
                                shard_rows=300))
     assert len(source.plan()) == 4
-    assert pg.execute("SELECT last_value FROM visits") == [(2 * 1000,)]
+    # + 1: the highest key, which closes the last range (incremental runs), read backwards through the index.
+    assert pg.execute("SELECT last_value FROM visits") == [(2 * 1000 + 1,)]
 
 
 def test_query_source_and_composite_key(db: Db, tmp_path: Path) -> None:
