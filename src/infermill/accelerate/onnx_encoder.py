@@ -56,7 +56,7 @@ OPSET = 17
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 """Tokenizer outputs the exported graph may take (others, such as ``prompt_length``, only reach the modules
 after the transformer)."""
-_PIP = "pip install 'infermill[onnx]' onnx"
+_PIP = "pip install 'infermill[accelerate]'"
 
 
 class OnnxEncoder(Accelerator):
