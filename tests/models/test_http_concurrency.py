@@ -87,6 +87,25 @@ def test_the_proxy_of_the_environment_is_used(
     assert out["text"].to_pylist() == ["echo: row 0", "echo: row 1", "echo: row 2"]
 
 
+def test_no_proxy_naming_the_host_sends_requests_direct(
+    tmp_path: Path, server: LatencyServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The proxy is looked up once per host (not through aiohttp's trust_env, which reads ~/.netrc on every
+    # request): NO_PROXY still wins over HTTP_PROXY, here a port nothing listens on.
+    for name in ("no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    spec = model_spec_for(tmp_path, ModelSpec(kind="http", settings={"protocol": "openai-chat", "url": server.url}))
+    adapter = load_adapter(spec)
+    adapter.setup()
+    try:
+        out = adapter.postprocess(adapter.predict(adapter.preprocess(prompts(2))), 2)
+    finally:
+        adapter.close()
+    assert out["text"].to_pylist() == ["echo: row 0", "echo: row 1"]
+
+
 def test_batches_smaller_than_concurrency_still_fill_it(tmp_path: Path, server: LatencyServer) -> None:
     # 16-row batches at concurrency 64: one batch at a time kept 16 requests in flight, whatever concurrency.
     n = 256
