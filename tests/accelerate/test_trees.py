@@ -150,7 +150,7 @@ def test_hist_gradient_boosting_is_walked_without_branches(tmp_path: Path) -> No
     """HistGradientBoosting models are scored by the branch-free walk (one library per machine, the trees
     handed to it as arrays), with the library's results to the last bit, NaN and infinities included, on a
     lane (one thread) and off it (one row range per thread)."""
-    x = _data(seed=2)[0]
+    x = np.concatenate([_data(seed=2)[0], _data(seed=3)[0]])  # 4,000 rows: two ranges off a lane
     x[5, :] = np.inf
     x[6, :] = -np.inf
     walks = []

@@ -362,7 +362,9 @@ class WalkedTrees:
         walk = ctypes.CDLL(self.library).infermill_walk
         walk.restype = None
         self._walk = walk
-        self._pool: ThreadPoolExecutor | None = None
+        threads = max(1, int(adapter.threads))
+        # Made here, not on first use: calls may come from several threads at once (its threads start lazily).
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="infermill-walk") if threads > 1 else None
         f = forest
         self._trees = (ctypes.c_int32(len(f.roots)), *(_pointer(a) for a in (
             f.roots, f.depth, f.column, f.feature, f.threshold, f.child, f.miss_left, f.value)),
@@ -377,12 +379,10 @@ class WalkedTrees:
         out = np.empty((rows, self.forest.width), dtype=np.float64)
         out[:] = self.forest.baseline
         ranges = self._ranges(rows)
-        if len(ranges) == 1:
+        if len(ranges) == 1 or self._pool is None:
             self._call(x, out, 0, rows)
         else:
-            pool = self._pool = self._pool or ThreadPoolExecutor(
-                len(ranges), thread_name_prefix="infermill-walk")
-            list(pool.map(lambda r: self._call(x, out, *r), ranges))
+            list(self._pool.map(lambda r: self._call(x, out, *r), ranges))
         return out
 
     def _ranges(self, rows: int) -> list[tuple[int, int]]:
