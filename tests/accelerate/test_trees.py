@@ -24,7 +24,7 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression
 
 from infermill.accelerate.base import Built
-from infermill.accelerate.trees import TreeCompiler
+from infermill.accelerate.trees import TreeCompiler, WalkedTrees
 from infermill.errors import ModelLoadError
 from infermill.models import load_adapter
 from infermill.models.sklearn import SklearnModel
@@ -134,16 +134,40 @@ def test_compiled_model_gives_the_libraries_results(tmp_path: Path, name: str, m
 
 
 def test_second_build_loads_from_the_cache(tmp_path: Path) -> None:
-    fitted = _fitted(HistGradientBoostingClassifier(max_iter=10, random_state=0), "binary")
+    fitted = _fitted(GradientBoostingClassifier(n_estimators=10, max_depth=3, random_state=0), "binary")
     first = TreeCompiler().build(_adapter(tmp_path, fitted), tmp_path / "cache")
     second = TreeCompiler().build(_adapter(tmp_path, fitted), tmp_path / "cache")
     assert (first.cache_hit, second.cache_hit) == (False, True)
     assert first.build_seconds > 0 and second.build_seconds == 0.0
     assert first.artifact == second.artifact
     # Another model (another fingerprint) gets its own artifact.
-    other = _fitted(HistGradientBoostingClassifier(max_iter=11, random_state=0), "binary")
+    other = _fitted(GradientBoostingClassifier(n_estimators=11, max_depth=3, random_state=0), "binary")
     third = TreeCompiler().build(_adapter(tmp_path / "other", other), tmp_path / "cache")
     assert not third.cache_hit and third.artifact != first.artifact
+
+
+def test_hist_gradient_boosting_is_walked_without_branches(tmp_path: Path) -> None:
+    """HistGradientBoosting models are scored by the branch-free walk (one library per machine, the trees
+    handed to it as arrays), with the library's results to the last bit, NaN and infinities included, on a
+    lane (one thread) and off it (one row range per thread)."""
+    x = np.concatenate([_data(seed=2)[0], _data(seed=3)[0]])  # 4,000 rows: two ranges off a lane
+    x[5, :] = np.inf
+    x[6, :] = -np.inf
+    walks = []
+    for name, model, target in [m for m in MODELS if m[0].startswith("hgb-")]:
+        adapter = _adapter(tmp_path / name, _fitted(model, target))
+        adapter.threads = 2
+        built = TreeCompiler().build(adapter, tmp_path / "cache")
+        assert isinstance(built.predict, WalkedTrees), name
+        assert Path(str(built.artifact)).name.startswith("walk-")
+        walks.append(built)
+        original = adapter.predict(x)
+        assert np.array_equal(built.predict(x), original), name
+        adapter.enter_lane()  # this thread becomes a lane: one range, one thread
+        assert np.array_equal(built.predict(x[:777]), original[:777]), name
+        adapter.close()
+    assert [w.cache_hit for w in walks] == [False, True, True]  # the walk is compiled once, for every model
+    assert len({w.artifact for w in walks}) == 1
 
 
 def _build_in_process(folder: str, barrier: Any, results: Any) -> None:
