@@ -24,9 +24,9 @@ longest text).
 The session runs with every ONNX Runtime graph optimization (operator fusion, constant folding, layout
 changes); its intra-op threads follow the kind's lanes: one thread per lane when ``parallel = "batches"``
 runs ``threads`` batches at once, else ``threads``. ``"onnx-int8"`` quantizes the exported model's weights to
-int8 (``onnxruntime.quantization.quantize_dynamic``): about twice as fast on a CPU, but the results move
-(min cosine around 0.9 on the worst text of a corpus, see docs/accelerate.md), so its default bound is the
-fp32 method's and it is used only with an ``accelerate_tolerance`` the user chose.
+int8 (``onnxruntime.quantization.quantize_dynamic``, per channel): two or more times as fast on a CPU, but
+the results move (min cosine around 0.97 on the worst text of a corpus, see docs/accelerate.md), so its
+default bound is the fp32 method's and it is used only with an ``accelerate_tolerance`` the user chose.
 
 Artifacts (a folder holding ``model.onnx``) are cached under the keys of ``base.artifact_path``: the model
 folder's fingerprint (plus what the graph bakes in: the hf task, its pooling and normalization), the method,
