@@ -110,6 +110,30 @@ def test_onnx_agrees_with_encode_on_varied_lengths(tmp_path: Path, shared_cache:
     np.testing.assert_allclose(np.linalg.norm(accelerated, axis=1), 1.0, atol=1e-5)
 
 
+def test_the_fp32_graph_is_exported_with_eager_attention_and_fused(tmp_path: Path) -> None:
+    """The export traces the plain attention and ONNX Runtime's transformer optimizer fuses it (one Attention
+    operator per layer, skip and embedding layer norms): what makes the graph faster than torch on a CPU.
+    The job's own model keeps its attention implementation."""
+    import onnx
+
+    adapter = ready(tmp_path, normalize=True, micro_batch=16)
+    transformer = adapter.model[0].auto_model
+    before = transformer.config._attn_implementation
+    built = OnnxEncoder().build(adapter, tmp_path / "cache")
+    assert built.artifact is not None
+    operators = {node.op_type for node in onnx.load(built.artifact).graph.node}
+    assert {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= operators
+    assert "Softmax" not in operators  # no attention left as MatMul / Softmax chains
+    fused = json.loads((Path(built.artifact).parent / "fusion.json").read_text())
+    assert fused["Attention"] == transformer.config.num_hidden_layers
+    assert sorted(p.name for p in Path(built.artifact).parent.iterdir()) == ["fusion.json", "model.onnx"]
+    assert transformer.config._attn_implementation == before
+    # Still the model's vectors, on texts of varied length.
+    texts = corpus(64, seed=2)
+    inputs = prepared(adapter, texts)
+    assert OnnxEncoder().agreement(adapter.predict(inputs), built.predict(inputs)) >= 0.9999
+
+
 def test_a_sample_of_prepared_rows_scores_as_in_the_whole_batch(tmp_path: Path) -> None:
     adapter = ready(tmp_path, normalize=True, micro_batch=8)
     texts = corpus(40, seed=3)

@@ -170,6 +170,44 @@ def test_auto_keeps_an_accelerated_model_only_when_it_is_faster(
     assert np.array_equal(_scores(tmp_path), _expected(tmp_path))
 
 
+SLOW_SCORER = """
+import os
+import time
+
+def score(batch):
+    with open(os.environ["ACCEL_TEST_LOG"], "a") as log:
+        log.write(f"{len(batch['f0'])}\\n")
+    time.sleep(0.06)  # a model slower than the check's timing budget (TIMING_SECONDS), as a transformer is
+    return {"score": batch["f0"] * 2.0 + batch["f1"]}
+"""
+
+
+def test_the_check_scores_a_slow_models_sample_once_per_model_and_reuses_a_whole_batchs_result(
+    tmp_path: Path, shifted_kind: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One lane, 200-row batches (the sample is the whole first batch): the check is one warm-up call of
+    WARM_ROWS rows and one timed call per model, and the first batch's output is the accelerated model's
+    result from the check, not a third scoring of it."""
+    from infermill.accelerate.verify import WARM_ROWS
+
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("ACCEL_TEST_LOG", str(log))
+    monkeypatch.setenv("ACCEL_TEST_SHIFT", "0.0001")
+    job = _python_job(tmp_path, "compile")
+    (tmp_path / "scorer.py").write_text(SLOW_SCORER)
+    text = job.read_text().replace("size = 500", "size = 200")
+    job.write_text(text.replace('accelerate = "compile"', 'accelerate = "compile"\naccelerate_tolerance = 1e-3')
+                   + "threads_per_worker = 1\n")
+    assert infermill.run(job, progress="off").state == "complete"
+    calls = [int(line) for line in log.read_text().split()]
+    # The accelerated model of this test calls the original inside, so every call of either is logged:
+    # warm-up and timed call of the original, the same of the accelerated one, then the other 14 batches.
+    assert calls == [WARM_ROWS, 200, WARM_ROWS, 200] + [200] * 14
+    assert np.allclose(_scores(tmp_path), _expected(tmp_path) + 0.0001, rtol=0, atol=1e-12)
+    [decision] = infermill.status(job)["accelerate"]
+    assert decision["used"] and decision["sample_rows"] == 200
+
+
 def _tree_job(directory: Path, accelerate: str, *, ledger: str | None = None, name: str = "trees") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(5)

@@ -7,8 +7,9 @@ a model type the method does not take) and returns an :class:`AcceleratedModel`,
 adapter except for ``predict``. On the first non-empty batch, ``predict``:
 
 1. builds the accelerator (or loads its artifact from the cache, :func:`cache_dir`),
-2. scores up to ``SAMPLE_ROWS`` rows of that batch with the original and the accelerated model, at least
-   twice each (the fastest call of each is timed: see ``_timed``),
+2. scores up to ``SAMPLE_ROWS`` rows of that batch with the original and the accelerated model: a warm-up
+   call on a few of them, then one timed call each (repeated while the calls are very short: see
+   ``_timed``); when the sample is the whole batch, the chosen model's result on it is the batch's result,
 3. keeps the accelerated model when the agreement is within the bound (``accelerate_tolerance`` or the
    method's default) and, for "auto", when it is at least ``MIN_SPEEDUP`` times faster; otherwise a
    warning on stderr says why, and the original model runs.
@@ -45,9 +46,12 @@ SAMPLE_ROWS = 256
 """Rows of the first batch compared (spread over the batch)."""
 MIN_SPEEDUP = 1.1
 """With "auto": the accelerated model is kept only when the sample ran at least this much faster."""
+WARM_ROWS = 8
+"""Rows of the sample each model scores once, untimed, before its timed call (a first call allocates
+buffers and picks kernels)."""
 TIMING_SECONDS = 0.05
 MAX_TIMED_CALLS = 20
-"""Timing the sample: calls of each model until they total TIMING_SECONDS (at least 2, at most this many)."""
+"""Timing the sample: calls of each model until they total TIMING_SECONDS (at least 1, at most this many)."""
 CACHE_ENV = "INFERMILL_CACHE_DIR"
 
 
@@ -144,16 +148,22 @@ class AcceleratedModel(ModelAdapter):
                 if self.decision is None:
                     if _rows(inputs) == 0:
                         return self.inner.predict(inputs)
-                    self._decide(inputs)
+                    scored = self._decide(inputs)
+                    if scored is not None:  # the sample was the whole batch: its result is already there
+                        return scored[0]
         fast = self._fast
         return fast(inputs) if fast is not None else self.inner.predict(inputs)
 
-    def _decide(self, inputs: Any) -> None:
+    def _decide(self, inputs: Any) -> tuple[Any] | None:
+        """Decide on ``inputs``; when the sample was all of it, the result of the model that runs on it (in a
+        1-tuple: a result may be anything, None included), else None."""
         requested = self.spec.model.accelerate
         sample = _sample(inputs, SAMPLE_ROWS)
+        warm = _sample(sample, WARM_ROWS)
         decision: Decision | None = None
+        scored: dict[str, tuple[Any, float]] = {}  # "original" once, whichever accelerators are tried
         for accelerator in self._tried:
-            decision = self._try(accelerator, sample)
+            decision = self._try(accelerator, sample, warm, scored)
             if decision.used:
                 break
         assert decision is not None
@@ -166,8 +176,10 @@ class AcceleratedModel(ModelAdapter):
         else:
             self._warn(f"accelerate: {decision.describe()}")
         self.decision = decision
+        chosen = scored.get("accelerated" if decision.used else "original")
+        return (chosen[0],) if sample is inputs and chosen is not None else None
 
-    def _try(self, accelerator: Accelerator, sample: Any) -> Decision:
+    def _try(self, accelerator: Accelerator, sample: Any, warm: Any, scored: dict[str, tuple[Any, float]]) -> Decision:
         requested = self.spec.model.accelerate
         method = accelerator.method
         if requested == "auto":
@@ -182,9 +194,12 @@ class AcceleratedModel(ModelAdapter):
         bound = self.spec.model.accelerate_tolerance
         bound = accelerator.default_bound if bound is None else float(bound)
         rows = _rows(sample)
+        scored.pop("accelerated", None)  # an earlier method's result, not this one's
         try:
-            original, original_s = _timed(self.inner.predict, sample)
-            result, fast_s = _timed(built.predict, sample)
+            if "original" not in scored:
+                scored["original"] = _timed(self.inner.predict, sample, warm)
+            original, original_s = scored["original"]
+            result, fast_s = scored["accelerated"] = _timed(built.predict, sample, warm)
             value = float(accelerator.agreement(original, result))
         except Exception as exc:  # noqa: BLE001 - an accelerated model that cannot score the sample is not used
             return Decision(requested, used=False, method=method, build_seconds=built.build_seconds,
@@ -252,13 +267,15 @@ def _within(decision: Decision) -> bool:
     return decision.value >= decision.bound
 
 
-def _timed(call: Callable[[Any], Any], inputs: Any) -> tuple[Any, float]:
-    """The result of ``call(inputs)`` and the fastest call's seconds: at least two calls (the first may warm
-    caches), more while they total under ``TIMING_SECONDS``, so that a call of a millisecond is not judged
-    by one moment the CPU was taken away."""
+def _timed(call: Callable[[Any], Any], inputs: Any, warm: Any) -> tuple[Any, float]:
+    """The result of ``call(inputs)`` and the fastest call's seconds: an untimed warm-up call on ``warm`` (a
+    few rows of ``inputs``: a first call allocates and picks kernels), then one timed call, more while they
+    total under ``TIMING_SECONDS``, so that a call of a millisecond is not judged by one moment the CPU was
+    taken away, while a sample that takes seconds to score (a transformer on one thread) is scored once."""
+    call(warm)
     best, spent, calls = float("inf"), 0.0, 0
     result: Any = None
-    while calls < 2 or (spent < TIMING_SECONDS and calls < MAX_TIMED_CALLS):
+    while calls < 1 or (spent < TIMING_SECONDS and calls < MAX_TIMED_CALLS):
         t0 = time.perf_counter()
         result = call(inputs)
         seconds = time.perf_counter() - t0
