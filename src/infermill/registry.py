@@ -97,7 +97,7 @@ def _builtin() -> dict[Group, dict[str, Plugin]]:
             ),
             "sentence-transformers": (
                 "infermill.models.sentence_transformers_model:SentenceModel", "sentence-transformers",
-                _s(M, "SentenceSettings", neutral=_TORCH, accelerate=("onnx", "onnx-int8"), **_TEXT),
+                _s(M, "SentenceSettings", neutral=_TORCH, accelerate=("onnx", "onnx-int8", "bf16"), **_TEXT),
             ),
             "llm": ("infermill.models.llm:LlmModel", "llm", _s(M, "LlmSettings")),
             "http": ("infermill.models.http:HttpModel", "http", _s(M, "HttpSettings", neutral=_HTTP)),

@@ -158,13 +158,14 @@ class ModelSpec:
     accelerate: str = "off"
     """Run a converted, faster copy of the model (docs/accelerate.md): "off" (default), "compile" (tree
     ensembles of scikit-learn, LightGBM and XGBoost compiled to native code with treelite), "onnx" and
-    "onnx-int8" (transformer encoders through ONNX Runtime), or "auto" (each method the kind offers but
-    int8, kept only where it agrees with the model and is faster). The copy is verified on a sample of the
+    "onnx-int8" (transformer encoders through ONNX Runtime), "bf16" (sentence-transformers' forward passes in
+    bfloat16 on a CPU with bf16 units), or "auto" (each method the kind offers but int8, kept only where it
+    agrees with the model and is faster). The copy is verified on a sample of the
     job's own rows before use; when it does not agree within the tolerance, a warning says so and the
     original model runs. Not "off": part of the job's fingerprint."""
     accelerate_tolerance: float | None = None
     """The bound the accelerated copy must meet on the sample, overriding the method's default (compile:
-    max absolute difference 1e-6; onnx: min cosine similarity 0.999)."""
+    max absolute difference 1e-6; onnx and bf16: min cosine similarity 0.999)."""
     settings: dict[str, Any] = field(default_factory=dict)
     """The kind's own keys (written directly under [model] in a job file); each kind declares and checks
     its own (registry meta ``settings``, or the adapter's ``settings_cls``): read them parsed with

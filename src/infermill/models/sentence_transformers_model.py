@@ -239,9 +239,10 @@ class SentenceModel(TorchAdapter):
         return embedding
 
     def accelerators(self) -> list[Accelerator]:
+        from ..accelerate.autocast import Bf16Autocast
         from ..accelerate.onnx_encoder import OnnxEncoder, OnnxInt8Encoder
 
-        return [OnnxEncoder(), OnnxInt8Encoder()]
+        return [OnnxEncoder(), OnnxInt8Encoder(), Bf16Autocast()]
 
     def postprocess(self, result: tuple[_Prepared, list[np.ndarray]], num_rows: int) -> dict[str, pa.Array]:
         prepared, vectors = result
