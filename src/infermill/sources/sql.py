@@ -245,9 +245,15 @@ class SqlSource(ColumnSource):
             # COPY has no fetches: it holds one batch_size batch at a time (fewer, larger batches than
             # fetch_rows gives a cursor, which cost the engine per batch).
             fast = self._fast_ids(target, key_at if synthetic else None)
-            batches = self.db.copy_batches(conn, sql, params, pa.schema([*target, *(
-                pa.field(f"_infermill_key{i}", self.data_schema().field(k).type)
-                for i, k in enumerate(self.keys) if synthetic and k not in names)]), batch_size) if fast else None
+            schema = pa.schema([*target, *(pa.field(f"_infermill_key{i}", self.data_schema().field(k).type)
+                                           for i, k in enumerate(self.keys) if synthetic and k not in names)])
+            batches = None
+            if fast and len(self.keys) == 1:
+                # Pages of whole columns, one query (one message) per batch, when the key and the columns allow.
+                batches = self.db.paged_batches(conn, self._from, [quote_column(n) for n in selected], self._key_sql,
+                                                where.removeprefix(" WHERE "), params, schema, batch_size)
+            if fast and batches is None:
+                batches = self.db.copy_batches(conn, sql, params, schema, batch_size)
             if batches is not None:
                 for batch in batches:
                     yield self._with_ids(batch, target, key_at if synthetic else None)
