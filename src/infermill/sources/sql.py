@@ -14,10 +14,12 @@ high-water mark. The plan is stored in the ledger and a resume reads it back: it
 :meth:`SqlSource.listing_fingerprint`), so ``VACUUM FULL``, ``CLUSTER`` or a dump and restore between runs
 change nothing.
 
-A shard streams ``SELECT ... WHERE key >= lo AND key < hi ORDER BY key`` into Arrow batches: on PostgreSQL
-through ``COPY (SELECT ...) TO STDOUT`` decoded column-wise when every column's type allows (binary format
-for booleans, integers, floats and text-like types, else CSV: :meth:`Database.copy_batches`), else a
-server-side cursor, ``fetch_rows`` rows per round trip.
+A shard streams ``SELECT ... WHERE key >= lo AND key < hi ORDER BY key`` into Arrow batches: on PostgreSQL,
+under a single integer or text key, in pages of whole columns, one query per batch
+(:meth:`Database.paged_batches`), when every column's type allows; else through ``COPY (SELECT ...) TO
+STDOUT`` decoded column-wise when every column's type allows (binary format for booleans, integers, floats
+and text-like types, else CSV: :meth:`Database.copy_batches`); else a server-side cursor, ``fetch_rows``
+rows per round trip.
 Identifiers are validated and quoted, bounds are always parameters (bound by psycopg into the COPY).
 
 Without ``[input] id_column``, a row's synthetic id (``_row_id``) is its key as text (a JSON list for a
