@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -45,11 +46,61 @@ def _find(binary: str) -> str | None:
     return shutil.which(binary)
 
 
+def _ticks(pid: int) -> tuple[int, int]:
+    """(utime + stime, cutime + cstime) of a process, in clock ticks (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def _server_cpu(postmaster: int) -> float:
+    """CPU seconds the PostgreSQL server has used so far: the postmaster, its children that exited (reaped by it)
+    and those still running (backends, autovacuum, the checkpointer)."""
+    own, reaped = _ticks(postmaster)
+    total = own + reaped
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rpartition(")")[2].split()[1])
+            if ppid == postmaster:
+                total += _ticks(int(entry))[0]
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _backends(postmaster: int) -> int:
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    count += int(fh.read().rpartition(")")[2].split()[1]) == postmaster
+            except (OSError, ValueError, IndexError):
+                continue
+    return count
+
+
+def _settled(postmaster: int | None, children: int) -> None:
+    """Wait (at most 5 s) until the backends of a finished client have exited, so their CPU is counted."""
+    deadline = time.monotonic() + 5
+    while postmaster is not None and _backends(postmaster) > children and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 @contextmanager
-def _server(url: str | None) -> Iterator[str]:
-    """``url``, or a temporary PostgreSQL 15 server (as tests/postgres.py starts one) for the run."""
+def _server(url: str | None) -> Iterator[tuple[str, int | None]]:
+    """``url``, or a temporary PostgreSQL 15 server (as tests/postgres.py starts one) for the run, with the
+    postmaster's process id when this script started it (its CPU is then measured)."""
     if url:
-        yield url
+        yield url, None
         return
     initdb, pg_ctl = _find("initdb"), _find("pg_ctl")
     if not initdb or not pg_ctl:
@@ -68,8 +119,10 @@ def _server(url: str | None) -> Iterator[str]:
     options = f"-k {data} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off"
     subprocess.run([*prefix, pg_ctl, "-D", f"{data}/db", "-l", f"{data}/log", "-o", options, "-w", "start"],
                    check=True, capture_output=True)
+    with open(f"{data}/db/postmaster.pid") as fh:
+        postmaster = int(fh.readline())
     try:
-        yield f"postgresql://{user}@127.0.0.1:{port}/postgres"
+        yield f"postgresql://{user}@127.0.0.1:{port}/postgres", postmaster
     finally:
         subprocess.run([*prefix, pg_ctl, "-D", f"{data}/db", "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
@@ -88,6 +141,18 @@ def _fill(url: str, rows: int) -> None:
                      "FROM generate_series(0, %s - 1) AS g", (rows,))
         conn.execute("VACUUM ANALYZE bench_src")
         conn.execute("CREATE TABLE bench_base (LIKE bench_src INCLUDING ALL)")
+
+
+def _quiesce(url: str, written: str | None = None) -> None:
+    """Leave the server quiet before a measurement: the table the last one wrote vacuumed and analyzed (else
+    autovacuum does it, about a second of the server's CPU, during the next measurement) and the WAL
+    checkpointed."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        if written is not None:
+            conn.execute(f"VACUUM ANALYZE {written}")
+        conn.execute("CHECKPOINT")
 
 
 def _baseline(url: str) -> float:
@@ -123,7 +188,7 @@ def _export_parquet(url: str, path: Path) -> None:
     pq.write_table(table, path, row_group_size=100_000)
 
 
-def _job(folder: Path, url: str, rows: int, from_sql: bool) -> Path:
+def _job(folder: Path, url: str, rows: int, from_sql: bool, workers: int | None) -> Path:
     (folder / "model.py").write_text(MODEL)
     shard_rows = max(rows // 8, 1000)
     source = (f'format = "sql"\nurl = "{url}"\ntable = "bench_src"' if from_sql else 'path = "src.parquet"')
@@ -146,9 +211,7 @@ format = "sql"
 url = "{url}"
 table = "bench_out"
 keep = ["f1", "f2", "segment"]
-[runtime]
-workers = 2
-""")
+""" + ("" if workers is None else f"[runtime]\nworkers = {workers}\n"))
     return job
 
 
@@ -156,19 +219,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--url", help="a PostgreSQL database to use (its bench_* tables are replaced)")
+    parser.add_argument("--workers", type=int,
+                        help="[runtime] workers of the job (default: none written, the job's default of one)")
     args = parser.parse_args()
-    with _server(args.url) as url, tempfile.TemporaryDirectory(prefix="bench-sql-") as tmp:
+    with _server(args.url) as (url, postmaster), tempfile.TemporaryDirectory(prefix="bench-sql-") as tmp:
         folder = Path(tmp)
         _fill(url, args.rows)
         from_sql = _has_sql_source()
         if not from_sql:
             _export_parquet(url, folder / "src.parquet")
+        _quiesce(url)
+        children = _backends(postmaster) if postmaster is not None else 0
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        server_before, client_before = _server_cpu(postmaster) if postmaster else 0.0, _cpu(resource.RUSAGE_SELF)
         base_s = _baseline(url)
-        job = _job(folder, url, args.rows, from_sql)
+        base_cpu = _cpu(resource.RUSAGE_SELF) - client_before
+        _settled(postmaster, children)
+        base_server = _server_cpu(postmaster) - server_before if postmaster else None
+        _quiesce(url, "bench_base")
+        job = _job(folder, url, args.rows, from_sql, args.workers)
+        server_before, ours_before = _server_cpu(postmaster) if postmaster else 0.0, _cpu(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "infermill", "run", str(job), "--quiet"], capture_output=True,
                               text=True)
         ours_s = time.perf_counter() - started
+        ours_cpu = _cpu(resource.RUSAGE_CHILDREN) - ours_before
+        _settled(postmaster, children)
+        ours_server = _server_cpu(postmaster) - server_before if postmaster else None
         if done.returncode != 0:
             sys.exit(f"infermill run failed ({done.returncode}):\n{done.stderr}")
         import psycopg
@@ -179,9 +256,17 @@ def main() -> None:
         ratio = base_s / ours_s
         source = "bench_src through the SQL source" if from_sql else \
             "a Parquet export of bench_src (no SQL source installed yet)"
-        print(f"rows:      {args.rows:,}")
-        print(f"baseline:  {base_s:.2f} s  psycopg COPY TO + COPY FROM ({args.rows / base_s:,.0f} rows/s)")
-        print(f"infermill: {ours_s:.2f} s  reading {source}, no-op model, sql sink ({args.rows / ours_s:,.0f} rows/s)")
+
+        def cpu(client: float, server: float | None) -> str:
+            if server is None:
+                return f"CPU {client:.2f} s (client; the server's is not measured with --url)"
+            return f"CPU {client + server:.2f} s = {client:.2f} client + {server:.2f} PostgreSQL"
+
+        print(f"rows:      {args.rows:,}  (load average at the start {' '.join(load)}, {os.cpu_count()} cores)")
+        print(f"baseline:  {base_s:.2f} s  psycopg COPY TO + COPY FROM ({args.rows / base_s:,.0f} rows/s); "
+              f"{cpu(base_cpu, base_server)}")
+        print(f"infermill: {ours_s:.2f} s  reading {source}, no-op model, sql sink, {args.workers or 1} worker(s) "
+              f"({args.rows / ours_s:,.0f} rows/s); {cpu(ours_cpu, ours_server)}")
         print(f"ratio:     {ratio:.2f}x of the baseline (target >= {TARGET}x): {'PASS' if ratio >= TARGET else 'FAIL'}")
 
 

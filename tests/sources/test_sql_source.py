@@ -528,11 +528,12 @@ def test_postgres_types_map_to_arrow(pg: Db, tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-def test_postgres_shard_streams_through_copy_with_exact_values(pg: Db, tmp_path: Path) -> None:
-    """A shard of plain columns streams by ``COPY (SELECT ...) TO STDOUT``, parsed column-wise, not row by
-    row through a cursor (mid-read, the reading backend's statement is the COPY), and every value reads as
-    the row path reads it: NaN, infinities, NULL apart from the empty string, quotes, commas, newlines,
-    non-ASCII text, booleans, smallint limits, float4 rounding; the synthetic id is the key as text."""
+def test_postgres_shard_streams_in_pages_with_exact_values(pg: Db, tmp_path: Path) -> None:
+    """A shard of plain columns under a single key streams in pages: one query per batch whose values are
+    whole columns (mid-read, the reading backend's last statement is a page's), not a COPY's message per
+    row; every value reads as the row path reads it, by the pages and by binary COPY alike: NaN,
+    infinities, -0.0, NULL apart from the empty string, quotes, commas, newlines, non-ASCII text, booleans,
+    smallint limits, float4 rounding; the synthetic id is the key as text."""
     import math
 
     import psycopg
@@ -551,22 +552,74 @@ def test_postgres_shard_streams_through_copy_with_exact_values(pg: Db, tmp_path:
     reading = source.read(shard, 100)
     batches = [next(reading)]
     with psycopg.connect(pg.url, autocommit=True) as conn:
-        active = [str(r[0]) for r in conn.execute(
-            "SELECT query FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND backend_type = 'client backend'").fetchall()]
-    assert len(active) == 1 and active[0].startswith("COPY (SELECT"), active
+        active = [(str(r[0]), str(r[1])) for r in conn.execute(
+            "SELECT state, query FROM pg_stat_activity WHERE datname = current_database() AND pid <> "
+            "pg_backend_pid() AND backend_type = 'client backend'").fetchall()]
+    assert len(active) == 1 and active[0][0] == "idle in transaction" and active[0][1].startswith(
+        "SELECT count(*), max(_infermill_k), string_agg("), active
     batches += list(reading)
     assert [b.num_rows for b in batches] == [100] * 29 + [99]
     # The batch size bounds the rows held at once (fetch_rows is the cursor's round trip).
     assert {b.num_rows for b in source.read(shard, 70)} == {70, 59}
     got = pa.Table.from_batches(batches)
+    names = ["id", "f", "r", "s", "v", "b", "i"]
     with psycopg.connect(pg.url) as conn:
         rows = conn.execute("SELECT id, f, r, s, v, b, i FROM t ORDER BY id").fetchall()
-    expected = {name: pa.array([r[i] for r in rows], got.schema.field(name).type)
-                for i, name in enumerate(["id", "f", "r", "s", "v", "b", "i"])}
+        copied = pa.Table.from_batches(list(source.db.copy_batches(  # type: ignore[union-attr]
+            conn, "SELECT id, f, r, s, v, b, i FROM t ORDER BY id", [], got.schema.remove(7), 1000)))
+    expected = {name: pa.array([r[i] for r in rows], got.schema.field(name).type) for i, name in enumerate(names)}
     for name, column in expected.items():
         assert [repr(v) for v in got.column(name).to_pylist()] == [repr(v) for v in column.to_pylist()], name
+        assert [repr(v) for v in copied.column(name).to_pylist()] == [repr(v) for v in column.to_pylist()], name
     assert got.column("_row_id").to_pylist() == [str(r[0]) for r in rows]
+
+
+@pytest.mark.postgres
+def test_pages_of_a_shard_see_one_snapshot(pg: Db, tmp_path: Path) -> None:
+    """Rows inserted, updated or deleted in a shard's range while its pages are read are not seen (one
+    REPEATABLE READ transaction, as one COPY statement is), in key order, each row once."""
+    pg.items(range(0, 2000, 2))
+    source = open_source(_spec(pg.url, tmp_path, table="items", shard_rows=100_000))
+    (shard,) = source.plan()
+    reading = source.read(shard, 100)
+    batches = [next(reading)]
+    pg.execute("DELETE FROM items WHERE id = 500")
+    pg.execute("UPDATE items SET name = 'changed' WHERE id = 700")
+    pg.execute("INSERT INTO items VALUES (901, 1, 'new')")
+    batches += list(reading)
+    assert len(batches) == 10
+    got = pa.Table.from_batches(batches)
+    assert got.column("id").to_pylist() == list(range(0, 2000, 2))
+    assert got.column("name").to_pylist() == [f"n{i}" for i in range(0, 2000, 2)]
+
+
+@pytest.mark.postgres
+def test_pages_stop_at_the_text_budget(pg: Db, tmp_path: Path) -> None:
+    """A page ends at the row that brings its texts to the page's byte budget (so that joined texts stay
+    far below PostgreSQL's 1 GB per value), and the next page starts right after it: every row once, in
+    key order, NULLs and all."""
+    pg.execute("CREATE TABLE docs (id TEXT PRIMARY KEY, body TEXT, n INTEGER)")
+    pg.execute("INSERT INTO docs SELECT lpad(g::text, 4, '0'), CASE WHEN g % 7 = 0 THEN NULL ELSE "
+               "repeat('é', g % 50) END, g FROM generate_series(1, 600) g")
+    schema = pa.schema([("id", pa.string()), ("body", pa.string()), ("n", pa.int32())])
+    with psycopg_connect(pg.url) as conn:
+        batches = list(open_source(_spec(pg.url, tmp_path, table="docs", key="id")).db.paged_batches(
+            conn, '"docs"', ['"id"', '"body"', '"n"'], '"id"', "", [], schema, 200, page_bytes=1000) or [])
+    got = pa.Table.from_batches(batches)
+    assert got.column("n").to_pylist() == list(range(1, 601))
+    assert got.column("body").to_pylist() == [None if g % 7 == 0 else "é" * (g % 50) for g in range(1, 601)]
+    for batch in batches:
+        sizes = [len(i.encode()) + len((b or "").encode()) for i, b in zip(batch.column("id").to_pylist(),
+                                                                         batch.column("body").to_pylist(), strict=True)]
+        assert sum(sizes[:-1]) < 1000 <= sum(sizes) or (batch is batches[-1] and sum(sizes) < 1000), sizes
+    total = sum(len(f"{g:04d}") + (0 if g % 7 == 0 else 2 * (g % 50)) for g in range(1, 601))
+    assert len(batches) >= total // 1000
+
+
+def psycopg_connect(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url)
 
 
 def _reading_statement(pg: Db, source: Any, shard: Any) -> tuple[str, list[pa.RecordBatch]]:

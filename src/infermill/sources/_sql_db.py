@@ -61,7 +61,7 @@ def _binary_batches(
                 first = False
                 row = _after_header(row)
             if row == _TRAILER:
-                break
+                continue  # the data's end; the loop then reads the COPY's end, leaving the connection idle
             rows.append(row)
             if len(rows) == batch_size:
                 yield _decode(rows, schema, kinds)
@@ -145,6 +145,151 @@ def _big_endian(buf: Any, at: Any, ends: Any, dtype: str) -> Any:
     return buf[at[:, None] + np.arange(width)].view(dtype).ravel()
 
 
+_PAGE_FIXED: dict[int, tuple[str, str, str]] = {
+    16: ("boolsend", "u1", "false"), 20: ("int8send", ">i8", "0::int8"), 21: ("int2send", ">i2", "0::int2"),
+    23: ("int4send", ">i4", "0::int4"), 700: ("float4send", ">f4", "0::float4"),
+    701: ("float8send", ">f8", "0::float8"),
+}
+"""Fixed-width types a page carries as one ``bytea`` per column: the binary send function of each value (what
+binary COPY sends for it, without the field's length), NULL replaced by the zero given and marked in the
+page's NULL masks; the big-endian numpy type they read as."""
+_PAGE_TEXT = frozenset({25, 1043, 19, 114})
+"""Text-like types a page carries as the column's texts joined (``string_agg``) plus each one's length in
+bytes (-1 for NULL). Not ``char(n)``, whose cast to text drops the trailing blanks COPY keeps."""
+_PAGE_KEYS = frozenset({20, 21, 23, 25, 1043})
+"""Key types the pages walk by (``key > the page's highest``): integers and text compared by the database
+itself, as the shard's bounds are."""
+_MASK_BITS = 31
+_PAGE_BYTES = 1 << 26
+"""A page's texts, at most (:func:`_paged_batches`): 64 MiB."""
+
+
+class _PageColumn:
+    """Where one column of a page's row is, and how it reads (see :func:`_paged_batches`)."""
+
+    def __init__(self, field: pa.Field, oid: int, at: int) -> None:
+        self.field = field
+        self.text = oid in _PAGE_TEXT
+        self.code = "" if self.text else _PAGE_FIXED[oid][1]
+        self.at = at
+        self.mask: tuple[int, int] | None = None  # (mask column, bit) of a fixed-width column's NULLs
+
+
+def _paged_batches(
+    conn: Any, source: str, names: Sequence[str], key: str, where: str, params: Sequence[Any], schema: pa.Schema,
+    oids: list[int], batch_size: int, page_bytes: int,
+) -> Iterator[pa.RecordBatch]:
+    """The rows of ``source`` (SQL text) in ``where`` (SQL text, ``%s`` parameters), in key order, as pages:
+    each page is one row of one query, the next keys above the last page's highest (an index range scan,
+    never OFFSET), whose values are whole columns, each one ``bytea`` numpy reads as it is (see
+    :data:`_PAGE_FIXED`, :data:`_PAGE_TEXT`). A page holds at most ``batch_size`` rows, and stops at the row
+    that brings its texts to ``page_bytes`` bytes (joined texts must stay under PostgreSQL's 1 GB per value
+    and Arrow's 2 GB per array). A COPY sends one message per row, which costs the client about a
+    microsecond a row in Python before any decoding; a page is one message. One REPEATABLE READ transaction
+    holds the pages to one snapshot, as one COPY is."""
+    import numpy as np
+
+    columns: list[_PageColumn] = []
+    outer = ["count(*)", "max(_infermill_k)"]
+    masks: list[list[str]] = []
+    inner = [f"{key} AS _infermill_k"]
+    lengths = []
+    for i, (name, field, oid) in enumerate(zip(names, schema, oids, strict=True)):
+        c = f"_infermill_c{i}"
+        column = _PageColumn(field, oid, len(outer))
+        if column.text:
+            inner += [f"{name}::text AS {c}", f"octet_length({name}::text) AS _infermill_l{i}"]
+            lengths.append(f"coalesce(_infermill_l{i}, 0)")
+            outer += [f"textsend(string_agg({c}, ''))", f"string_agg(int4send(coalesce(_infermill_l{i}, -1)), '')"]
+        else:
+            inner.append(f"{name} AS {c}")
+            send, _code, zero = _PAGE_FIXED[oid]
+            outer.append(f"string_agg({send}(coalesce({c}, {zero})), '')")
+            if not masks or len(masks[-1]) == _MASK_BITS:
+                masks.append([])
+            column.mask = (len(masks) - 1, len(masks[-1]))
+            masks[-1].append(f"(({c} IS NULL)::int4 << {len(masks[-1])})")  # | and << bind alike: parenthesized
+        columns.append(column)
+    first_mask = len(outer)
+    outer += [f"string_agg(int4send({' | '.join(bits)}), '')" for bits in masks]
+    if lengths:
+        outer.append("max(_infermill_run)")
+    test = f" WHERE {where}" if where else ""
+
+    def page_sql(after: bool) -> str:
+        above = ((" AND " if where else " WHERE ") + f"{key} > %s") if after else ""
+        rows = f"SELECT {', '.join(inner)} FROM {source}{test}{above} ORDER BY {key} LIMIT {int(batch_size)}"
+        if lengths:
+            # A running total of the texts' bytes, in key order: the page ends at the row that reaches the budget.
+            size = " + ".join(lengths)
+            rows = (f"SELECT * FROM (SELECT *, {size} AS _infermill_size, sum({size}) OVER (ORDER BY _infermill_k ROWS "
+                    f"UNBOUNDED PRECEDING) AS _infermill_run FROM ({rows}) AS _infermill_rows) AS _infermill_sized "
+                    f"WHERE _infermill_run - _infermill_size < {int(page_bytes)}")
+        return f"SELECT {', '.join(outer)} FROM ({rows}) AS _infermill_page"
+
+    first, more = page_sql(False), page_sql(True)
+    last: Any = None
+    with conn.cursor(binary=True) as cur:
+        while True:
+            row = cur.execute(first if last is None else more, (*params, last) if last is not None else tuple(params))
+            row = cur.fetchone()
+            n = int(row[0]) if row else 0
+            if n == 0:
+                return
+            yield _page(row, n, columns, first_mask, schema, np)
+            # Fewer rows than asked for: the range ended, unless the byte budget cut the page.
+            if n < batch_size and not (lengths and int(row[-1] or 0) >= page_bytes):
+                return
+            last = row[1]
+
+
+def _page(row: Sequence[Any], n: int, columns: list[_PageColumn], first_mask: int, schema: pa.Schema,
+          np: Any) -> pa.RecordBatch:
+    """One page's row (:func:`_paged_batches`) as an Arrow batch of ``n`` rows."""
+
+    def values(at: int, code: str) -> Any:
+        raw = row[at] or b""
+        if len(raw) != n * np.dtype(code).itemsize:
+            raise InputError(f"a page of {n} rows holds {len(raw)} bytes of a {code} column", hint=_REPORT)
+        return np.frombuffer(raw, code)
+
+    arrays = []
+    for column in columns:
+        field = column.field
+        if column.text:
+            data = row[column.at] or b""
+            lengths = values(column.at + 1, ">i4").astype(np.int64)
+            valid = lengths >= 0
+            offsets = np.zeros(n + 1, np.int64)
+            np.cumsum(np.where(valid, lengths, 0), out=offsets[1:])
+            if int(offsets[-1]) != len(data):
+                raise InputError(f"column {field.name!r}: the page's texts do not add up to their lengths",
+                                 hint="set the connection's client_encoding to the server's (UTF8)")
+            if len(data) >= 2**31:
+                raise InputError(f"column {field.name!r}: a batch of text longer than 2 GiB", hint="lower [batch] size")
+            buffers = [pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)]
+        else:
+            assert column.mask is not None
+            got = values(column.at, column.code)
+            masks = values(first_mask + column.mask[0], ">i4")
+            valid = (masks & (1 << column.mask[1])) == 0
+            if column.code == "u1":
+                buffers = [pa.py_buffer(np.packbits(got != 0, bitorder="little"))]
+            else:
+                buffers = [pa.py_buffer(got.astype(column.code.replace(">", "<")))]
+        nulls = int(n - np.count_nonzero(valid))
+        bitmap = None if nulls == 0 else pa.py_buffer(np.packbits(valid, bitorder="little"))
+        array = pa.Array.from_buffers(field.type, n, [bitmap, *buffers], null_count=nulls)
+        if column.text:
+            try:
+                array.validate(full=True)
+            except pa.ArrowInvalid as exc:
+                raise InputError(f"column {field.name!r} holds text that is not UTF-8: {exc}",
+                                 hint="set the connection's client_encoding to UTF8") from None
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
 def _oids(conn: Any, text: str, params: Sequence[Any]) -> list[int]:
     described = conn.execute(f"SELECT * FROM ({text}) AS _infermill_q LIMIT 0", tuple(params)).description
     return [d.type_code for d in described or ()]
@@ -222,6 +367,17 @@ class Database:
         del conn, sql, params, schema, batch_size
         return None
 
+    def paged_batches(
+        self, conn: Any, source: str, names: Sequence[str], key: str, where: str, params: Sequence[Any],
+        schema: pa.Schema, batch_size: int, page_bytes: int = _PAGE_BYTES,
+    ) -> Iterator[pa.RecordBatch] | None:
+        """The rows of ``source`` (SQL text: a quoted table or a subquery) that ``where`` (SQL text with
+        :data:`PARAM` marks, "" for all) selects, columns ``names`` (quoted) as ``schema``, in pages of at most
+        ``batch_size`` rows (and about ``page_bytes`` bytes of text) walked by the single key column ``key``
+        (quoted), or None when this database or these columns have no such path."""
+        del conn, source, names, key, where, params, schema, batch_size, page_bytes
+        return None
+
     def key_is_constrained(self, conn: Any, table: str, keys: Sequence[str]) -> bool:
         """True when the catalog guarantees ``keys`` unique and never NULL in ``table`` (quoted)."""
         del conn, table, keys
@@ -291,6 +447,31 @@ class _Postgres(Database):
         if all(oid in _CSV_TYPES for oid in oids):
             return _csv_batches(conn, text, params, schema, batch_size)
         return None
+
+    def paged_batches(
+        self, conn: Any, source: str, names: Sequence[str], key: str, where: str, params: Sequence[Any],
+        schema: pa.Schema, batch_size: int, page_bytes: int = _PAGE_BYTES,
+    ) -> Iterator[pa.RecordBatch] | None:
+        import psycopg
+
+        # Only where the joined texts' lengths (the server's bytes) are the client's bytes too, and every
+        # column and the key have a page encoding (_PAGE_FIXED, _PAGE_TEXT, _PAGE_KEYS); else COPY.
+        info = conn.info
+        if not names or info.encoding != "utf-8" or info.parameter_status("server_encoding") != "UTF8":
+            return None
+        if info.transaction_status == psycopg.pq.TransactionStatus.IDLE:  # else a snapshot's transaction (RR)
+            # The pages see one snapshot, as one COPY does.
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        source, key, names = self.text(source), self.text(key), [self.text(n) for n in names]
+        described = conn.execute(f"SELECT {key}, {', '.join(names)} FROM {source} LIMIT 0").description
+        oids = [d.type_code for d in described or ()]
+        if len(oids) != len(names) + 1 or oids[0] not in _PAGE_KEYS:
+            return None
+        for oid, field in zip(oids[1:], schema, strict=True):
+            if _PG_TYPES.get(oid) != field.type or not (oid in _PAGE_FIXED or oid in _PAGE_TEXT):
+                return None
+        return _paged_batches(conn, source, names, key, self.text(where), params, schema, oids[1:], batch_size,
+                              page_bytes)
 
     def columns(self, conn: Any, select: str) -> list[pa.Field]:
         cur = conn.execute(self.text(select), ())

@@ -14,10 +14,12 @@ high-water mark. The plan is stored in the ledger and a resume reads it back: it
 :meth:`SqlSource.listing_fingerprint`), so ``VACUUM FULL``, ``CLUSTER`` or a dump and restore between runs
 change nothing.
 
-A shard streams ``SELECT ... WHERE key >= lo AND key < hi ORDER BY key`` into Arrow batches: on PostgreSQL
-through ``COPY (SELECT ...) TO STDOUT`` decoded column-wise when every column's type allows (binary format
-for booleans, integers, floats and text-like types, else CSV: :meth:`Database.copy_batches`), else a
-server-side cursor, ``fetch_rows`` rows per round trip.
+A shard streams ``SELECT ... WHERE key >= lo AND key < hi ORDER BY key`` into Arrow batches: on PostgreSQL,
+under a single integer or text key, in pages of whole columns, one query per batch
+(:meth:`Database.paged_batches`), when every column's type allows; else through ``COPY (SELECT ...) TO
+STDOUT`` decoded column-wise when every column's type allows (binary format for booleans, integers, floats
+and text-like types, else CSV: :meth:`Database.copy_batches`); else a server-side cursor, ``fetch_rows``
+rows per round trip.
 Identifiers are validated and quoted, bounds are always parameters (bound by psycopg into the COPY).
 
 Without ``[input] id_column``, a row's synthetic id (``_row_id``) is its key as text (a JSON list for a
@@ -245,9 +247,15 @@ class SqlSource(ColumnSource):
             # COPY has no fetches: it holds one batch_size batch at a time (fewer, larger batches than
             # fetch_rows gives a cursor, which cost the engine per batch).
             fast = self._fast_ids(target, key_at if synthetic else None)
-            batches = self.db.copy_batches(conn, sql, params, pa.schema([*target, *(
-                pa.field(f"_infermill_key{i}", self.data_schema().field(k).type)
-                for i, k in enumerate(self.keys) if synthetic and k not in names)]), batch_size) if fast else None
+            schema = pa.schema([*target, *(pa.field(f"_infermill_key{i}", self.data_schema().field(k).type)
+                                           for i, k in enumerate(self.keys) if synthetic and k not in names)])
+            batches = None
+            if fast and len(self.keys) == 1:
+                # Pages of whole columns, one query (one message) per batch, when the key and the columns allow.
+                batches = self.db.paged_batches(conn, self._from, [quote_column(n) for n in selected], self._key_sql,
+                                                where.removeprefix(" WHERE "), params, schema, batch_size)
+            if fast and batches is None:
+                batches = self.db.copy_batches(conn, sql, params, schema, batch_size)
             if batches is not None:
                 for batch in batches:
                     yield self._with_ids(batch, target, key_at if synthetic else None)
