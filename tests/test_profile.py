@@ -158,3 +158,17 @@ def test_stats_of_an_older_ledger_still_profile() -> None:
     assert report.suggestion == "time goes between the model's calls, not in them: compare the reader and " \
         "writer shares above; more workers (runtime.workers) overlap them"
     assert profile_from_stats([{**old[0], "calls": 100}]).suggestion.startswith("per-batch overhead dominates")
+
+
+def test_lanes_busy_counts_a_workers_overlapping_shards_once() -> None:
+    # One worker, 2 lanes, two shards in flight at once (one read while the other is scored): the lanes had
+    # 2 x 2.5 s (the union of the spans), not 2 x (2.0 + 2.0) s; busy 4.6 s of 5 is a busy run, not idle lanes.
+    shard = {"rows": 1_000, "batches": 4, "read_s": 0.2, "preprocess_s": 0.0, "model_s": 2.3, "model_wait_s": 0.0,
+             "write_s": 0.1, "wall_s": 2.0, "lanes": 2, "lane_busy_s": 2.3, "worker": 0}
+    stats = [{**shard, "started_at": 100.0, "ended_at": 102.0}, {**shard, "started_at": 100.5, "ended_at": 102.5}]
+    found = profile_from_stats(stats, [(99.9, 102.6)])
+    assert found.lanes_busy == 0.92
+    assert not found.verdict.startswith("idle lanes")
+    # Two workers' shards at the same time are two workers' lanes, not one's.
+    apart = [{**stats[0], "worker": 0}, {**stats[1], "worker": 1}]
+    assert profile_from_stats(apart, [(99.9, 102.6)]).lanes_busy == round(4.6 / 8, 3)

@@ -617,7 +617,9 @@ class _Pipeline:
                     self.events.put(
                         ShardStaged(
                             self.config.worker_id, sid, staged, staged_errors, dead,
-                            {**stats.as_dict(), **shard_facts(self.adapter)} if stats else {},
+                            {**stats.as_dict(), "worker": self.config.worker_id, **shard_facts(self.adapter)}
+                            if stats
+                            else {},
                         )
                     )
         except BaseException as exc:  # noqa: BLE001 - handed to the model loop

@@ -119,7 +119,10 @@ def profile_from_stats(
     counters: dict[str, float] = {"retries": 0, "bisections": 0, "oom_splits": 0}
     depths: dict[str, list[float]] = {"inbox_depth_avg": [], "outbox_depth_avg": []}
     rows = shards = batches = calls = 0
-    lane_busy = lane_time = 0.0
+    lane_busy = 0.0
+    lanes_of: dict[Any, int] = {}  # worker -> its lanes
+    spans_of: dict[Any, list[tuple[float, float]]] = {}  # worker -> its shards' wall-clock spans
+    lane_time_unspanned = 0.0  # lanes x wall of shards recorded without their span (older ledgers)
     lanes_max = 1
     for item in items:
         shards += 1
@@ -137,7 +140,15 @@ def profile_from_stats(
         if lanes > 1 and "lane_busy_s" in item:
             lanes_max = max(lanes_max, lanes)
             lane_busy += float(item["lane_busy_s"] or 0.0)
-            lane_time += lanes * float(item.get("wall_s", 0.0) or 0.0)
+            if "started_at" in item and "ended_at" in item:
+                worker = item.get("worker", 0)
+                lanes_of[worker] = max(lanes_of.get(worker, 1), lanes)
+                spans_of.setdefault(worker, []).append((float(item["started_at"]), float(item["ended_at"])))
+            else:
+                lane_time_unspanned += lanes * float(item.get("wall_s", 0.0) or 0.0)
+    # A worker's shards overlap (one is read while another is scored): its lanes had the union of their spans,
+    # not the sum of their walls, which called a CPU-bound run "idle lanes".
+    lane_time = lane_time_unspanned + sum(lanes_of[w] * _covered(spans) for w, spans in spans_of.items())
     wall = totals["wall_s"]
     shares = {name: (totals[name] / wall if wall > 0 else 0.0) for name in STAGES}
     timeline = _timeline(items, runs)
@@ -158,6 +169,16 @@ def profile_from_stats(
         timeline=timeline,
         lanes_busy=None if busy is None else round(busy, 3),
     )
+
+
+def _covered(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of ``spans``."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def _timeline(items: list[Mapping[str, Any]], runs: Sequence[tuple[float, float | None]]) -> Timeline | None:
