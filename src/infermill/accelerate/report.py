@@ -48,6 +48,13 @@ class Decision:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def within(self) -> bool:
+        """The metric met the bound (False when no comparison ran)."""
+        if self.value is None or self.bound is None:
+            return False
+        return self.value <= self.bound if self.metric == "max_abs_diff" else self.value >= self.bound
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Decision:
         known = {f.name for f in fields(cls)}
@@ -58,8 +65,8 @@ class Decision:
         parts = []
         if self.metric is not None and self.value is not None and self.bound is not None:
             op = "<=" if self.metric == "max_abs_diff" else ">="
-            within = self.used or (self.value <= self.bound if op == "<=" else self.value >= self.bound)
-            parts.append(f"{self.metric} {self.value:.3g} {op if within else 'outside'} {self.bound:g} "
+            shown = op if self.used or self.within else "outside"
+            parts.append(f"{self.metric} {self.value:.3g} {shown} {self.bound:g} "
                          f"on {self.sample_rows:,} rows")
         if self.speedup is not None:
             parts.append(f"{self.speedup:.2f}x the original's speed")

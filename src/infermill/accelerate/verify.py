@@ -169,8 +169,7 @@ class AcceleratedModel(ModelAdapter):
         assert decision is not None
         if not decision.used:
             # A named method that did not hold is worth a warning; "auto" finding nothing faster is normal.
-            disagreed = decision.value is not None and decision.bound is not None and decision.metric is not None \
-                and not _within(decision)
+            disagreed = decision.metric is not None and decision.value is not None and not decision.within
             label = "warning" if requested != "auto" or disagreed else "note"
             self._warn(f"{label}: accelerate = {requested!r}: {decision.describe()}")
         else:
@@ -258,13 +257,6 @@ class AcceleratedModel(ModelAdapter):
 
     def close(self) -> None:
         self.inner.close()
-
-
-def _within(decision: Decision) -> bool:
-    assert decision.value is not None and decision.bound is not None
-    if decision.metric == "max_abs_diff":
-        return decision.value <= decision.bound
-    return decision.value >= decision.bound
 
 
 def _timed(call: Callable[[Any], Any], inputs: Any, warm: Any) -> tuple[Any, float]:
